@@ -1,0 +1,58 @@
+# One place for every command; `make setup` is idempotent and the others call it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CDK_DISABLE_CLI_TELEMETRY := true
+# Extra CDK context for deploy/destroy/synth, e.g. make deploy CDK_ARGS="-c destroyData=true"
+CDK_ARGS ?=
+
+.PHONY: help setup test demo synth deploy destroy lint bench clean
+
+help:
+	@echo "make setup    install Python and Node dependencies into .venv and node_modules (idempotent)"
+	@echo "make test     set up, then run the whole test suite"
+	@echo "make demo     set up, then walk the journey locally against an AWS emulator (no account needed)"
+	@echo "make synth    synthesize the CloudFormation template (cdk.out/)"
+	@echo "make deploy   deploy the stack to the AWS account of your credentials (needs Docker for the image)"
+	@echo "make destroy  destroy the stack; prints what was kept (data bucket, log bucket, key)"
+	@echo "make lint     ruff, mypy, shellcheck"
+
+$(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
+	@command -v node >/dev/null || { echo "Node.js (>= 20) is missing: install it (https://nodejs.org) and rerun make setup" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js with npm and rerun make setup" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+setup: $(STAMP) node_modules/.package-lock.json
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m demo
+
+synth: setup
+	npx cdk synth --quiet $(CDK_ARGS)
+
+deploy: setup
+	npx cdk deploy --require-approval broadening $(CDK_ARGS)
+
+destroy: setup
+	$(PY) -m infra.teardown $(CDK_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck infra/lifecycle/*.sh .ci/run
+
+clean:
+	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""Builds the CDK app: context in, one stack out, with the cdk-nag packs as synth-time validations.
+
+`app.py` at the repository root calls this (it is what `npx cdk synth` runs); tests call it with their own context.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+
+from infra.config import InfraConfig
+from infra.stack import MonaiDicomStack
+
+CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"
+
+
+def build_app(
+    context: Mapping[str, Any] | None = None, *, outdir: str | None = None
+) -> tuple[cdk.App, MonaiDicomStack]:
+    """Create the app and its stack.
+
+    Args:
+        context: extra CDK context (tests); the CLI passes cdk.json and `-c` values through the environment.
+        outdir: the cloud assembly directory; None lets the CLI (or a temporary directory) decide.
+    """
+    # cdk.json's context (defaults, feature flags) applies to tests too; the CLI's own context takes precedence.
+    defaults = json.loads(CDK_JSON.read_text())["context"]
+    app = cdk.App(context={**defaults, **(context or {})}, outdir=outdir)
+    config = InfraConfig.from_context(app.node.try_get_context)
+    stack = MonaiDicomStack(
+        app, config.stack_name, config=config,
+        description="MONAI training on DICOM with Amazon SageMaker: data bucket, key, roles, image, notebook",
+    )
+    # Violations fail synth (cdk.out/validation-report.json lists them); acknowledgments sit beside their code.
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True), HIPAASecurityChecks(app, verbose=True))
+    return app, stack

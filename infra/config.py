@@ -1,0 +1,140 @@
+"""Every setting of the CDK app, read once from CDK context into frozen dataclasses.
+
+This is the only module that reads context. `cdk.json` holds the defaults; `-c key=value` overrides them (values
+given on the command line arrive as strings, so booleans and numbers are parsed here, explicitly).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Context key -> (default, meaning). The README's settings table is written from this dict (tests hold them equal).
+SETTINGS: dict[str, tuple[Any, str]] = {
+    "stackName": ("MonaiDicomSageMaker", "Name of the CloudFormation stack; resource names are derived from it."),
+    "destroyData": (False, "true: a later `cdk destroy` also deletes the data bucket, its log bucket and the KMS key."),
+    "dataBucketName": ("", "Use this existing bucket (e.g. one a previous deployment kept) instead of creating one."),
+    "dataKeyArn": ("", "KMS key of that existing bucket (the key a previous deployment kept); encrypts everything."),
+    "noncurrentVersionExpiryDays": (90, "Days after which overwritten or deleted object versions are expired."),
+    "trainingImageUri": ("", "Use this training image and build nothing (CI-built images, the local emulator)."),
+    "imageVariant": ("cpu", "Training image built by `cdk deploy`: `cpu` or `gpu` (CUDA) base container."),
+}
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
+_STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,99}$")
+
+
+class ConfigError(ValueError):
+    """A context setting has a value the app cannot use; the message names the setting and what is allowed."""
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    """Parse a boolean setting given as a JSON boolean (cdk.json) or a string (`-c key=true`).
+
+    Args:
+        key: the setting's name, for the error message.
+        value: the raw context value.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"context setting {key}={value!r} is not a boolean: use -c {key}=true or -c {key}=false")
+
+
+def parse_int(key: str, value: Any, *, minimum: int, maximum: int) -> int:
+    """Parse an integer setting and check its range.
+
+    Args:
+        key: the setting's name, for the error message.
+        value: the raw context value.
+        minimum: smallest allowed value.
+        maximum: largest allowed value.
+    """
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"context setting {key}={value!r} is not a whole number") from None
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"context setting {key}={number} is out of range: use {minimum} to {maximum}")
+    return number
+
+
+def _check(key: str, value: str, pattern: re.Pattern[str], what: str) -> str:
+    if value and not pattern.match(value):
+        raise ConfigError(f"context setting {key}={value!r} is not {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The data bucket, its log bucket and the KMS key."""
+
+    destroy_data: bool  # False keeps bucket, log bucket and key on `cdk destroy`: data is never lost by accident
+    existing_bucket_name: str  # "" creates a bucket; a name reuses a kept bucket and creates no log bucket
+    existing_key_arn: str  # "" creates a key; an ARN reuses the kept key (needed to read a kept bucket)
+    noncurrent_version_expiry_days: int  # versioning protects against overwrites; old versions still cost money
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The training image."""
+
+    image_uri: str  # "" builds training/ with `cdk deploy`; a URI skips the build (and needs no Docker)
+    variant: str  # "cpu" or "gpu": which SageMaker PyTorch training container the image extends
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    """All settings of one deployment."""
+
+    stack_name: str
+    storage: StorageConfig
+    image: ImageConfig
+
+    @classmethod
+    def from_context(cls, get: Callable[[str], Any]) -> InfraConfig:
+        """Build the configuration from CDK context.
+
+        Args:
+            get: looks a context key up (`app.node.try_get_context`); None means "not set".
+        """
+
+        def value(key: str) -> Any:
+            raw = get(key)
+            return SETTINGS[key][0] if raw is None else raw
+
+        variant = str(value("imageVariant")).strip().lower()
+        if variant not in ("cpu", "gpu"):
+            raise ConfigError(f"context setting imageVariant={variant!r} is not allowed: use cpu or gpu")
+        bucket = _check("dataBucketName", str(value("dataBucketName")).strip(), _BUCKET_NAME, "a valid S3 bucket name")
+        key_arn = _check("dataKeyArn", str(value("dataKeyArn")).strip(), _KMS_KEY_ARN, "a KMS key ARN")
+        if key_arn and not bucket:
+            raise ConfigError("context setting dataKeyArn is set without dataBucketName: give both, or neither")
+        return cls(
+            stack_name=_check("stackName", str(value("stackName")).strip(), _STACK_NAME,
+                              "a CloudFormation stack name (a letter, then letters, digits and hyphens)"),
+            storage=StorageConfig(
+                destroy_data=parse_bool("destroyData", value("destroyData")),
+                existing_bucket_name=bucket,
+                existing_key_arn=key_arn,
+                noncurrent_version_expiry_days=parse_int(
+                    "noncurrentVersionExpiryDays", value("noncurrentVersionExpiryDays"), minimum=1, maximum=3650
+                ),
+            ),
+            image=ImageConfig(image_uri=str(value("trainingImageUri")).strip(), variant=variant),
+        )
+
+    @classmethod
+    def from_mapping(cls, context: Mapping[str, Any]) -> InfraConfig:
+        """Build the configuration from a plain mapping of context keys (tests, scripts)."""
+        unknown = set(context) - set(SETTINGS)
+        if unknown:
+            raise ConfigError(f"unknown context settings {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        return cls.from_context(context.get)

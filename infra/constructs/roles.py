@@ -1,0 +1,157 @@
+"""IAM roles: one for training jobs, one for the notebook. Resource access is granted by the stack with grant_*."""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from infra.nag import acknowledge, as_finding
+
+KMS_GRANT_WILDCARDS = ("Action::kms:GenerateDataKey*", "Action::kms:ReEncrypt*")
+
+SAGEMAKER = "sagemaker.amazonaws.com"
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+# What the SageMaker SDK v3 requires of every training role (sagemaker.core.helper.iam_policies, checked by
+# simulating these actions without resources when a ModelTrainer is built); tests hold this list against the SDK.
+# None of them supports resource-level permissions, so they are granted on "*" without conditions.
+SDK_TRAINING_ROLE_ACTIONS = (
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
+    "ec2:CreateNetworkInterface",
+    "ec2:CreateNetworkInterfacePermission",
+    "ec2:DeleteNetworkInterface",
+    "ec2:DeleteNetworkInterfacePermission",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeDhcpOptions",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+)
+
+
+def _sagemaker_principal(stack: Stack) -> iam.IPrincipal:
+    # aws:SourceAccount keeps another account's SageMaker from assuming the role (confused deputy).
+    return iam.ServicePrincipal(SAGEMAKER, conditions={"StringEquals": {"aws:SourceAccount": stack.account}})
+
+
+def _log_group_arn(stack: Stack, group: str) -> str:
+    return stack.format_arn(service="logs", resource="log-group", resource_name=f"{group}:*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME)
+
+
+def _grant_volume_key(role: iam.Role, key: kms.IKey) -> None:
+    # SageMaker attaches an encrypted EBS volume on the caller's behalf: it needs a grant, only for AWS resources.
+    role.add_to_policy(iam.PolicyStatement(
+        actions=["kms:CreateGrant"], resources=[key.key_arn],
+        conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+    ))
+
+
+class TrainingRole(Construct):
+    """The execution role of training jobs: logs, metrics, image pull, network interfaces; data by grant.
+
+    Attributes:
+        role: the IAM role SageMaker assumes for training jobs.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey) -> None:
+        """Create the role.
+
+        Args:
+            scope: parent construct.
+            construct_id: construct id.
+            key: the stack's KMS key (volumes, output, checkpoints).
+        """
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self, "Role",
+            assumed_by=_sagemaker_principal(stack),
+            description="Execution role of the MONAI DICOM training jobs",
+        )
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
+        ))
+        key.grant_encrypt_decrypt(self.role)
+        _grant_volume_key(self.role, key)
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "The SageMaker SDK requires these actions of every training role and checks them without a "
+                    "resource; ECR authorization, CloudWatch metrics and EC2 network-interface actions (for jobs "
+                    "in a VPC) support no resource-level permissions.", ["Resource::*"])
+        _acknowledge_common(self.role, stack)
+
+    def grant_pass_to_sagemaker(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let `grantee` pass this role, to SageMaker only (iam:PassedToService)."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["iam:PassRole"], resource_arns=[self.role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": SAGEMAKER}},
+        )
+
+
+class NotebookRole(Construct):
+    """The notebook instance's role: run, follow and stop training jobs; data by grant.
+
+    Attributes:
+        role: the IAM role of the notebook instance.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey, training_role: iam.IRole) -> None:
+        """Create the role.
+
+        Args:
+            scope: parent construct.
+            construct_id: construct id.
+            key: the stack's KMS key (uploads, downloads, job volumes).
+            training_role: the role whose permissions the SDK checks before it launches a job.
+        """
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self, "Role",
+            assumed_by=_sagemaker_principal(stack),
+            description="Role of the MONAI DICOM notebook instance",
+        )
+        jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+                     "sagemaker:AddTags", "sagemaker:ListTags"],
+            resources=[jobs],
+        ))
+        # List actions take no resource ARN.
+        self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:ListTrainingJobs"], resources=["*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:DescribeLogStreams", "logs:GetLogEvents", "logs:FilterLogEvents"],
+            resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
+        ))
+        # The SDK's role check (ModelTrainer) simulates the training role's policy and reads the role.
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["iam:SimulatePrincipalPolicy", "iam:GetRole"],
+            resources=[training_role.role_arn, self.role.role_arn],
+        ))
+        key.grant_encrypt_decrypt(self.role)
+        _grant_volume_key(self.role, key)
+        key.grant_encrypt_decrypt(self.role)
+        _grant_volume_key(self.role, key)
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "sagemaker:ListTrainingJobs supports no resource-level permissions.", ["Resource::*"])
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "Training job names are chosen per job by the notebook; access stays within this account "
+                    "and region.", [f"Resource::{as_finding(self, jobs)}"])
+        _acknowledge_common(self.role, stack)
+
+
+def _acknowledge_common(role: iam.Role, stack: Stack) -> None:
+    acknowledge(role, "AwsSolutions-IAM5",
+                "Each training job writes its own log stream, named by SageMaker at run time, in this one group.",
+                [f"Resource::{as_finding(role, _log_group_arn(stack, TRAINING_LOG_GROUP))}"])
+    acknowledge(role, "AwsSolutions-IAM5",
+                "kms:GenerateDataKey* and kms:ReEncrypt* are grant_encrypt_decrypt's action groups on the one "
+                "stack key (S3 SSE-KMS needs GenerateDataKey and Decrypt).", KMS_GRANT_WILDCARDS)
+    acknowledge(role, "HIPAA.Security-IAMNoInlinePolicy",
+                "grant_* writes least-privilege statements into the role's own policy, which lives and dies "
+                "with the role; managed policies would add resources to manage without narrowing access.")

@@ -1,0 +1,107 @@
+"""The data bucket (DICOM data, code, model artifacts, checkpoints) and its access-log bucket."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.nag import acknowledge
+
+# Key prefixes inside the data bucket; the roles are granted access by prefix.
+DATASETS_PREFIX = "datasets/"  # uploaded DICOM with labels (read by jobs)
+CODE_PREFIX = "code/"  # the training package the SDK stages per job (read by jobs)
+JOBS_PREFIX = "jobs/"  # model artifacts and output data (written by jobs)
+CHECKPOINTS_PREFIX = "checkpoints/"  # spot-safe checkpoints (read and written by jobs)
+
+
+class DataStorage(Construct):
+    """Encrypted, versioned, TLS-only, logged storage that outlives the stack unless told otherwise.
+
+    Attributes:
+        bucket: the data bucket.
+        log_bucket: the bucket receiving the data bucket's access logs (None for an existing data bucket).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        key: kms.IKey,
+        destroy_data: bool,
+        existing_bucket_name: str,
+        noncurrent_version_expiry_days: int,
+    ) -> None:
+        """Create the buckets, or import an existing data bucket.
+
+        Args:
+            scope: parent construct.
+            construct_id: construct id.
+            key: the KMS key encrypting the data bucket.
+            destroy_data: False retains both buckets on stack deletion.
+            existing_bucket_name: name of a bucket to reuse; "" creates one.
+            noncurrent_version_expiry_days: days before overwritten or deleted versions expire.
+        """
+        super().__init__(scope, construct_id)
+        self.log_bucket: s3.IBucket | None = None
+        self.bucket: s3.IBucket
+        if existing_bucket_name:
+            self.bucket = s3.Bucket.from_bucket_attributes(
+                self, "DataBucket", bucket_name=existing_bucket_name, encryption_key=key
+            )
+            return
+
+        removal = RemovalPolicy.DESTROY if destroy_data else RemovalPolicy.RETAIN
+        common = dict(
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=removal,
+            # A versioned bucket cannot be deleted while it holds objects; only destroyData empties it.
+            auto_delete_objects=destroy_data,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    noncurrent_version_expiration=Duration.days(noncurrent_version_expiry_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                )
+            ],
+        )
+        log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            # S3 server access logging delivers only to buckets with SSE-S3 (not SSE-KMS) default encryption.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            **common,
+        )
+        self.log_bucket = log_bucket
+        acknowledge(log_bucket, "HIPAA.Security-S3DefaultEncryptionKMS",
+                    "S3 server access logging delivers only to buckets encrypted with SSE-S3, not SSE-KMS.")
+        self.bucket = s3.Bucket(
+            self,
+            "DataBucket",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=key,
+            bucket_key_enabled=True,  # one KMS call per object batch, not per request: cheaper for many small files
+            server_access_logs_bucket=log_bucket,
+            server_access_logs_prefix="data-bucket/",
+            **common,
+        )
+        acknowledge(self, "HIPAA.Security-S3BucketReplicationEnabled",
+                    "Cross-region replication copies patient data to a second region: a data-residency and cost "
+                    "decision for each team (add a replication rule to the bucket where it is wanted).")
+        if destroy_data:
+            _drop_redundant_dependency(self)
+
+
+def _drop_redundant_dependency(scope: Construct) -> None:
+    # CDK's auto-delete provider declares DependsOn its role although it already references the role's ARN;
+    # cfn-lint reports that (W3005). The GetAtt keeps the order, so the DependsOn can go.
+    provider = Stack.of(scope).node.try_find_child("Custom::S3AutoDeleteObjectsCustomResourceProvider")
+    if provider is not None:
+        handler, role = provider.node.find_child("Handler"), provider.node.find_child("Role")
+        if isinstance(handler, CfnResource) and isinstance(role, CfnResource):
+            handler.remove_dependency(role)

@@ -1,0 +1,69 @@
+"""The training image: training/ built on the SageMaker PyTorch container by `cdk deploy`, or an existing image."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aws_cdk import Stack
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
+# AWS Deep Learning Containers for SageMaker PyTorch training, on ECR Public so that `cdk deploy` needs no registry
+# login (DockerImageAsset cannot log in to a private base registry, aws-cdk#17268). PyTorch 2.13 = the tests' torch.
+BASE_IMAGES = {
+    "cpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cpu-amzn2023-sagemaker",
+    "gpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cu133-amzn2023-sagemaker",
+}
+_PRIVATE_ECR = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+)[:@]"
+)
+
+
+class TrainingImage(Construct):
+    """The image SageMaker runs the training job in.
+
+    Attributes:
+        image_uri: the image's URI, for the notebook and training jobs.
+        asset: the DockerImageAsset when the image is built by `cdk deploy`, else None.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, image_uri: str, variant: str) -> None:
+        """Build the image from training/, or refer to an existing one.
+
+        Args:
+            scope: parent construct.
+            construct_id: construct id.
+            image_uri: an existing image to use as it is; "" builds training/.
+            variant: "cpu" or "gpu": the base container when building.
+        """
+        super().__init__(scope, construct_id)
+        self.asset: ecr_assets.DockerImageAsset | None = None
+        self._repository: ecr.IRepository | None = None
+        if image_uri:
+            self.image_uri = image_uri
+            match = _PRIVATE_ECR.match(image_uri)
+            if match:
+                stack = Stack.of(self)
+                self._repository = ecr.Repository.from_repository_attributes(
+                    self, "Repository", repository_name=match["repo"],
+                    repository_arn=f"arn:{stack.partition}:ecr:{match['region']}:{match['account']}"
+                                   f":repository/{match['repo']}",
+                )
+            return
+        self.asset = ecr_assets.DockerImageAsset(
+            self, "Asset",
+            directory=str(TRAINING_DIR),
+            platform=ecr_assets.Platform.LINUX_AMD64,  # SageMaker training instances are x86-64
+            build_args={"BASE_IMAGE": BASE_IMAGES[variant]},
+        )
+        self._repository = self.asset.repository
+        self.image_uri = self.asset.image_uri
+
+    def grant_pull(self, grantee: iam.IGrantable) -> None:
+        """Let `grantee` pull the image (nothing to grant for a public registry)."""
+        if self._repository is not None:
+            self._repository.grant_pull(grantee)
