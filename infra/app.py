@@ -14,9 +14,11 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
 from infra.config import InfraConfig
+from infra.lifecycle.render import commit_on_remote, current_commit, origin_url
 from infra.stack import MonaiDicomStack
 
-CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CDK_JSON = REPO_ROOT / "cdk.json"
 
 
 def build_app(
@@ -31,11 +33,19 @@ def build_app(
     # cdk.json's context (defaults, feature flags) applies to tests too; the CLI's own context takes precedence.
     defaults = json.loads(CDK_JSON.read_text())["context"]
     app = cdk.App(context={**defaults, **(context or {})}, outdir=outdir)
-    config = InfraConfig.from_context(app.node.try_get_context)
+    head = current_commit(REPO_ROOT) or ""
+    config = InfraConfig.from_context(app.node.try_get_context, origin_url=origin_url(REPO_ROOT) or "",
+                                      head_commit=head)
     stack = MonaiDicomStack(
         app, config.stack_name, config=config,
         description="MONAI training on DICOM with Amazon SageMaker: data bucket, key, roles, image, notebook",
     )
+    ref = config.notebook.repo_ref
+    if ref == head and commit_on_remote(REPO_ROOT, ref) is False:
+        cdk.Annotations.of(stack).add_warning_v2(
+            "monai-dicom:commit-not-pushed",
+            f"the notebook will clone commit {ref[:12]}, which is not on the remote yet: push it before the notebook "
+            "is created, or deploy with -c repoRef=BRANCH_OR_TAG")
     # Violations fail synth (cdk.out/validation-report.json lists them); acknowledgments sit beside their code.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True), HIPAASecurityChecks(app, verbose=True))
     return app, stack

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from infra.lifecycle.render import validate_repo_url
+
 # Context key -> (default, meaning). The README's settings table is written from this dict (tests hold them equal).
 SETTINGS: dict[str, tuple[Any, str]] = {
     "stackName": ("MonaiDicomSageMaker", "Name of the CloudFormation stack; resource names are derived from it."),
@@ -20,11 +22,19 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "noncurrentVersionExpiryDays": (90, "Days after which overwritten or deleted object versions are expired."),
     "trainingImageUri": ("", "Use this training image and build nothing (CI-built images, the local emulator)."),
     "imageVariant": ("cpu", "Training image built by `cdk deploy`: `cpu` or `gpu` (CUDA) base container."),
+    "notebookInstanceType": ("ml.t2.medium", "Instance type of the notebook (it only orchestrates; jobs train)."),
+    "notebookVolumeGb": (100, "Size of the notebook's ML storage volume in GB (/home/ec2-user/SageMaker)."),
+    "notebookRootAccess": (False, "true lets notebook users become root (off: least privilege)."),
+    "notebookIdleStopMinutes": (60, "Stop the notebook after this many idle minutes; 0 never stops it."),
+    "repoUrl": ("", "HTTPS URL the notebook clones; default: this checkout's `origin` remote."),
+    "repoRef": ("", "Commit, branch or tag the notebook checks out; default: the commit being deployed."),
+    "vpc": (False, "true: a VPC with private subnets, endpoints and flow logs; no direct internet access."),
 }
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,99}$")
+_INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -91,19 +101,36 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class NotebookConfig:
+    """The notebook instance and what its lifecycle scripts clone."""
+
+    instance_type: str  # ml.t2.medium: the notebook only prepares data and launches jobs; jobs do the training
+    volume_gb: int  # 100 GB: room for a DICOM dataset and its cache next to the repository
+    root_access: bool  # off: users install into conda environments, not the system
+    idle_stop_minutes: int  # 60: a forgotten notebook stops costing money within the hour
+    repo_url: str  # HTTPS, cloned without credentials
+    repo_ref: str  # the deployed commit by default, so notebook and stack match
+    deployed_commit: str  # the commit being synthesized ("" when unknown): the notebook reports when it is behind
+
+
+@dataclass(frozen=True)
 class InfraConfig:
     """All settings of one deployment."""
 
     stack_name: str
     storage: StorageConfig
     image: ImageConfig
+    notebook: NotebookConfig
+    vpc: bool  # off: no NAT gateway or endpoints to pay for while idle; on: no direct internet access
 
     @classmethod
-    def from_context(cls, get: Callable[[str], Any]) -> InfraConfig:
+    def from_context(cls, get: Callable[[str], Any], *, origin_url: str = "", head_commit: str = "") -> InfraConfig:
         """Build the configuration from CDK context.
 
         Args:
             get: looks a context key up (`app.node.try_get_context`); None means "not set".
+            origin_url: this checkout's `origin` remote, the default of repoUrl.
+            head_commit: the commit being deployed, the default of repoRef.
         """
 
         def value(key: str) -> Any:
@@ -129,12 +156,45 @@ class InfraConfig:
                 ),
             ),
             image=ImageConfig(image_uri=str(value("trainingImageUri")).strip(), variant=variant),
+            notebook=NotebookConfig(
+                instance_type=_check("notebookInstanceType", str(value("notebookInstanceType")).strip(),
+                                     _INSTANCE_TYPE, "a SageMaker instance type such as ml.t3.medium"),
+                volume_gb=parse_int("notebookVolumeGb", value("notebookVolumeGb"), minimum=5, maximum=16384),
+                root_access=parse_bool("notebookRootAccess", value("notebookRootAccess")),
+                idle_stop_minutes=parse_int("notebookIdleStopMinutes", value("notebookIdleStopMinutes"),
+                                            minimum=0, maximum=10080),
+                repo_url=_repo_url(str(value("repoUrl")).strip(), origin_url),
+                repo_ref=_repo_ref(str(value("repoRef")).strip(), head_commit),
+                deployed_commit=head_commit,
+            ),
+            vpc=parse_bool("vpc", value("vpc")),
         )
 
     @classmethod
-    def from_mapping(cls, context: Mapping[str, Any]) -> InfraConfig:
+    def from_mapping(cls, context: Mapping[str, Any], *, origin_url: str = "", head_commit: str = "") -> InfraConfig:
         """Build the configuration from a plain mapping of context keys (tests, scripts)."""
         unknown = set(context) - set(SETTINGS)
         if unknown:
             raise ConfigError(f"unknown context settings {sorted(unknown)}; known: {sorted(SETTINGS)}")
-        return cls.from_context(context.get)
+        return cls.from_context(context.get, origin_url=origin_url, head_commit=head_commit)
+
+
+def _repo_url(given: str, origin_url: str) -> str:
+    url = given or origin_url
+    if not url:
+        raise ConfigError("context setting repoUrl is not set and this checkout has no `origin` remote: deploy with "
+                          "-c repoUrl=https://HOST/ORG/REPO.git (the URL the notebook clones)")
+    try:
+        validate_repo_url(url)
+    except ValueError as error:
+        source = "repoUrl" if given else "repoUrl (default: this checkout's origin remote)"
+        raise ConfigError(f"context setting {source}={url!r}: {error}") from None
+    return url
+
+
+def _repo_ref(given: str, head_commit: str) -> str:
+    ref = given or head_commit
+    if not ref:
+        raise ConfigError("context setting repoRef is not set and the commit being deployed is unknown (not a git "
+                          "checkout?): deploy with -c repoRef=BRANCH_TAG_OR_COMMIT")
+    return ref

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Fn, Stack
 from constructs import Construct
 
 from infra.config import InfraConfig
 from infra.constructs.encryption import DataKey
+from infra.constructs.network import Network
+from infra.constructs.notebook import NotebookInstance
 from infra.constructs.roles import NotebookRole, TrainingRole
 from infra.constructs.storage import CHECKPOINTS_PREFIX, CODE_PREFIX, DATASETS_PREFIX, JOBS_PREFIX, DataStorage
 from infra.constructs.training_image import TrainingImage
+from infra.lint import drop_redundant_provider_dependencies
 from infra.nag import acknowledge, as_finding
 
 S3_GRANT_WILDCARDS = ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*",
@@ -26,10 +29,10 @@ class MonaiDicomStack(Stack):
             scope: the CDK app.
             construct_id: the stack name.
             config: every setting of this deployment.
-            **kwargs: passed to Stack (env, synthesizer, ...).
+            **kwargs: passed to Stack (description, env, synthesizer, ...).
         """
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
-        storage_cfg = config.storage
+        storage_cfg, nb = config.storage, config.notebook
         key = DataKey(self, "DataKey", existing_key_arn=storage_cfg.existing_key_arn,
                       destroy_data=storage_cfg.destroy_data).key
         storage = DataStorage(
@@ -39,7 +42,8 @@ class MonaiDicomStack(Stack):
         )
         image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
         training = TrainingRole(self, "TrainingRole", key=key)
-        notebook = NotebookRole(self, "NotebookRole", key=key, training_role=training.role)
+        notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role)
+        network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data) if config.vpc else None
 
         bucket = storage.bucket
         # Jobs read data and the per-job code, write artifacts, and read and write checkpoints (to resume).
@@ -49,25 +53,57 @@ class MonaiDicomStack(Stack):
         bucket.grant_read_write(training.role, f"{CHECKPOINTS_PREFIX}*")
         image.grant_pull(training.role)
         # The notebook uploads datasets, stages code and reads results: the whole bucket.
-        bucket.grant_read_write(notebook.role)
-        training.grant_pass_to_sagemaker(notebook.role)
+        bucket.grant_read_write(notebook_role.role)
+        training.grant_pass_to_sagemaker(notebook_role.role)
         arn = as_finding(self, bucket.bucket_arn)
         acknowledge(training.role, "AwsSolutions-IAM5",
                     "Jobs read and write only their prefixes of the data bucket; object keys below them are chosen "
                     "per dataset and job.",
                     [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in
                                             (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX))])
-        acknowledge(notebook.role, "AwsSolutions-IAM5",
+        acknowledge(notebook_role.role, "AwsSolutions-IAM5",
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
 
+        subnet_ids = [subnet.subnet_id for subnet in network.subnets] if network else []
+        security_group_ids = [network.security_group.security_group_id] if network else []
+        notebook = NotebookInstance(
+            self, "Notebook", role=notebook_role.role, key=key,
+            instance_type=nb.instance_type, volume_gb=nb.volume_gb, root_access=nb.root_access,
+            repo_url=nb.repo_url, repo_ref=nb.repo_ref, idle_stop_minutes=nb.idle_stop_minutes,
+            subnet=network.subnets[0] if network else None,
+            security_group=network.security_group if network else None,
+            values={
+                "stack_name": self.stack_name,
+                "region": self.region,
+                "bucket": bucket.bucket_name,
+                "data_key_arn": key.key_arn,
+                "training_role_arn": training.role.role_arn,
+                "notebook_role_arn": notebook_role.role.role_arn,
+                "training_image_uri": image.image_uri,
+                "subnets": subnet_ids,
+                "security_group_ids": security_group_ids,
+                "repo_url": nb.repo_url,
+                "repo_ref": nb.repo_ref,
+                "deployed_commit": nb.deployed_commit,
+            },
+        )
+
+        console = f"https://{self.region}.console.aws.amazon.com/sagemaker/home?region={self.region}"
         outputs = {
             "DataBucketName": (bucket.bucket_name, "Bucket for DICOM data, job code, artifacts and checkpoints"),
             "DataKeyArn": (key.key_arn, "KMS key encrypting the bucket, notebook volume and jobs"),
             "TrainingRoleArn": (training.role.role_arn, "Execution role for training jobs"),
-            "NotebookRoleArn": (notebook.role.role_arn, "Role of the notebook instance"),
+            "NotebookRoleArn": (notebook_role.role.role_arn, "Role of the notebook instance"),
             "TrainingImageUri": (image.image_uri, "Training image (SageMaker PyTorch + MONAI + pydicom)"),
             "Region": (self.region, "Region of the stack"),
+            "NotebookName": (notebook.instance.attr_notebook_instance_name, "The notebook instance"),
+            "NotebookUrl": (f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",
+                            "Opens the notebook (JupyterLab) in the SageMaker console"),
         }
+        if network:
+            outputs["SubnetIds"] = (Fn.join(",", subnet_ids), "Private subnets for training jobs")
+            outputs["SecurityGroupIds"] = (Fn.join(",", security_group_ids), "Security group for training jobs")
         for name, (value, description) in outputs.items():
             CfnOutput(self, name, value=value, description=description)
+        drop_redundant_provider_dependencies(self)

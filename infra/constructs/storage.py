@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -93,15 +93,3 @@ class DataStorage(Construct):
         acknowledge(self, "HIPAA.Security-S3BucketReplicationEnabled",
                     "Cross-region replication copies patient data to a second region: a data-residency and cost "
                     "decision for each team (add a replication rule to the bucket where it is wanted).")
-        if destroy_data:
-            _drop_redundant_dependency(self)
-
-
-def _drop_redundant_dependency(scope: Construct) -> None:
-    # CDK's auto-delete provider declares DependsOn its role although it already references the role's ARN;
-    # cfn-lint reports that (W3005). The GetAtt keeps the order, so the DependsOn can go.
-    provider = Stack.of(scope).node.try_find_child("Custom::S3AutoDeleteObjectsCustomResourceProvider")
-    if provider is not None:
-        handler, role = provider.node.find_child("Handler"), provider.node.find_child("Role")
-        if isinstance(handler, CfnResource) and isinstance(role, CfnResource):
-            handler.remove_dependency(role)

@@ -19,11 +19,14 @@ from infra.app import build_app
 ACCOUNT_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/monai-training:1.0"
 KEPT_KEY = "arn:aws:kms:eu-west-1:123456789012:key/0b1f6a52-3f5e-4a5c-9a8e-4f2c2b7c1d11"
 
+REPO = {"repoUrl": "https://github.com/example-org/monai-dicom-sagemaker.git",
+        "repoRef": "0123456789abcdef0123456789abcdef01234567"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "destroy_data": {"destroyData": "true"},
     "existing_data": {"dataBucketName": "kept-dicom-bucket", "dataKeyArn": KEPT_KEY, "trainingImageUri": ACCOUNT_IMAGE},
     "gpu": {"imageVariant": "gpu"},
+    "vpc": {"vpc": "true"},
 }
 
 
@@ -48,7 +51,7 @@ class _Cache:
     def get(self, variant: str) -> Synthesized:
         if variant not in self.done:
             outdir = self.root / variant
-            app, stack = build_app(VARIANTS[variant], outdir=str(outdir))
+            app, stack = build_app({**REPO, **VARIANTS[variant]}, outdir=str(outdir))
             assembly = app.synth()
             artifact = assembly.get_stack_artifact(stack.artifact_id)
             path = Path(artifact.template_full_path)

@@ -9,18 +9,30 @@ import pytest
 from infra.config import SETTINGS, ConfigError, InfraConfig
 from tests.conftest import ROOT
 
+ORIGIN = "https://github.com/example-org/monai-dicom-sagemaker.git"
+HEAD = "0123456789abcdef0123456789abcdef01234567"
 
-def test_defaults_keep_data_and_build_the_cpu_image():
-    config = InfraConfig.from_mapping({})
+
+def _config(context: dict, **git: str) -> InfraConfig:
+    return InfraConfig.from_mapping(context, **{"origin_url": ORIGIN, "head_commit": HEAD, **git})
+
+
+def test_defaults_keep_data_build_the_cpu_image_and_clone_the_deployed_commit():
+    config = _config({})
     assert config.stack_name == "MonaiDicomSageMaker"
     assert config.storage.destroy_data is False
     assert config.storage.existing_bucket_name == "" and config.storage.existing_key_arn == ""
     assert config.image.image_uri == "" and config.image.variant == "cpu"
+    nb = config.notebook
+    assert (nb.instance_type, nb.volume_gb, nb.root_access, nb.idle_stop_minutes) == ("ml.t2.medium", 100, False, 60)
+    assert (nb.repo_url, nb.repo_ref, nb.deployed_commit) == (ORIGIN, HEAD, HEAD)
+    assert config.vpc is False
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), (True, True), ("False", False)])
-def test_destroy_data_parses_strings_and_booleans(raw, expected):
-    assert InfraConfig.from_mapping({"destroyData": raw}).storage.destroy_data is expected
+def test_booleans_parse_strings_and_booleans(raw, expected):
+    assert _config({"destroyData": raw}).storage.destroy_data is expected
+    assert _config({"vpc": raw}).vpc is expected
 
 
 @pytest.mark.parametrize(("context", "message"), [
@@ -33,14 +45,33 @@ def test_destroy_data_parses_strings_and_booleans(raw, expected):
     ({"noncurrentVersionExpiryDays": "0"}, "noncurrentVersionExpiryDays=0 is out of range"),
     ({"stackName": "9lives"}, "stackName='9lives' is not a CloudFormation stack name"),
     ({"destroydata": "true"}, "unknown context settings ['destroydata']"),
+    ({"notebookInstanceType": "t2.medium"}, "notebookInstanceType='t2.medium' is not a SageMaker instance type"),
+    ({"notebookVolumeGb": "2"}, "notebookVolumeGb=2 is out of range: use 5 to 16384"),
+    ({"notebookIdleStopMinutes": "-1"}, "notebookIdleStopMinutes=-1 is out of range"),
+    ({"repoUrl": "git@github.com:org/repo.git"}, "is an SSH URL: the notebook instance clones without credentials"),
+    ({"repoUrl": "/srv/git/repo"}, "is a local path"),
 ])
 def test_bad_settings_are_errors_naming_the_setting(context, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        InfraConfig.from_mapping(context)
+        _config(context)
+
+
+def test_an_unusable_origin_is_an_error_that_says_how_to_set_repo_url():
+    with pytest.raises(ConfigError, match=re.escape("repoUrl (default: this checkout's origin remote)='/tmp/x'")):
+        _config({}, origin_url="/tmp/x")
+    with pytest.raises(ConfigError, match=re.escape("no `origin` remote: deploy with -c repoUrl=https://")):
+        _config({}, origin_url="")
+    assert _config({"repoUrl": ORIGIN}, origin_url="/tmp/x").notebook.repo_url == ORIGIN
+
+
+def test_repo_ref_defaults_to_the_deployed_commit_or_must_be_given():
+    assert _config({"repoRef": "v1.2"}).notebook.repo_ref == "v1.2"
+    with pytest.raises(ConfigError, match="repoRef is not set and the commit being deployed is unknown"):
+        _config({}, head_commit="")
 
 
 def test_every_setting_is_documented_in_the_readme_with_its_default():
     readme = (ROOT / "README.md").read_text()
     for key, (default, _) in SETTINGS.items():
         shown = str(default).lower() if isinstance(default, bool) else str(default)
-        assert re.search(rf"\|\s*`{key}`\s*\|\s*{re.escape(shown or '(none)')}", readme, re.IGNORECASE), key
+        assert re.search(rf"\|\s*`{key}`\s*\|\s*{re.escape(shown or '(')}", readme, re.IGNORECASE), key

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.infra.conftest import VARIANTS
+from tests.infra.conftest import REPO, VARIANTS
 
 README = (ROOT / "README.md").read_text()
 
@@ -46,7 +46,8 @@ def test_cfn_lint_finds_nothing(synth, variant):
 def test_real_cdk_cli_synthesizes_the_default_stack(tmp_path):
     env = {**os.environ, "CDK_DISABLE_CLI_TELEMETRY": "true", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
     start = time.perf_counter()
-    result = subprocess.run(["npx", "--no-install", "cdk", "synth", "--quiet", "-o", str(tmp_path / "out")],
+    result = subprocess.run(["npx", "--no-install", "cdk", "synth", "--quiet", "-o", str(tmp_path / "out"),
+                             "-c", f"repoUrl={REPO['repoUrl']}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     print(f"npx cdk synth: {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,299 @@
+#!/bin/bash
+# OnStart hook of the notebook instance: SageMaker runs it as root in / on every start, creation included (after
+# on_create.sh), for at most 5 minutes. infra/lifecycle/render.py fills the @@NAME@@ placeholders at synth (and drops
+# the comment lines: the rendered script must stay under 16,384 characters in base64); every other setting below can
+# be overridden from the environment (the tests run this script in a sandbox). Each step is idempotent and none fails
+# the start: errors are logged (CloudWatch log group /aws/sagemaker/NotebookInstances, and $STATE_DIR/on-start.log)
+# and the script exits 0.
+#
+# 1. $STATE_DIR/stack.json (/home/ec2-user/SageMaker/.monai-dicom/stack.json): the stack's values, one JSON object,
+#    owned by the notebook user, mode 0600, replaced atomically (temporary file + rename):
+#      {"stack_name": str, "region": str, "bucket": str, "data_key_arn": str, "training_role_arn": str,
+#       "notebook_role_arn": str, "training_image_uri": str, "subnets": [str], "security_group_ids": [str],
+#       "repo_url": str, "repo_ref": str, "deployed_commit": str}
+#    repo_ref is what the clone checked out; deployed_commit is the commit synthesized ("" when unknown); subnets and
+#    security_group_ids are empty lists when the notebook is not in a VPC.
+# 2. Clones the repository if it is missing (on_create.sh normally did), fetches it and appends to
+#    $STATE_DIR/repo-status.log whether the clone's HEAD is behind the deployed commit (UP TO DATE, AHEAD, BEHIND,
+#    UNKNOWN or NO CLONE). It never merges, resets, stashes or checks out: the user's work stays as it is.
+# 3. In the background (the hook returns at once): finds the conda env behind the conda_pytorch kernel, pip-installs
+#    the notebook's packages into it (log: $STATE_DIR/kernel-install.log), then writes $STATE_DIR/kernel-ready
+#    (holding the env's path), or $STATE_DIR/kernel-install-failed (holding the reason). The repository itself is not
+#    installed: the notebook adds its directory to sys.path.
+# 4. Idle auto-stop: a systemd timer checks Jupyter every 5 minutes and stops the instance once no kernel or terminal
+#    was active for IDLE_STOP_MINUTES minutes (its log: `journalctl -u monai-dicom-idle-stop`); 0 removes it.
+set -uo pipefail
+
+# The stack's values (subnets and security groups comma-separated).
+STACK_NAME='@@STACK_NAME@@'
+REGION='@@REGION@@'
+BUCKET='@@BUCKET@@'
+DATA_KEY_ARN='@@DATA_KEY_ARN@@'
+TRAINING_ROLE_ARN='@@TRAINING_ROLE_ARN@@'
+NOTEBOOK_ROLE_ARN='@@NOTEBOOK_ROLE_ARN@@'
+TRAINING_IMAGE_URI='@@TRAINING_IMAGE_URI@@'
+SUBNETS='@@SUBNETS@@'
+SECURITY_GROUP_IDS='@@SECURITY_GROUP_IDS@@'
+REPO_URL='@@REPO_URL@@'
+REPO_REF='@@REPO_REF@@'
+DEPLOYED_COMMIT='@@DEPLOYED_COMMIT@@'
+IDLE_STOP_MINUTES='@@IDLE_STOP_MINUTES@@'
+
+NB_USER=${NB_USER:-ec2-user}
+NB_HOME=${NB_HOME:-/home/$NB_USER}
+# The only directory kept across restarts.
+SAGEMAKER_DIR=${SAGEMAKER_DIR:-$NB_HOME/SageMaker}
+# Values, logs and markers of these scripts.
+STATE_DIR=${STATE_DIR:-$SAGEMAKER_DIR/.monai-dicom}
+CONDA_ROOT=${CONDA_ROOT:-$NB_HOME/anaconda3}
+CONDA=${CONDA:-$CONDA_ROOT/bin/conda}
+KERNEL_DIRS=${KERNEL_DIRS:-$NB_HOME/.local/share/jupyter/kernels:$CONDA_ROOT/share/jupyter/kernels:$CONDA_ROOT/envs/*/share/jupyter/kernels:/usr/local/share/jupyter/kernels:/usr/share/jupyter/kernels}
+# Empty: bin/pip of the env found.
+PIP=${PIP:-}
+PIP_TIMEOUT=${PIP_TIMEOUT:-3600}
+# Pinned like requirements.txt and training/requirements.txt (s3fs: else pip backtracks for long).
+KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai==1.6.1 pydicom==3.0.2 pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0}
+PYTHON=${PYTHON:-python3}
+# Runs a command as the notebook user; empty: as whoever runs this script.
+AS_USER=${AS_USER-sudo -u $NB_USER -H}
+# Seconds for each git command, and for all of them together (counted from the script's start): SageMaker stops
+# a hook after 5 minutes.
+GIT_TIMEOUT=${GIT_TIMEOUT:-120}
+GIT_DEADLINE=${GIT_DEADLINE:-240}
+# Idle auto-stop: where its root-owned checker and units go, whether systemd runs (that directory exists), what
+# manages the units, and what the checker reads.
+IDLE_CHECKER=${IDLE_CHECKER:-/usr/local/bin/monai-dicom-idle-stop.py}
+SYSTEMD_RUN_DIR=${SYSTEMD_RUN_DIR:-/run/systemd/system}
+SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
+SYSTEMCTL=${SYSTEMCTL:-systemctl}
+METADATA_FILE=${METADATA_FILE:-/opt/ml/metadata/resource-metadata.json}
+JUPYTER_URL=${JUPYTER_URL:-https://localhost:8443}
+read -r -a AS_USER_CMD <<<"$AS_USER"
+
+REPO_NAME=${REPO_URL%/}
+REPO_NAME=${REPO_NAME##*/}
+REPO_DIR=$SAGEMAKER_DIR/${REPO_NAME%.git}
+
+as_user() { "${AS_USER_CMD[@]}" "$@"; }
+log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
+# git as the notebook user, never prompting for credentials, within GIT_TIMEOUT and GIT_DEADLINE.
+ugit() {
+  local left=$((GIT_DEADLINE - SECONDS))
+  [ "$left" -lt "$GIT_TIMEOUT" ] || left=$GIT_TIMEOUT
+  [ "$left" -gt 0 ] && timeout "$left" "${AS_USER_CMD[@]}" env GIT_TERMINAL_PROMPT=0 git "$@"
+}
+
+# Clone REPO_URL at REPO_REF into REPO_DIR: into a temporary directory first, moved into place only when complete,
+# so an interrupted clone is retried later instead of leaving a half-filled directory. (Same text in on_create.sh.)
+clone_repo() {
+  local tmp=$REPO_DIR.partial
+  as_user rm -rf "$tmp"
+  if ! ugit clone -q "$REPO_URL" "$tmp"; then
+    log "ERROR: could not clone $REPO_URL (network, or no access without credentials)"
+    as_user rm -rf "$tmp"
+    return 1
+  fi
+  # A commit that no branch or tag contains yet is asked from the remote directly.
+  ugit -C "$tmp" -c advice.detachedHead=false checkout -q "$REPO_REF" 2>/dev/null ||
+    { ugit -C "$tmp" fetch -q origin "$REPO_REF" && ugit -C "$tmp" -c advice.detachedHead=false checkout -q FETCH_HEAD; } ||
+    log "WARNING: $REPO_REF is not on the remote (not pushed?): the clone is at its default branch"
+  as_user mv -T "$tmp" "$REPO_DIR" && log "cloned $REPO_URL at $REPO_REF into $REPO_DIR"
+}
+
+write_values() {
+  as_user "$PYTHON" - "$STATE_DIR/stack.json" stack_name="$STACK_NAME" region="$REGION" bucket="$BUCKET" \
+    data_key_arn="$DATA_KEY_ARN" training_role_arn="$TRAINING_ROLE_ARN" notebook_role_arn="$NOTEBOOK_ROLE_ARN" \
+    training_image_uri="$TRAINING_IMAGE_URI" subnets="$SUBNETS" security_group_ids="$SECURITY_GROUP_IDS" \
+    repo_url="$REPO_URL" repo_ref="$REPO_REF" deployed_commit="$DEPLOYED_COMMIT" <<'PY' && log "wrote stack.json"
+import json, os, sys, tempfile
+path, values = sys.argv[1], {}
+for arg in sys.argv[2:]:
+    key, _, value = arg.partition("=")
+    values[key] = [v for v in value.split(",") if v] if key in ("subnets", "security_group_ids") else value
+# mkstemp creates the file with mode 0600
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".stack.json.")
+with os.fdopen(fd, "w") as f:
+    json.dump(values, f, indent=2)
+os.replace(tmp, path)
+PY
+}
+
+status() { log "$*" | as_user tee -a "$STATE_DIR/repo-status.log"; }
+rgit() { as_user git -C "$REPO_DIR" "$@"; }
+
+# Appends to repo-status.log how the clone's HEAD relates to the deployed commit; changes no branch and no file.
+repo_status() {
+  local want=${DEPLOYED_COMMIT:-$REPO_REF} sha head behind ahead dirty
+  if [ ! -e "$REPO_DIR" ]; then
+    clone_repo || { status "NO CLONE: cloning $REPO_URL failed; restart to retry"; return; }
+  elif [ ! -d "$REPO_DIR/.git" ]; then
+    status "NO CLONE: $REPO_DIR is not a git clone"
+    return
+  else
+    ugit -C "$REPO_DIR" fetch -q --tags origin || log "WARNING: git fetch failed: status from the last fetch"
+  fi
+  sha=$(rgit rev-parse -q --verify "origin/$want^{commit}" || rgit rev-parse -q --verify "$want^{commit}" ||
+    { ugit -C "$REPO_DIR" fetch -q origin "$want" && rgit rev-parse FETCH_HEAD; })
+  head=$(rgit rev-parse -q --verify HEAD)
+  dirty="$(rgit status --porcelain | wc -l) uncommitted change(s) in $REPO_DIR"
+  if [ -z "$sha" ]; then
+    status "UNKNOWN: the deployed commit $want is not on the remote; HEAD is $head; $dirty"
+  elif [ "$sha" = "$head" ]; then
+    status "UP TO DATE: HEAD is the deployed commit $sha; $dirty"
+  else
+    behind=$(rgit rev-list --count "HEAD..$sha")
+    ahead=$(rgit rev-list --count "$sha..HEAD")
+    if [ "$behind" = 0 ]; then
+      status "AHEAD: HEAD $head has the deployed commit $sha and $ahead more; $dirty"
+    else
+      status "BEHIND: HEAD $head lacks $behind commit(s) of the deployed commit $sha; $dirty; to update, commit or stash your edits, then: git -C $REPO_DIR merge $sha"
+    fi
+  fi
+}
+
+# Prints the directory of the conda env behind the conda_pytorch kernel: the kernel spec named or displayed
+# conda_pytorch (else one naming pytorch), else the same names in `conda env list`, else $CONDA_ROOT/envs/pytorch.
+# shellcheck disable=SC2329 # run by kernel_install, in the bash that start_kernel starts
+find_env() {
+  "$PYTHON" - "$KERNEL_DIRS" "$CONDA" "$CONDA_ROOT/envs/pytorch" <<'PY'
+import glob, json, os, subprocess, sys
+dirs, conda, fallback = sys.argv[1:]
+
+def pick(how, candidates):
+    for match in (lambda n: n in ("conda_pytorch", "pytorch"), lambda n: "pytorch" in n):
+        for name, env in candidates:
+            if match(name.lower()) and os.path.isdir(env):
+                print("conda env found by", how, file=sys.stderr)
+                print(env)
+                sys.exit()
+
+found = []
+for spec in sorted(s for d in dirs.split(":") for s in glob.glob(os.path.join(d, "*", "kernel.json"))):
+    try:
+        with open(spec) as f:
+            kernel = json.load(f)
+        env = os.path.dirname(os.path.dirname(kernel["argv"][0]))
+        found += [(kernel.get("display_name", ""), env), (os.path.basename(os.path.dirname(spec)), env)]
+    except Exception:
+        pass
+pick("kernel spec", found)
+try:
+    out = subprocess.run([conda, "env", "list", "--json"], capture_output=True, timeout=300, check=True).stdout
+    pick("conda env list", [(os.path.basename(e), e) for e in json.loads(out)["envs"]])
+except Exception as e:
+    print("conda env list:", e, file=sys.stderr)
+pick("fallback", [("pytorch", fallback)])
+PY
+}
+
+# Step 3's background part: runs as the notebook user, detached, started through `declare -f` by start_kernel.
+# shellcheck disable=SC2329 # run through `declare -f` by start_kernel
+kernel_install() {
+  exec 9>"$STATE_DIR/kernel-install.lock"
+  # An install of an earlier start still running finishes the job.
+  flock -n 9 || exit 0
+  exec >"$STATE_DIR/kernel-install.log" 2>&1 </dev/null
+  echo "$$" >"$STATE_DIR/kernel-install.pid"
+  local env packages
+  read -r -a packages <<<"$KERNEL_PACKAGES"
+  env=$(find_env)
+  if [ -z "$env" ]; then
+    echo "no conda env for the conda_pytorch kernel found" | tee "$STATE_DIR/kernel-install-failed"
+    exit 1
+  fi
+  log "installing into $env: ${packages[*]}"
+  timeout "$PIP_TIMEOUT" "${PIP:-$env/bin/pip}" install --no-input --disable-pip-version-check --progress-bar off \
+    "${packages[@]}"
+  local rc=$?
+  if [ "$rc" = 0 ]; then
+    echo "$env" >"$STATE_DIR/kernel-ready"
+  else
+    echo "pip install into $env exited with $rc: see kernel-install.log" | tee "$STATE_DIR/kernel-install-failed"
+  fi
+  log "kernel install done"
+}
+
+start_kernel() {
+  as_user rm -f "$STATE_DIR/kernel-ready" "$STATE_DIR/kernel-install-failed"
+  setsid nohup "${AS_USER_CMD[@]}" env STATE_DIR="$STATE_DIR" KERNEL_DIRS="$KERNEL_DIRS" CONDA="$CONDA" \
+    CONDA_ROOT="$CONDA_ROOT" PIP="$PIP" PIP_TIMEOUT="$PIP_TIMEOUT" KERNEL_PACKAGES="$KERNEL_PACKAGES" \
+    PYTHON="$PYTHON" bash -c "$(declare -f log find_env kernel_install); kernel_install" &>/dev/null </dev/null &
+  log "kernel packages: installing in the background, see kernel-install.log"
+}
+
+# The idle checker: stops this instance once no Jupyter kernel or terminal was active for MINUTES (the boot counts
+# as activity; a kernel that is not idle is activity now). Jupyter's certificate on localhost is self-signed.
+write_checker() {
+  cat >"$IDLE_CHECKER" <<'PY'
+import json, os, ssl, subprocess, sys, time, urllib.request
+from datetime import datetime, timezone
+minutes, metadata, url, cli, region = sys.argv[1:]
+ctx = ssl._create_unverified_context()
+def get(path):
+    with urllib.request.urlopen(url + path, context=ctx, timeout=30) as r:
+        return json.load(r)
+def when(item):
+    return datetime.fromisoformat((item.get("last_activity") or "1970-01-01")[:19]).replace(tzinfo=timezone.utc).timestamp()
+try:
+    sessions, terminals = get("/api/sessions"), get("/api/terminals")
+except Exception as e:
+    sys.exit(f"Jupyter not reachable ({e})")
+with open("/proc/uptime") as f:
+    last = time.time() - float(f.read().split()[0])
+kernels = [s.get("kernel") or {} for s in sessions]
+if any(k.get("execution_state") == "busy" for k in kernels):
+    sys.exit("a kernel is busy")
+idle = (time.time() - max([last] + [when(i) for i in kernels + terminals])) / 60
+if idle < int(minutes):
+    sys.exit(f"idle for {idle:.0f} of {minutes} minutes")
+with open(metadata) as f:
+    meta = json.load(f)
+name, arn = meta["ResourceName"], meta.get("ResourceArn", "").split(":")
+region = arn[3] if len(arn) > 3 else region
+print(f"idle for {idle:.0f} minutes: stopping {name} in {region}", flush=True)
+if os.access(cli, os.X_OK):
+    subprocess.run([cli, "sagemaker", "stop-notebook-instance", "--notebook-instance-name", name, "--region", region], check=True)
+else:
+    import boto3
+    boto3.client("sagemaker", region_name=region).stop_notebook_instance(NotebookInstanceName=name)
+PY
+}
+
+# Step 4: a systemd timer (AL2023 has no cron by default). The checker runs as root, with the instance's role, from
+# a root-owned file; the JupyterSystemEnv python has boto3, for where the aws CLI is missing.
+idle_stop() {
+  local unit=$SYSTEMD_DIR/monai-dicom-idle-stop py cli
+  if [ "$IDLE_STOP_MINUTES" = 0 ]; then
+    if [ -e "$unit.timer" ]; then
+      "$SYSTEMCTL" disable --now "${unit##*/}.timer"
+      rm -f "$unit.timer" "$unit.service"
+    fi
+    log "idle auto-stop: off"
+  elif [ -d "$SYSTEMD_RUN_DIR" ]; then
+    py=$CONDA_ROOT/envs/JupyterSystemEnv/bin/python
+    [ -x "$py" ] || py=$(command -v python3)
+    cli=$(command -v aws || echo "$CONDA_ROOT/bin/aws")
+    write_checker
+    printf '[Service]\nType=oneshot\nExecStart=%s %s %s %s %s %s %s\n' "$py" "$IDLE_CHECKER" "$IDLE_STOP_MINUTES" \
+      "$METADATA_FILE" "$JUPYTER_URL" "$cli" "$REGION" >"$unit.service"
+    printf '[Timer]\nOnBootSec=5min\nOnUnitActiveSec=5min\n[Install]\nWantedBy=timers.target\n' >"$unit.timer"
+    "$SYSTEMCTL" daemon-reload && "$SYSTEMCTL" enable --now "${unit##*/}.timer" &&
+      log "idle auto-stop: after $IDLE_STOP_MINUTES idle minutes"
+  else
+    log "WARNING: systemd is not running: no idle auto-stop"
+  fi
+}
+
+main() {
+  as_user mkdir -p -m 700 "$STATE_DIR"
+  exec > >(as_user tee -a "$STATE_DIR/on-start.log") 2>&1
+  log "on_start: stack $STACK_NAME"
+  write_values
+  start_kernel
+  repo_status
+  idle_stop
+  log "on_start done"
+}
+
+main
+exit 0
