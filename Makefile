@@ -35,7 +35,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 setup: $(STAMP) node_modules/.package-lock.json
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: setup
 	$(PY) -m demo

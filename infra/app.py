@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CDK_JSON = REPO_ROOT / "cdk.json"
 
 
+_SCP_URL = re.compile(r"^(?:ssh://)?git@(?P<host>[\w.-]+)[:/](?P<path>[\w./-]+?)(?:\.git)?/?$")
+
+
+def https_origin(url: str) -> str:
+    """The HTTPS form of an SSH origin (`git@github.com:org/repo.git` -> `https://github.com/org/repo.git`).
+
+    The notebook clones without credentials, so it needs HTTPS; a checkout cloned over SSH names the same repository.
+    Other URLs are returned unchanged (and checked by the configuration).
+
+    Args:
+        url: the origin remote's URL.
+    """
+    match = _SCP_URL.match(url)
+    return f"https://{match['host']}/{match['path']}.git" if match else url
+
+
 def build_app(
     context: Mapping[str, Any] | None = None, *, outdir: str | None = None
 ) -> tuple[cdk.App, MonaiDicomStack]:
@@ -34,7 +51,7 @@ def build_app(
     defaults = json.loads(CDK_JSON.read_text())["context"]
     app = cdk.App(context={**defaults, **(context or {})}, outdir=outdir)
     head = current_commit(REPO_ROOT) or ""
-    config = InfraConfig.from_context(app.node.try_get_context, origin_url=origin_url(REPO_ROOT) or "",
+    config = InfraConfig.from_context(app.node.try_get_context, origin_url=https_origin(origin_url(REPO_ROOT) or ""),
                                       head_commit=head)
     stack = MonaiDicomStack(
         app, config.stack_name, config=config,

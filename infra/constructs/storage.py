@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -54,7 +56,7 @@ class DataStorage(Construct):
             return
 
         removal = RemovalPolicy.DESTROY if destroy_data else RemovalPolicy.RETAIN
-        common = dict(
+        common: dict[str, Any] = dict(
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             minimum_tls_version=1.2,
@@ -90,6 +92,12 @@ class DataStorage(Construct):
             server_access_logs_prefix="data-bucket/",
             **common,
         )
+        if not destroy_data:
+            # A kept bucket keeps its policy too: TLS-only access, and the log bucket's permission for S3 to deliver
+            # access logs (an imported bucket's policy cannot be recreated by a later deployment).
+            for bucket in (log_bucket, self.bucket):
+                if bucket.policy is not None:
+                    bucket.policy.apply_removal_policy(RemovalPolicy.RETAIN)
         acknowledge(self, "HIPAA.Security-S3BucketReplicationEnabled",
                     "Cross-region replication copies patient data to a second region: a data-residency and cost "
                     "decision for each team (add a replication rule to the bucket where it is wanted).")

@@ -77,7 +77,7 @@ def test_old_versions_expire_and_incomplete_uploads_are_aborted(synth):
 def test_default_keeps_bucket_log_bucket_and_key_on_destroy(synth):
     s = synth.get("default")
     kept = {k for k, v in s.doc["Resources"].items() if v.get("DeletionPolicy") == "Retain"}
-    assert kept == {*_bucket_ids(s), *s.resources("AWS::KMS::Key")}
+    assert kept == {*_bucket_ids(s), *s.resources("AWS::KMS::Key"), *s.resources("AWS::S3::BucketPolicy")}
     assert not s.resources("Custom::S3AutoDeleteObjects")
 
 
@@ -107,3 +107,11 @@ def test_outputs(synth):
     assert set(s.doc["Outputs"]) >= {"DataBucketName", "DataKeyArn", "TrainingRoleArn", "NotebookRoleArn",
                                      "TrainingImageUri", "Region"}
     assert s.doc["Outputs"]["Region"]["Value"] == {"Ref": "AWS::Region"}
+
+
+def test_kept_buckets_keep_their_policies(synth):
+    """TLS-only access and log delivery must survive `cdk destroy` with the buckets they protect."""
+    for resource in synth.get("default").resources("AWS::S3::BucketPolicy").values():
+        assert resource["DeletionPolicy"] == "Retain"
+    for resource in synth.get("destroy_data").resources("AWS::S3::BucketPolicy").values():
+        assert resource.get("DeletionPolicy", "Delete") == "Delete"
