@@ -45,6 +45,8 @@ class Resources:
     log_bucket: str
     key_id: str
     roles: tuple[str, ...]  # the training and notebook roles
+    notebook: str  # the notebook instance (moto names it itself; it ignores NotebookInstanceName)
+    lifecycle_config: str  # its lifecycle configuration
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,20 @@ def _exists(env: dict[str, str], resources: Resources) -> dict[str, bool]:
         except ClientError as error:
             assert error.response["Error"]["Code"] == "NoSuchEntity", error
             found[f"role:{role}"] = False
+    sagemaker = client(env, "sagemaker")
+    try:
+        attached = sagemaker.describe_notebook_instance(NotebookInstanceName=resources.notebook)
+        found[f"notebook:{resources.notebook}"] = attached["NotebookInstanceStatus"] == "InService"
+    except ClientError as error:
+        assert error.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"), error
+        found[f"notebook:{resources.notebook}"] = False
+    try:
+        sagemaker.describe_notebook_instance_lifecycle_config(
+            NotebookInstanceLifecycleConfigName=resources.lifecycle_config)
+        found[f"lifecycle:{resources.lifecycle_config}"] = True
+    except ClientError as error:
+        assert error.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"), error
+        found[f"lifecycle:{resources.lifecycle_config}"] = False
     return found
 
 
@@ -108,9 +124,12 @@ def _resources(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Reso
     (key_id,) = by_type["AWS::KMS::Key"]
     roles = tuple(outputs[name].rsplit("/", 1)[-1] for name in ("TrainingRoleArn", "NotebookRoleArn"))
     assert set(roles) <= set(by_type["AWS::IAM::Role"])
+    (notebook,) = by_type["AWS::SageMaker::NotebookInstance"]
+    (lifecycle_config,) = by_type["AWS::SageMaker::NotebookInstanceLifecycleConfig"]
     return Resources(data_bucket=outputs["DataBucketName"],
                      log_bucket=next(b for b in buckets if b != outputs["DataBucketName"]),
-                     key_id=key_id, roles=roles)
+                     key_id=key_id, roles=roles, notebook=notebook.rsplit("/", 1)[-1],
+                     lifecycle_config=lifecycle_config.rsplit("/", 1)[-1])
 
 
 def _lifecycle(env: dict[str, str], context: dict[str, Any]) -> Lifecycle:
@@ -159,6 +178,11 @@ def test_deploy_creates_both_buckets_the_key_and_both_roles(default_stack: Lifec
     assert len(_all(default_stack.after_deploy, "key:")) == 1
 
 
+def test_deploy_creates_the_notebook_and_its_lifecycle_config(default_stack: Lifecycle) -> None:
+    assert _all(default_stack.after_deploy, "notebook:") == [True]
+    assert _all(default_stack.after_deploy, "lifecycle:") == [True]
+
+
 def test_deploy_declares_the_outputs(default_stack: Lifecycle) -> None:
     outputs, resources = default_stack.outputs, default_stack.resources
     assert set(OUTPUTS) <= set(outputs)
@@ -175,6 +199,8 @@ def test_teardown_removes_the_stack_and_roles_and_keeps_buckets_and_key(default_
     assert not default_stack.stack_after_teardown
     after = default_stack.after_teardown
     assert _all(after, "role:") == [False, False]
+    assert _all(after, "notebook:") == [False]
+    assert _all(after, "lifecycle:") == [False]
     assert _all(after, "bucket:") == [True, True]
     assert _all(after, "key:") == [True]
 
