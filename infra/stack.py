@@ -65,6 +65,7 @@ class MonaiDicomStack(Stack):
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
 
+        image_variant = "" if config.image.image_uri else config.image.variant  # a given image: unknown
         subnet_ids = [subnet.subnet_id for subnet in network.subnets] if network else []
         security_group_ids = [network.security_group.security_group_id] if network else []
         notebook = NotebookInstance(
@@ -81,6 +82,7 @@ class MonaiDicomStack(Stack):
                 "training_role_arn": training.role.role_arn,
                 "notebook_role_arn": notebook_role.role.role_arn,
                 "training_image_uri": image.image_uri,
+                "training_image_variant": image_variant,
                 "subnets": subnet_ids,
                 "security_group_ids": security_group_ids,
                 "repo_url": nb.repo_url,
@@ -96,6 +98,8 @@ class MonaiDicomStack(Stack):
             "TrainingRoleArn": (training.role.role_arn, "Execution role for training jobs"),
             "NotebookRoleArn": (notebook_role.role.role_arn, "Role of the notebook instance"),
             "TrainingImageUri": (image.image_uri, "Training image (SageMaker PyTorch + MONAI + pydicom)"),
+            "TrainingImageVariant": (image_variant or "unknown",
+                                     "cpu or gpu: the image cdk deploy built (unknown for trainingImageUri)"),
             "Region": (self.region, "Region of the stack"),
             "NotebookName": (notebook.instance.attr_notebook_instance_name, "The notebook instance"),
             "NotebookUrl": (f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from aws_cdk import Stack
@@ -11,7 +12,8 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAINING_DIR = REPO_ROOT / "training"
 # AWS Deep Learning Containers for SageMaker PyTorch training, on ECR Public so that `cdk deploy` needs no registry
 # login (DockerImageAsset cannot log in to a private base registry, aws-cdk#17268). PyTorch 2.13 = the tests' torch.
 BASE_IMAGES = {
@@ -23,6 +25,33 @@ _PRIVATE_ECR = re.compile(
 )
 
 
+def training_code_commit(repo_root: Path = REPO_ROOT) -> str:
+    """The commit that last changed training/, with "+dirty" when training/ has uncommitted changes.
+
+    The image records it (CODE_COMMIT, training/Dockerfile). The last commit of training/ rather than HEAD: a commit
+    elsewhere in the repository changes neither the image nor its asset hash, so it does not rebuild it.
+
+    Args:
+        repo_root: the checkout.
+
+    Returns:
+        The commit (the launcher's format, launcher/job_contract.py code_commit), or "" without git or a checkout.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True, text=True, timeout=30,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("log", "-1", "--format=%H", "--", "training")
+    if not commit:
+        return ""
+    return f"{commit}+dirty" if git("status", "--porcelain", "--", "training") else commit
+
+
 class TrainingImage(Construct):
     """The image SageMaker runs the training job in.
 
@@ -31,7 +60,8 @@ class TrainingImage(Construct):
         asset: the DockerImageAsset when the image is built by `cdk deploy`, else None.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, image_uri: str, variant: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, image_uri: str, variant: str,
+                 code_commit: str | None = None) -> None:
         """Build the image from training/, or refer to an existing one.
 
         Args:
@@ -39,6 +69,8 @@ class TrainingImage(Construct):
             construct_id: construct id.
             image_uri: an existing image to use as it is; "" builds training/.
             variant: "cpu" or "gpu": the base container when building.
+            code_commit: what the image records as its code's commit; None asks this checkout's git
+                (training_code_commit).
         """
         super().__init__(scope, construct_id)
         self.asset: ecr_assets.DockerImageAsset | None = None
@@ -58,7 +90,10 @@ class TrainingImage(Construct):
             self, "Asset",
             directory=str(TRAINING_DIR),
             platform=ecr_assets.Platform.LINUX_AMD64,  # SageMaker training instances are x86-64
-            build_args={"BASE_IMAGE": BASE_IMAGES[variant]},
+            build_args={
+                "BASE_IMAGE": BASE_IMAGES[variant],
+                "CODE_COMMIT": training_code_commit() if code_commit is None else code_commit,
+            },
         )
         self._repository = self.asset.repository
         self.image_uri = self.asset.image_uri

@@ -9,9 +9,10 @@
 # 1. $STATE_DIR/stack.json (/home/ec2-user/SageMaker/.monai-dicom/stack.json): the stack's values, one JSON object,
 #    owned by the notebook user, mode 0600, replaced atomically (temporary file + rename):
 #      {"stack_name": str, "region": str, "bucket": str, "data_key_arn": str, "training_role_arn": str,
-#       "notebook_role_arn": str, "training_image_uri": str, "subnets": [str], "security_group_ids": [str],
+#       "notebook_role_arn": str, "training_image_uri": str, "training_image_variant": str, "subnets": [str],
+#       "security_group_ids": [str],
 #       "repo_url": str, "repo_ref": str, "deployed_commit": str}
-#    repo_ref is what the clone checked out; deployed_commit is the commit synthesized ("" when unknown); subnets and
+#    training_image_variant is "cpu" or "gpu" ("" for an image given by URI); repo_ref is what the clone checked out; deployed_commit is the commit synthesized ("" when unknown); subnets and
 #    security_group_ids are empty lists when the notebook is not in a VPC.
 # 2. Clones the repository if it is missing (on_create.sh normally did), fetches it and appends to
 #    $STATE_DIR/repo-status.log whether the clone's HEAD is behind the deployed commit (UP TO DATE, AHEAD, BEHIND,
@@ -32,6 +33,7 @@ DATA_KEY_ARN='@@DATA_KEY_ARN@@'
 TRAINING_ROLE_ARN='@@TRAINING_ROLE_ARN@@'
 NOTEBOOK_ROLE_ARN='@@NOTEBOOK_ROLE_ARN@@'
 TRAINING_IMAGE_URI='@@TRAINING_IMAGE_URI@@'
+TRAINING_IMAGE_VARIANT='@@TRAINING_IMAGE_VARIANT@@'
 SUBNETS='@@SUBNETS@@'
 SECURITY_GROUP_IDS='@@SECURITY_GROUP_IDS@@'
 REPO_URL='@@REPO_URL@@'
@@ -103,7 +105,7 @@ clone_repo() {
 write_values() {
   as_user "$PYTHON" - "$STATE_DIR/stack.json" stack_name="$STACK_NAME" region="$REGION" bucket="$BUCKET" \
     data_key_arn="$DATA_KEY_ARN" training_role_arn="$TRAINING_ROLE_ARN" notebook_role_arn="$NOTEBOOK_ROLE_ARN" \
-    training_image_uri="$TRAINING_IMAGE_URI" subnets="$SUBNETS" security_group_ids="$SECURITY_GROUP_IDS" \
+    training_image_uri="$TRAINING_IMAGE_URI" training_image_variant="$TRAINING_IMAGE_VARIANT" subnets="$SUBNETS" security_group_ids="$SECURITY_GROUP_IDS" \
     repo_url="$REPO_URL" repo_ref="$REPO_REF" deployed_commit="$DEPLOYED_COMMIT" <<'PY' && log "wrote stack.json"
 import json, os, sys, tempfile
 path, values = sys.argv[1], {}

@@ -232,6 +232,7 @@ def values(**overrides: Any) -> dict[str, Any]:
         "training_role_arn": "arn:aws:iam::123456789012:role/MonaiDicom-TrainingRole-ABC",
         "notebook_role_arn": "arn:aws:iam::123456789012:role/MonaiDicom-NotebookRole-DEF",
         "training_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/monai-training:1.0",
+        "training_image_variant": "",
         "subnets": ["subnet-0aaa", "subnet-0bbb"],
         "security_group_ids": ["sg-0ccc"],
         "repo_url": REPO_URL,
