@@ -1,0 +1,84 @@
+"""training/check.py: `python -m training.check DIR` reports the data and exits non-zero on bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.training.dicom_builders import read_labels_csv, truncate
+from training import check
+from training.synthetic import generate
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "train"
+    generate(root, count=24, size=64)
+    return root
+
+
+def test_a_clean_set_passes_with_a_full_report(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check.main(check.parse_args([str(dataset)])) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "channel train: labels from labels.csv (labels.csv), 24 labeled DICOM file(s)",
+        "classes: abnormal, normal",
+        "split by: PatientID (PatientID 24 files)",
+        "planned split: train ",
+        "patients (salted hash: images): 6",
+        "bad files: 0",
+        "result: every labeled file is usable",
+    ):
+        assert expected in out
+    assert "SYN-0001" not in out
+
+
+def test_bad_files_are_listed_and_exit_1(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = read_labels_csv(dataset)[2][0]
+    truncate(dataset / bad)
+    (dataset / "notes.txt").write_text("not DICOM")
+    assert check.main(check.parse_args([str(dataset), "--val-fraction", "0.3"])) == 1
+    out = capsys.readouterr().out
+    assert f"[train] {bad}: " in out  # the reason depends on where the cut fell
+    assert "skipped 1: not a DICOM file (no 'DICM' marker at byte 128)" in out
+    assert "bad files: 1" in out
+
+
+def test_unusable_data_exits_2_with_the_reason(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (dataset / "meta-data.json").write_text("[]")
+    assert check.main(check.parse_args([str(dataset)])) == 2
+    assert "error: channel 'train'" in capsys.readouterr().out
+
+
+def test_json_report_is_the_manifest(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check.main(check.parse_args([str(dataset), "--json", "--seed", "3"])) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert len(manifest["files"]) == 24 and manifest["options"]["seed"] == 3
+
+
+def test_command_line_entry(dataset: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "training.check", str(dataset), "--workers", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "planned split" in done.stdout
+
+
+def test_parse_args_defaults() -> None:
+    args = check.parse_args(["data"])
+    assert (args.train, args.validation, args.val_fraction, args.window, args.json) == (
+        Path("data"),
+        None,
+        0.2,
+        None,
+        False,
+    )

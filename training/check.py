@@ -1,0 +1,147 @@
+"""Check a DICOM data set before training: discovery and validation alone, no model.
+
+    python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0] [--salt SALT]
+        [--window CENTER WIDTH] [--workers 2] [--label-attribute NAME] [--json]
+
+Prints the label format of each channel, the classes with their counts, the patients (by salted hash), the
+planned train/validation split and every bad file with its reason. It runs the training job's own data layer
+(training/data.py) with on_bad_file='skip' at a small resolution, so what it reports is what training will see.
+
+Exit status: 0 when every labeled file is usable; 1 when some files are bad (listed); 2 when the data cannot be
+used at all (no labels, two label formats, fewer than two classes, a patient in two channels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.data import DEFAULT_SALT, DataError, DataOptions, prepare
+
+CHECK_IMAGE_SIZE = (32, 32)  # decoding is the check; a small cache keeps it light on memory
+PATIENTS_SHOWN = 20  # the full list is in --json
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line.
+
+    Args:
+        argv: arguments (default: sys.argv[1:]).
+
+    Returns:
+        The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("train", type=Path, help="the train channel directory")
+    parser.add_argument("--validation", type=Path, default=None, help="a validation channel directory")
+    parser.add_argument("--test", type=Path, default=None, help="a test channel directory")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="held out when no validation channel")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the planned split (default 0)")
+    parser.add_argument("--salt", default=DEFAULT_SALT, help="salt of the patient hashes (default: the project's)")
+    parser.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"))
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    parser.add_argument("--label-attribute", default=None, help="Ground Truth label attribute, if several")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the check and print the report.
+
+    Args:
+        args: from parse_args.
+
+    Returns:
+        0 (usable), 1 (bad files) or 2 (unusable).
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+    channels = {"train": args.train}
+    if args.validation is not None:
+        channels["validation"] = args.validation
+    if args.test is not None:
+        channels["test"] = args.test
+    try:
+        options = DataOptions(
+            image_size=CHECK_IMAGE_SIZE,
+            on_bad_file="skip",
+            window=tuple(args.window) if args.window else None,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            salt=args.salt,
+            workers=args.workers,
+            label_attribute=args.label_attribute,
+        )
+        data = prepare(channels, options)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    if args.json:
+        print(json.dumps(data.manifest, indent=2))
+    else:
+        print(report(data.manifest))
+    return 1 if data.bad_files else 0
+
+
+def report(manifest: dict[str, Any]) -> str:
+    """The human-readable report of a manifest (training/data.py).
+
+    Args:
+        manifest: PreparedData.manifest.
+
+    Returns:
+        The report, several lines.
+    """
+    lines = []
+    for name, channel in manifest["channels"].items():
+        lines.append(
+            f"channel {name}: labels from {channel['label_source']} ({channel['label_format']}), "
+            f"{channel['labeled_files']} labeled DICOM file(s)"
+        )
+        reasons = Counter(entry["reason"] for entry in channel["skipped"])
+        for reason, count in sorted(reasons.items()):
+            lines.append(f"  skipped {count}: {reason}")
+    sides = [side for side in ("train", "validation", "test") if sum(manifest["class_counts"][side].values())]
+    lines.append("classes: " + ", ".join(manifest["classes"]))
+    for name in manifest["classes"]:
+        per_side = ", ".join(f"{side} {manifest['class_counts'][side][name]}" for side in sides)
+        lines.append(f"  {name}: {per_side}")
+    lines.append(
+        f"split by: {manifest['split_key']} "
+        f"({', '.join(f'{k} {v}' for k, v in manifest['split_key_counts'].items())} files)"
+    )
+    for note in manifest["split_key_notes"]:
+        lines.append(f"  note: {note}")
+    lines.append(
+        "planned split: "
+        + ", ".join(
+            f"{side} {sum(manifest['class_counts'][side].values())} images of {manifest['patients'][side]} patients"
+            for side in sides
+        )
+    )
+    per_patient: dict[str, Counter[str]] = {}
+    for entry in manifest["files"]:
+        per_patient.setdefault(entry["patient"], Counter())[entry["split"]] += 1
+    lines.append(f"patients (salted hash: images): {len(per_patient)}")
+    for patient, counts in sorted(per_patient.items())[:PATIENTS_SHOWN]:
+        lines.append(f"  {patient}: " + ", ".join(f"{side} {n}" for side, n in sorted(counts.items())))
+    if len(per_patient) > PATIENTS_SHOWN:
+        lines.append(f"  ... and {len(per_patient) - PATIENTS_SHOWN} more (--json lists them all)")
+    bad = manifest["bad_files"]
+    lines.append(f"bad files: {len(bad)}")
+    for entry in bad:
+        lines.append(f"  [{entry['channel']}] {entry['file']}: {entry['reason']}")
+    if bad:
+        lines.append("result: fix or remove the bad files, or train with on_bad_file=skip to leave them out")
+    else:
+        lines.append("result: every labeled file is usable")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

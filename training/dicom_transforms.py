@@ -1,0 +1,82 @@
+"""MONAI transforms around `training.dicom.load_image`, for MONAI pipelines (inference, bundles, notebooks).
+
+They add nothing to the preprocessing: the same function produces the training cache (training/data.py) and
+these transforms' output, so a model sees identical inputs in both. Kept apart from training/dicom.py because
+importing MONAI costs about 2.5 s, which decoding processes should not pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from training.dicom import Source, Window, load_image
+
+
+class LoadDicomImage(Transform):
+    """Read a DICOM file (path, bytes or file object) into a float32 tensor (1, H, W) in [0, 1].
+
+    Args:
+        image_size: (H, W), the training resolution of the model.
+        window: (center, width) overriding the file's window, as used in training; None: the file's window, else
+            percentile scaling.
+    """
+
+    def __init__(self, image_size: Sequence[int], window: Window | None = None) -> None:
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be (H, W); got {tuple(image_size)}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.window = window
+
+    def __call__(self, source: Source) -> torch.Tensor:  # type: ignore[override]
+        """Load one image.
+
+        Args:
+            source: a path, the file's bytes, or a binary file object.
+
+        Returns:
+            float32 tensor (1, H, W).
+
+        Raises:
+            training.dicom.DicomReadError: the file cannot become an image.
+        """
+        return torch.from_numpy(load_image(source, image_size=self.image_size, window=self.window))
+
+
+class LoadDicomImaged(MapTransform):
+    """Dictionary version of LoadDicomImage: replaces each key's source by its image tensor.
+
+    Args:
+        keys: the keys holding DICOM sources.
+        image_size: (H, W).
+        window: (center, width) or None.
+        allow_missing_keys: skip keys that are absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_size: Sequence[int],
+        window: Window | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadDicomImage(image_size, window)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
+        """Load the images of one sample.
+
+        Args:
+            data: the sample.
+
+        Returns:
+            A copy of the sample with each key's source replaced by its image.
+        """
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = self.loader(out[key])
+        return out
