@@ -1,0 +1,73 @@
+"""training/lineage.py: the launcher's S3 record merged into the data manifest; the code's commit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.training.job_sagemaker import ROOT
+from training import lineage
+from training.config import TrainConfig
+from training.contract import JobContext
+
+OBJECTS = [
+    {"channel": "train", "file": "a/1.dcm", "uri": "s3://b/d/train/a/1.dcm", "version_id": "v1", "etag": '"e1"'},
+    {"channel": "test", "file": "2.dcm", "uri": "s3://b/d/test/2.dcm", "version_id": None, "etag": None},
+]
+
+
+def test_read_s3_manifest_from_a_file_or_a_channel_directory(tmp_path: Path) -> None:
+    (tmp_path / "s3-objects.json").write_text(json.dumps({"objects": OBJECTS}))
+    for path in (tmp_path, tmp_path / "s3-objects.json"):
+        record = lineage.read_s3_manifest(path)
+        assert record[("train", "a/1.dcm")] == {"uri": "s3://b/d/train/a/1.dcm", "version_id": "v1", "etag": '"e1"'}
+        assert record[("test", "2.dcm")]["version_id"] is None
+    assert lineage.read_s3_manifest(None) == {}
+
+
+def test_bad_s3_manifest_names_the_file_and_the_form(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text(json.dumps({"files": []}))
+    with pytest.raises(ValueError, match=r"S3 manifest .*m.json is not readable as \{'objects'"):
+        lineage.read_s3_manifest(tmp_path / "m.json")
+    (tmp_path / "n.json").write_text("{}")
+    with pytest.raises(ValueError, match="exactly one \\*.json file; found 2"):
+        lineage.read_s3_manifest(tmp_path)
+
+
+def test_data_lineage_adds_versions_per_file() -> None:
+    manifest = {
+        "classes": ["a", "b"],
+        "files": [
+            {"channel": "train", "file": "a/1.dcm", "label": "a", "patient": "p-1", "split": "train"},
+            {"channel": "train", "file": "a/3.dcm", "label": "b", "patient": "p-2", "split": "validation"},
+        ],
+    }
+    merged = lineage.data_lineage(manifest, lineage.read_s3_manifest_objects(OBJECTS))
+    assert merged["files"][0]["version_id"] == "v1" and "version_id" not in merged["files"][1]
+    assert merged["s3"] == {"objects_in_record": 2, "files_matched": 1, "files_unmatched": 1}
+    assert "version_id" not in manifest["files"][0]  # the input is not modified
+
+
+def test_code_identity_prefers_the_declared_commit() -> None:
+    assert lineage.code_identity("abc") == {"commit": "abc", "dirty": None, "source": "environment"}
+
+
+def test_code_identity_asks_git_in_a_checkout() -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    identity = lineage.code_identity(None)
+    if head.returncode != 0:
+        assert identity["commit"] is None
+    else:
+        assert identity["commit"] == head.stdout.strip() and identity["source"] == "git"
+        assert isinstance(identity["dirty"], bool)
+
+
+def test_job_lineage_keeps_a_custom_salt_out(tmp_path: Path) -> None:
+    context = JobContext(channels={"train": tmp_path}, model_dir=tmp_path, output_dir=tmp_path, image={"version": "1"})
+    record = lineage.job_lineage(config=TrainConfig(salt="secret"), context=context, data={"files": []})
+    assert record["hyperparameters"]["salt"] == "custom (not recorded)"
+    assert "secret" not in json.dumps(record)
+    assert record["image"] == {"version": "1"} and record["job"]["on_sagemaker"] is False

@@ -1,0 +1,10 @@
+"""`python -m training ...`: the training job (see training/train.py for the flags)."""
+
+from __future__ import annotations
+
+import sys
+
+from training.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Classify DICOM files with a trained bundle: the notebook's and the bundle's own inference path.
+
+    python -m monai.bundle run --config_file MODEL/configs/inference.json --meta_file MODEL/configs/metadata.json \\
+        --bundle_root MODEL --dataset_dir DICOM_DIR --output_file predictions.csv
+
+or in Python:
+
+    predictor = Predictor.from_bundle("MODEL")
+    for p in predictor.predict(["a.dcm", "b.dcm"]): print(p.file, p.label, p.probabilities)
+
+Both read configs/inference.json with MONAI's ConfigParser and load models/model.pt, the plain state dict, into a
+fresh MONAI network: no TorchScript, so a PyTorch older than the one that trained the model (the notebook kernel's)
+loads it too. Preprocessing is training.dicom.load_image (through training.dicom_transforms), the one
+definition training used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.errors import InvalidDicomError
+
+from training.dicom import DICM_OFFSET, DicomReadError, Source, has_dicom_marker
+from training.evaluation import predict as decide
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's result.
+
+    Attributes:
+        file: the file as given (a path, or '<bytes #i>').
+        label: the predicted class name (for two classes: at the bundle's threshold).
+        probabilities: class name to softmax probability.
+    """
+
+    file: str
+    label: str
+    probabilities: dict[str, float]
+
+
+class Predictor:
+    """A trained network with its preprocessing and decision rule.
+
+    Args:
+        network: the MONAI network with its trained weights.
+        preprocessing: a DICOM source (path or bytes) to a float32 tensor 1 x H x W.
+        class_names: by output index.
+        threshold: two classes: positive when P(positive) >= threshold.
+        positive_index: the positive class (two classes).
+        device: where the network runs.
+        inferer: runs the network on a batch, e.g. MONAI's SimpleInferer; None calls the network.
+        postprocessing: logits (N x C) to probabilities; None: softmax.
+        batch_size: files per forward pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: torch.nn.Module,
+        preprocessing: Callable[[Any], torch.Tensor],
+        class_names: Sequence[str],
+        threshold: float = 0.5,
+        positive_index: int = 1,
+        device: torch.device | str = "cpu",
+        inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor] | None = None,
+        postprocessing: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.network = network.eval()
+        self.preprocessing = preprocessing
+        self.class_names = list(class_names)
+        self.threshold = float(threshold)
+        self.positive_index = int(positive_index)
+        self.device = torch.device(device)
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None) -> Predictor:
+        """Build the predictor a bundle's configs/inference.json defines (its `evaluator`).
+
+        Args:
+            bundle_dir: the bundle (the job's model directory, or model.tar.gz extracted).
+            device: "cpu", "cuda", ...; default: the config's (a GPU when there is one).
+        """
+        from monai.bundle import ConfigParser  # the bundle's parser; MONAI is needed only here
+
+        root = Path(bundle_dir).resolve()
+        parser = ConfigParser()
+        parser.read_config(str(root / "configs" / "inference.json"))
+        parser.read_meta(str(root / "configs" / "metadata.json"))
+        parser["bundle_root"] = str(root)
+        if device is not None:
+            parser["device"] = f"$torch.device({device!r})"
+        predictor: Predictor = parser.get_parsed_content("evaluator")
+        return predictor
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """Softmax outputs of preprocessed images (N x 1 x H x W) as an N x C array."""
+        images = images.to(self.device, torch.float32)
+        logits = self.inferer(images, self.network) if self.inferer is not None else self.network(images)
+        if self.postprocessing is not None:
+            return np.asarray(torch.as_tensor(self.postprocessing(logits)).float().cpu())
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def predict(self, sources: Sequence[Source], *, names: Sequence[str] | None = None) -> list[Prediction]:
+        """Classify DICOM files (paths or bytes).
+
+        Args:
+            sources: the files.
+            names: how results and errors name each file; default its path, or '<bytes #i>'.
+
+        Raises:
+            training.dicom.DicomReadError: a file cannot be read; the message names it.
+            ValueError: names and sources differ in length.
+        """
+        if names is not None and len(names) != len(sources):
+            raise ValueError(f"names must name every source: {len(names)} names for {len(sources)} sources")
+        results: list[Prediction] = []
+        for start in range(0, len(sources), self.batch_size):
+            chunk = sources[start : start + self.batch_size]
+            chunk_names = [
+                names[start + i]
+                if names is not None
+                else os.fspath(s)
+                if isinstance(s, str | os.PathLike)
+                else f"<bytes #{start + i}>"
+                for i, s in enumerate(chunk)
+            ]
+            batch = torch.stack([self._preprocess(s, n) for s, n in zip(chunk, chunk_names, strict=True)])
+            probabilities = self.probabilities(batch)
+            labels = decide(probabilities, threshold=self.threshold, positive=self.positive_index)
+            for name, row, label in zip(chunk_names, probabilities, labels, strict=True):
+                scores = {c: float(p) for c, p in zip(self.class_names, row, strict=True)}
+                results.append(Prediction(name, self.class_names[int(label)], scores))
+        return results
+
+    def _preprocess(self, source: Source, name: str) -> torch.Tensor:
+        try:
+            return torch.as_tensor(self.preprocessing(source))
+        except DicomReadError as exc:  # the transform knows bytes only as '<bytes>': name the file
+            raise DicomReadError(name, exc.reason) from None
+
+    def write_predictions(self, sources: Sequence[Source], path: str | os.PathLike[str]) -> Path:
+        """Classify files and write the CSV (`write_predictions`); what the bundle's `run` does."""
+        return write_predictions(self.predict(sources), path)
+
+
+def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike[str], device: Any) -> torch.nn.Module:
+    """Load a state dict (models/model.pt) into a network and put it in eval mode on the device."""
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    network.load_state_dict(state)
+    return network.to(device).eval()
+
+
+def find_dicom_files(directory: str | os.PathLike[str]) -> list[str]:
+    """The DICOM files under a directory at any depth, by the 'DICM' marker (not the suffix), sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"dataset_dir {root} is not a directory of DICOM files")
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and has_dicom_marker(p))
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str]) -> Path:
+    """A CSV with file, label and one probability column per class."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    classes = list(predictions[0].probabilities) if predictions else []
+    with open(target, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label", *[f"p_{c}" for c in classes]])
+        for p in predictions:
+            writer.writerow([p.file, p.label, *[f"{p.probabilities[c]:.6f}" for c in classes]])
+    return target
+
+
+# --- SageMaker's inference handlers (hosting and batch transform; training/serve.py calls them) -------------------
+#
+# model_fn(model_dir) -> model; input_fn(body, content_type) -> data; predict_fn(data, model) -> prediction;
+# output_fn(prediction, accept) -> (body, content type). The names and signatures are SageMaker's (the PyTorch
+# inference toolkit's handler contract), so the same module serves under either server.
+
+DICOM = "application/dicom"  # one DICOM Part 10 file (RFC 3240)
+ZIP = "application/zip"  # several files; read from the body alone: hosting may run network-isolated
+JSON = "application/json"
+MAX_ZIP_MEMBERS = 10_000  # more files than any one request should carry; split larger sets into several objects
+MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed total: refuses zip bombs before anything is inflated
+_IGNORED_MEMBERS = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # archivers' extras, not images
+
+
+class InvalidInput(ValueError):
+    """A request the model cannot answer; the server returns `status` with `reason` (never a 5xx).
+
+    Attributes:
+        status: the HTTP status: 400 bad body, 406 unsupported Accept, 415 unsupported Content-Type.
+        reason: one sentence saying what was wrong and what is accepted.
+    """
+
+    def __init__(self, reason: str, *, status: int = 400) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class DicomInput:
+    """One file of a request.
+
+    Attributes:
+        name: the zip member's path, or 'body' for a single file.
+        data: the file's bytes.
+        sop_instance_uid: its SOPInstanceUID ('' when the file has none).
+    """
+
+    name: str
+    data: bytes
+    sop_instance_uid: str
+
+
+def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
+    """Load the bundle SageMaker extracted (model.tar.gz) into /opt/ml/model: its `evaluator` Predictor.
+
+    The preprocessing (image size, window) and decision rule come from the bundle's configs/inference.json, i.e.
+    training.dicom.load_image with the values the model was trained with.
+    """
+    root = Path(model_dir)
+    if not (root / "configs" / "inference.json").is_file():
+        raise FileNotFoundError(f"{root} holds no MONAI bundle (configs/inference.json): pass the job's model.tar.gz")
+    return Predictor.from_bundle(root)
+
+
+def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInput]:
+    """The request's DICOM files, with their SOPInstanceUIDs; nothing is decoded yet.
+
+    Args:
+        body: the request body.
+        content_type: application/dicom (one file) or application/zip (files at any depth; directories and
+            archivers' metadata are skipped). Parameters (`; charset=...`) are ignored.
+
+    Raises:
+        InvalidInput: 415 for another content type; 400 for an empty body, a damaged zip, a zip without DICOM
+            files, or a file that is not DICOM Part 10 (named).
+    """
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind not in (DICOM, ZIP):
+        raise InvalidInput(
+            f"Content-Type {content_type!r} is not supported: send {DICOM} (one file) or {ZIP}", status=415
+        )
+    data = bytes(body)
+    if not data:
+        raise InvalidInput(f"the request body is empty: send a DICOM file as {DICOM}, or a zip as {ZIP}")
+    members = [("body", data)] if kind == DICOM else _zip_members(data)
+    return [DicomInput(name, content, _sop_instance_uid(name, content)) for name, content in members]
+
+
+def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, Any]]:
+    """Classify the files; one result per file, in request order.
+
+    Raises:
+        InvalidInput: a file cannot become an image (no pixel data, undecodable); the reason names it.
+    """
+    try:
+        predictions = model.predict([d.data for d in data], names=[d.name for d in data])
+    except DicomReadError as exc:
+        raise InvalidInput(str(exc)) from None
+    return [
+        {"file": d.name, "SOPInstanceUID": d.sop_instance_uid, "label": p.label, "probabilities": p.probabilities}
+        for d, p in zip(data, predictions, strict=True)
+    ]
+
+
+def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tuple[bytes, str]:
+    """JSON: {"predictions": [{"file", "SOPInstanceUID", "label", "probabilities": {class: p}}, ...]}.
+
+    Raises:
+        InvalidInput: 406 when the client accepts neither JSON nor anything.
+    """
+    accepted = [a.split(";", 1)[0].strip().lower() for a in (accept or "").split(",") if a.strip()]
+    if accepted and not {JSON, "*/*", "application/*"} & set(accepted):
+        raise InvalidInput(f"Accept {accept!r} cannot be served: the model answers {JSON}", status=406)
+    return json.dumps({"predictions": list(prediction)}, allow_nan=False).encode("utf-8"), JSON
+
+
+def _zip_members(data: bytes) -> list[tuple[str, bytes]]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise InvalidInput(f"the body is not a readable zip file ({exc})") from None
+    with archive:
+        infos = [i for i in archive.infolist() if not i.is_dir() and not _ignored(i.filename)]
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise InvalidInput(f"the zip holds {len(infos)} files; at most {MAX_ZIP_MEMBERS} per request")
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ZIP_BYTES:
+            raise InvalidInput(f"the zip inflates to {total} bytes; at most {MAX_ZIP_BYTES} per request")
+        members = []
+        for info in infos:
+            try:
+                content = archive.read(info)
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+                raise InvalidInput(f"{info.filename}: the zip member cannot be read ({exc})") from None
+            if content[DICM_OFFSET : DICM_OFFSET + 4] != b"DICM":
+                raise InvalidInput(
+                    f"{info.filename}: not a DICOM Part 10 file (no 'DICM' marker at byte 128); "
+                    f"the zip must hold DICOM files only"
+                )
+            members.append((info.filename, content))
+    if not members:
+        raise InvalidInput("the zip holds no files: put the DICOM files in it")
+    return sorted(members)
+
+
+def _ignored(member: str) -> bool:
+    base = member.rsplit("/", 1)[-1]
+    return member.startswith(_IGNORED_MEMBERS[0]) or base in _IGNORED_MEMBERS[1:] or base.startswith("._")
+
+
+def _sop_instance_uid(name: str, data: bytes) -> str:
+    """The header's SOPInstanceUID (pixels not read); a body that is not DICOM Part 10 is refused here."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's validation warnings quote values (training/dicom.py)
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except InvalidDicomError:
+        raise InvalidInput(f"{name}: not a DICOM Part 10 file (no 'DICM' marker at byte 128)") from None
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise InvalidInput(f"{name}: its DICOM header cannot be read ({type(exc).__name__})") from None
+    return str(ds.get("SOPInstanceUID", "") or "")

@@ -1,0 +1,144 @@
+"""Where a model came from: its data (files, S3 versions, patient split), code, image, job and settings.
+
+The bundle's metadata.json carries this under "lineage", so a model file alone answers "what was it trained on,
+with which code, in which image".
+
+S3 object versions: the job cannot ask S3 (it never imports boto3), so the launcher tells it. It writes a JSON
+file into an optional channel named `manifest` (locally: `--manifest PATH`, a file or a directory holding one
+*.json file):
+
+    {"objects": [{"channel": "train", "file": "normal/a.dcm", "uri": "s3://bucket/datasets/x/train/normal/a.dcm",
+                  "version_id": "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY", "etag": "\\"9b2cf535f27731c974343645a3985328\\""}]}
+
+`file` is the path inside the channel, as the data layer names files; `version_id` and `etag` may be null (an
+unversioned bucket). A separate channel keeps the record out of the data channels, whose every file is read as data.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.contract import JobContext
+from training.data import DataError
+
+S3_MANIFEST_VERSION = 1
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Read the launcher's S3 record (module docstring) into (channel, file) -> {uri, version_id, etag}.
+
+    Args:
+        path: the manifest file, or a directory with exactly one *.json file; None: no record.
+
+    Raises:
+        DataError: the file is missing, ambiguous or not in the documented form; the message names it.
+    """
+    if path is None:
+        return {}
+    if path.is_dir():
+        candidates = sorted(path.glob("*.json"))
+        if len(candidates) != 1:
+            raise DataError(f"the manifest channel {path} must hold exactly one *.json file; found {len(candidates)}")
+        path = candidates[0]
+    try:
+        return read_s3_manifest_objects(json.loads(path.read_text(encoding="utf-8"))["objects"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"S3 manifest {path} is not readable as {{'objects': [{{'channel', 'file', 'uri', 'version_id', "
+            f"'etag'}}]}} ({type(exc).__name__}: {exc}); see training/lineage.py"
+        ) from None
+
+
+def read_s3_manifest_objects(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The manifest's "objects" list as (channel, file) -> {uri, version_id, etag}.
+
+    Raises:
+        KeyError: an object without channel or file.
+    """
+    return {
+        (str(o["channel"]), str(o["file"])): {
+            "uri": o.get("uri"),
+            "version_id": o.get("version_id"),
+            "etag": o.get("etag"),
+        }
+        for o in objects
+    }
+
+
+def data_lineage(manifest: Mapping[str, Any], s3: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
+    """The data layer's manifest (files with their hashed patient and split) with S3 versions added per file.
+
+    Args:
+        manifest: `PreparedData.manifest`.
+        s3: from `read_s3_manifest`.
+
+    Returns:
+        A copy of the manifest; each file entry gains uri, version_id and etag where the S3 record has the file, and
+        "s3" summarizes the coverage.
+    """
+    result = dict(manifest)
+    files = []
+    for entry in manifest.get("files", []):
+        found = s3.get((entry["channel"], entry["file"]))
+        files.append({**entry, **found} if found else dict(entry))
+    result["files"] = files
+    matched = sum(1 for entry in files if "uri" in entry)
+    result["s3"] = {"objects_in_record": len(s3), "files_matched": matched, "files_unmatched": len(files) - matched}
+    return result
+
+
+def code_identity(commit_from_env: str | None) -> dict[str, Any]:
+    """The code's git commit: the one the launcher or image declared, else asked of git where the code is a checkout.
+
+    Args:
+        commit_from_env: JobContext.code_commit (TRAINING_CODE_COMMIT).
+
+    Returns:
+        {"commit": str | None, "dirty": bool | None, "source": "environment" | "git" | None}.
+    """
+    if commit_from_env:
+        return {"commit": commit_from_env, "dirty": None, "source": "environment"}
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "source": None}
+    status = _git("status", "--porcelain", "--", str(_PACKAGE_DIR))
+    return {"commit": commit, "dirty": bool(status) if status is not None else None, "source": "git"}
+
+
+def job_lineage(*, config: TrainConfig, context: JobContext, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the bundle records about how it was made.
+
+    Args:
+        config: the hyperparameters (a custom salt is not recorded: it would let readers hash guessed IDs).
+        context: the job's context.
+        data: from `data_lineage`.
+    """
+    hyperparameters = config.hyperparameters()
+    hyperparameters["salt"] = "custom (not recorded)" if config.salt else "default"
+    return {
+        "data": data,
+        "code": code_identity(context.code_commit),
+        "image": dict(context.image) or None,
+        "job": {
+            "name": context.job_name,
+            "on_sagemaker": context.on_sagemaker,
+            "hosts": list(context.hosts),
+            "world_size": context.world_size,
+        },
+        "hyperparameters": hyperparameters,
+    }
+
+
+def _git(*args: str) -> str | None:
+    """Run git in the package's directory; None when git or a repository is not there."""
+    try:
+        done = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -1,0 +1,75 @@
+"""What the job reports, and the one format it prints it in: the lines SageMaker's metric regexes read.
+
+Each epoch prints one line of `key=value` pairs, for example
+
+    epoch=3 train_loss=0.41562 val_loss=0.38107 val_accuracy=0.9125 val_auc=0.97031 images_per_second=81.4
+
+and the test report one line `test_accuracy=... test_auc=...`. METRIC_DEFINITIONS holds the regexes for these lines;
+the launcher passes them to the SageMaker SDK (`MetricDefinition(name=d["Name"], regex=d["Regex"])`) so that the
+job's console and its CloudWatch metrics can never disagree. A value that is undefined (an AUC on a one-class set)
+prints as `nan`, which the regexes do not match, so no metric point is recorded for it.
+
+Only the standard library is imported here: the launcher imports this module where the job's packages may be absent.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Mapping
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+# Epoch line keys, in print order, and the SageMaker metric each one feeds.
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "images_per_second")
+TEST_KEYS = ("test_accuracy", "test_auc", "test_sensitivity", "test_specificity")
+_METRIC_NAMES = {
+    "epoch": "epoch",
+    "train_loss": "train:loss",
+    "val_loss": "validation:loss",
+    "val_accuracy": "validation:accuracy",
+    "val_auc": "validation:auc",
+    "images_per_second": "train:images_per_second",
+    "test_accuracy": "test:accuracy",
+    "test_auc": "test:auc",
+    "test_sensitivity": "test:sensitivity",
+    "test_specificity": "test:specificity",
+}
+# `\bkey=`: the key as a whole word (best_epoch= is not epoch=). Plain constructs only (no lookaround), which
+# every regex engine accepts.
+METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": _METRIC_NAMES[key], "Regex": rf"\b{key}={_NUMBER}"} for key in EPOCH_KEYS + TEST_KEYS
+]
+
+
+def format_line(values: Mapping[str, float | int]) -> str:
+    """One `key=value` line in the stable format (integers as such, floats with 5 significant digits, nan as nan).
+
+    Args:
+        values: keys in the order to print.
+    """
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            text = str(int(value))
+        elif value is None or not math.isfinite(float(value)):
+            text = "nan"
+        else:
+            text = f"{float(value):.5g}"
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def parse_line(line: str) -> dict[str, float]:
+    """Read back the metrics of a printed line with METRIC_DEFINITIONS, as SageMaker does (tests, the launcher).
+
+    Returns:
+        SageMaker metric name to value, for the metrics the line holds.
+    """
+    found = {}
+    for definition in METRIC_DEFINITIONS:
+        match = re.search(definition["Regex"], line)
+        if match:
+            found[definition["Name"]] = float(match.group(1))
+    return found

@@ -1,0 +1,67 @@
+"""The network factory: MONAI 2-D classifiers by name, built the same way for training, the bundle and inference.
+
+`network_spec(name, num_classes)` gives the MONAI class and keyword arguments (what the bundle's inference.json
+instantiates); `build_network` instantiates it. No pretrained weights: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.utils import instantiate
+
+from training.config import NETWORKS
+
+
+def network_spec(name: str, *, num_classes: int, in_channels: int = 1) -> tuple[str, dict[str, Any]]:
+    """The MONAI class path and its keyword arguments for a network name.
+
+    Args:
+        name: one of training.config.NETWORKS.
+        num_classes: output logits.
+        in_channels: image channels (1: grayscale DICOM).
+
+    Returns:
+        (import path of the class, keyword arguments), JSON-ready for a bundle config's `_target_`.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes; got {num_classes}")
+    if name.startswith("densenet") and name in NETWORKS:
+        target = f"monai.networks.nets.DenseNet{name[len('densenet') :]}"
+        return target, {"spatial_dims": 2, "in_channels": in_channels, "out_channels": num_classes}
+    if name.startswith("resnet") and name in NETWORKS:
+        # MONAI's ResNet keeps the stride-2 7x7 stem and max-pool of the original; 2-D, no pretraining
+        return f"monai.networks.nets.{name}", {
+            "spatial_dims": 2,
+            "n_input_channels": in_channels,
+            "num_classes": num_classes,
+        }
+    if name.startswith("efficientnet-") and name in NETWORKS:
+        return "monai.networks.nets.EfficientNetBN", {
+            "model_name": name,
+            "pretrained": False,
+            "spatial_dims": 2,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+        }
+    raise ValueError(f"network must be one of {', '.join(NETWORKS)}; got {name!r}")
+
+
+def build_network(name: str, *, num_classes: int, in_channels: int = 1) -> torch.nn.Module:
+    """Instantiate a MONAI network by name (see `network_spec`).
+
+    Args:
+        name: one of training.config.NETWORKS.
+        num_classes: output logits.
+        in_channels: image channels.
+
+    Returns:
+        The network, on the CPU, in training mode.
+    """
+    target, kwargs = network_spec(name, num_classes=num_classes, in_channels=in_channels)
+    network: torch.nn.Module = instantiate(target, "default", **kwargs)  # as the bundle parser does `_target_`
+    return network

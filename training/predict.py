@@ -1,0 +1,69 @@
+"""Classify DICOM files with a trained bundle and print the JSON the endpoint would answer.
+
+    python -m training.predict MODEL FILE_OR_DIR [FILE_OR_DIR ...]
+
+MODEL is the bundle (the job's model directory, or its model.tar.gz extracted). Directories are searched at any depth
+for DICOM files (by the 'DICM' marker, not the suffix). The output is training.inference's output_fn JSON, with
+each file named by its path; a file that cannot be classified stops the run with its reason (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training import inference
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """MODEL and one or more files or directories."""
+    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="the bundle directory (configs/inference.json, models/model.pt)")
+    parser.add_argument("sources", nargs="+", help="DICOM files, or directories searched for them")
+    return parser.parse_args(argv)
+
+
+def collect(sources: Sequence[str]) -> list[Path]:
+    """The files named, and the DICOM files under the directories named, in the order given.
+
+    Raises:
+        FileNotFoundError: a source does not exist.
+    """
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files.extend(Path(f) for f in inference.find_dicom_files(source))
+        elif source.is_file():
+            files.append(source)
+        else:
+            raise FileNotFoundError(f"{source} does not exist: pass DICOM files or directories holding them")
+    return files
+
+
+def predict_json(model_dir: str, sources: Sequence[str]) -> str:
+    """The JSON document for the files (what `main` prints)."""
+    model = inference.model_fn(model_dir)
+    data = []
+    for path in collect(sources):
+        (item,) = inference.input_fn(path.read_bytes(), inference.DICOM)
+        data.append(dataclasses.replace(item, name=str(path)))
+    body, _ = inference.output_fn(inference.predict_fn(data, model), inference.JSON)
+    return body.decode("utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the predictions; 2 with the reason on stderr when a file cannot be classified."""
+    args = parse_args(argv)
+    try:
+        print(predict_json(args.model, args.sources))
+    except (inference.InvalidInput, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

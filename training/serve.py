@@ -1,0 +1,300 @@
+"""Serve a trained bundle over HTTP under SageMaker's hosting contract (real-time endpoints and batch transform).
+
+In the image, SageMaker runs `docker run IMAGE serve` (training/container/serve); locally:
+
+    python -m training.serve --model-dir MODEL --port 8080 [--workers N]
+
+- GET /ping: 200 once the model is loaded (SageMaker's health check).
+- POST /invocations: training.inference's handlers: application/dicom or application/zip in, JSON out. A request
+  the model cannot answer gets a 4xx with {"error": reason}; the worker keeps serving.
+- GET /execution-parameters: what batch transform should send (one record per request, as many at once as there
+  are workers).
+
+The web server is gunicorn (in the base image, pinned at the base's version in requirements.txt): pre-forked
+worker processes, one per core by default, each loading the bundle itself after the fork (torch's thread pools
+do not survive a fork) and running inference on cores // workers threads. Sync workers suit SageMaker: its front end
+sends whole requests, so no slow client holds a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("training.serve")
+
+MODEL_DIR = "/opt/ml/model"  # where SageMaker extracts model.tar.gz
+PORT = 8080  # SageMaker's hosting contract
+MAX_BODY_BYTES = 100 * 1024**2  # batch transform's largest MaxPayloadInMB; endpoints allow less (6 MB)
+TIMEOUT_S = 120  # a worker silent for longer is restarted (a zip of many large files still fits)
+WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"  # SageMaker's conventional override of the worker count
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def available_cores() -> int:
+    """The cores this process may use (the container's CPU set), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class InferenceApp:
+    """The WSGI application: SageMaker's three routes around training.inference's handlers.
+
+    Args:
+        model_dir: the bundle (SageMaker's /opt/ml/model).
+        workers: the server's worker count, reported to batch transform.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, workers: int = 1) -> None:
+        from training import inference  # MONAI and torch: imported in the worker, after the fork
+
+        self.handlers = inference
+        self.model = inference.model_fn(model_dir)
+        self.workers = workers
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        if path == "/ping" and method in ("GET", "HEAD"):
+            return _respond(start_response, 200, b"", "text/plain")
+        if path == "/execution-parameters" and method == "GET":
+            parameters = {"MaxConcurrentTransforms": self.workers, "BatchStrategy": "SINGLE_RECORD",
+                          "MaxPayloadInMB": MAX_BODY_BYTES // 1024**2}
+            return _respond(start_response, 200, json.dumps(parameters).encode(), "application/json")
+        if path == "/invocations" and method == "POST":
+            return self.invoke(environ, start_response)
+        if path in ("/ping", "/execution-parameters", "/invocations"):
+            return _error(start_response, 405, f"{method} is not allowed on {path}")
+        return _error(start_response, 404, f"no route {path}: use GET /ping or POST /invocations")
+
+    def invoke(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """POST /invocations: body -> input_fn -> predict_fn -> output_fn; InvalidInput -> its 4xx."""
+        h = self.handlers
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _error(start_response, 400, "Content-Length is not a number")
+        if length > MAX_BODY_BYTES:
+            return _error(start_response, 413, f"the body has {length} bytes; at most {MAX_BODY_BYTES}")
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            data = h.input_fn(body, environ.get("CONTENT_TYPE"))
+            prediction = h.predict_fn(data, self.model)
+            payload, content_type = h.output_fn(prediction, environ.get("HTTP_ACCEPT"))
+        except h.InvalidInput as exc:
+            log.info("refused a request: %s %s", exc.status, exc.reason)
+            return _error(start_response, exc.status, exc.reason)
+        except Exception:
+            log.exception("inference failed")  # reasons of training/dicom.py carry no patient identifiers
+            return _error(start_response, 500, "inference failed; the server log has the details")
+        return _respond(start_response, 200, payload, content_type)
+
+
+def _respond(start_response: StartResponse, status: int, body: bytes, content_type: str) -> list[bytes]:
+    start_response(f"{status} {http.client.responses.get(status, '')}",
+                   [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _error(start_response: StartResponse, status: int, reason: str) -> list[bytes]:
+    return _respond(start_response, status, json.dumps({"error": reason}).encode(), "application/json")
+
+
+def serve(model_dir: str | os.PathLike[str], *, host: str = "0.0.0.0", port: int = PORT, workers: int = 1) -> None:
+    """Run gunicorn in this process until it is stopped (SIGTERM from SageMaker stops it gracefully).
+
+    Args:
+        model_dir: the bundle.
+        host: the interface to listen on (all of them in the container).
+        port: the port (8080 for SageMaker).
+        workers: worker processes; each runs inference on cores // workers threads.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
+    root = Path(model_dir)
+    if not (root / "configs" / "inference.json").is_file():
+        raise FileNotFoundError(f"{root} holds no MONAI bundle (configs/inference.json)")
+    threads = max(1, available_cores() // workers)
+
+    def post_fork(server: Any, worker: Any) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    options = {"bind": f"{host}:{port}", "workers": workers, "worker_class": "sync", "timeout": TIMEOUT_S,
+               "graceful_timeout": 30, "keepalive": 5, "errorlog": "-", "loglevel": "info", "accesslog": None,
+               "post_fork": post_fork, "preload_app": False}
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> InferenceApp:
+            return InferenceApp(root, workers=workers)
+
+    log.info("serving %s on %s:%d with %d workers x %d threads", root, host, port, workers, threads)
+    Server().run()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """--model-dir, --host, --port, --workers (default: SAGEMAKER_MODEL_SERVER_WORKERS, else one per core)."""
+    parser = argparse.ArgumentParser(prog="python -m training.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", default=MODEL_DIR, help=f"the bundle (default {MODEL_DIR})")
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
+    parser.add_argument("--port", type=int, default=PORT, help=f"port (default {PORT}, SageMaker's)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default one per core)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `serve` entry point."""
+    args = parse_args(argv)
+    workers = args.workers or int(os.environ.get(WORKERS_VARIABLE) or 0) or available_cores()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.model_dir, host=args.host, port=args.port, workers=workers)
+    return 0
+
+
+# --- Running a server from Python: tests and measure_serving --------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    model_dir: str | os.PathLike[str], *, workers: int = 1, port: int | None = None, ready_timeout_s: float = 120
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`python -m training.serve` on a free localhost port, until the block ends; yields (process, port).
+
+    Raises:
+        RuntimeError: the server exited or did not answer /ping in time (its output is in the message).
+    """
+    port = port or free_port()
+    command = [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers)]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while not _pings(port, workers):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate()[0].decode(errors="replace")
+                raise RuntimeError(f"the server on port {port} did not become ready:\n{output[-4000:]}")
+            time.sleep(0.2)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _pings(port: int, workers: int) -> bool:
+    # Every worker must have loaded the model: ask more times than there are workers (the kernel spreads
+    # connections over them; a worker still loading does not accept).
+    try:
+        for _ in range(workers * 2):
+            status, _ = request(port, "GET", "/ping", timeout=2)
+            if status != 200:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def request(
+    port: int, method: str, path: str, body: bytes = b"", *, headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, bytes]:
+    """One HTTP request to localhost:port; (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def measure_serving(
+    bundle_dir: str | os.PathLike[str], dicom_path: str | os.PathLike[str], *, requests: int, concurrency: int,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Throughput and latency of POST /invocations for one DICOM file, against a local server (`make bench`).
+
+    Args:
+        bundle_dir: the bundle to serve.
+        dicom_path: the file every request sends (application/dicom), e.g. a 512x512 image.
+        requests: requests in total, after 2 * workers warm-up requests that are not counted.
+        concurrency: clients sending at once.
+        workers: server workers; default one per core.
+
+    Returns:
+        requests, concurrency, workers, cores, errors, seconds, requests_per_second, p50_ms, p99_ms, max_ms.
+    """
+    if requests < 1 or concurrency < 1:
+        raise ValueError(f"requests and concurrency must be >= 1; got {requests} and {concurrency}")
+    body = Path(dicom_path).read_bytes()
+    workers = workers or available_cores()
+    headers = {"Content-Type": "application/dicom", "Accept": "application/json"}
+    with running_server(bundle_dir, workers=workers) as (_, port):
+        for _ in range(2 * workers):
+            request(port, "POST", "/invocations", body, headers=headers)
+
+        def one(_: int) -> tuple[float, int]:
+            start = time.perf_counter()
+            status, _body = request(port, "POST", "/invocations", body, headers=headers)
+            return time.perf_counter() - start, status
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+        seconds = time.perf_counter() - started
+    latencies = sorted(1000 * s for s, _ in results)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "workers": workers,
+        "cores": available_cores(),
+        "errors": sum(1 for _, status in results if status != 200),
+        "seconds": round(seconds, 3),
+        "requests_per_second": round(requests / seconds, 2),
+        "p50_ms": round(quantiles[49], 1),
+        "p99_ms": round(quantiles[98], 1),
+        "max_ms": round(latencies[-1], 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

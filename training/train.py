@@ -1,0 +1,630 @@
+"""Train a MONAI classifier on DICOM images: the job SageMaker runs, and the same job locally.
+
+    python -m training --train DIR [--validation DIR] [--test DIR] --model-dir DIR --output-dir DIR [--epochs N]
+
+Every hyperparameter is a flag of its field's name in training/config.py (`--learning_rate 3e-4`). Under SageMaker
+the paths and hyperparameters come from the training contract (training/contract.py) instead.
+
+Top to bottom: read the configuration, prepare the data (training/data.py decodes every image once into a cache),
+build the network and optimizer, then per epoch train, validate, print one metric line, keep the best weights by
+validation AUC and stop on a plateau; finally evaluate the test channel once with the best weights (bootstrap 95%
+intervals), and write the MONAI bundle (model directory) and the metrics and figures (output directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training import bundle, contract, evaluation, lineage, plots
+from training import config as config_module
+from training.config import TrainConfig
+from training.contract import JobContext
+from training.data import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
+from training.metrics import format_line
+from training.model import build_network
+
+log = logging.getLogger(__name__)
+
+# Two-class names that mean "no finding": the other class is then the positive one (positive_class="").
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "no-finding", "nofinding", "control", "0")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the job from the command line and the environment.
+
+    Args:
+        argv: the arguments (default sys.argv[1:]); SageMaker passes hyperparameters as `--name value`.
+        environ: the environment (default os.environ).
+
+    Returns:
+        0 on success, 1 when the data is unusable (the message lists why); bad arguments exit with 2.
+    """
+    if not logging.getLogger().handlers:  # a host (tests, a notebook) may have configured logging already
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(argv)
+    ignored, rejected = contract.split_injected(unknown)
+    if rejected:
+        parser.error(f"unknown arguments {' '.join(rejected)}: hyperparameters are the fields of training/config.py")
+    if ignored:
+        log.info("ignoring SageMaker's own arguments: %s", " ".join(ignored))
+    try:
+        context = contract.read_context(namespace, environ, interactive=sys.stdout.isatty())
+        config = config_module.from_arguments(namespace, context.hyperparameters)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        run(config, context)
+    except DataError as exc:
+        log.error("error: %s", exc)
+        contract.write_failure(str(exc), environ)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the contract's path flags and one flag per hyperparameter (no abbreviations)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    contract.add_arguments(parser)
+    config_module.add_arguments(parser)
+    return parser
+
+
+@dataclass
+class TrainState:
+    """Everything training changes, in one object: what a checkpoint saves and a resumed run restores.
+
+    Attributes:
+        model, optimizer, scheduler, scaler: the training objects (scheduler None for schedule=none).
+        epoch: epochs completed.
+        best_score: the selection score of the best epoch (validation AUC; see `selection_score`).
+        best_epoch: that epoch (0: none yet).
+        best_weights: a CPU copy of the model's weights at the best epoch.
+        history: one metrics dict per completed epoch.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def observe(self, score: float, *, min_delta: float) -> bool:
+        """Record the score of the epoch just completed; keep the weights when it beats the best by min_delta.
+
+        Returns:
+            Whether this epoch is the new best.
+        """
+        if not score > self.best_score + min_delta:
+            return False
+        self.best_score, self.best_epoch = score, self.epoch
+        self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, random number generators included."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        self.best_weights, self.history = state["best_weights"], list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+
+@dataclass
+class Evaluation:
+    """A model's outputs on one split: loss, softmax probabilities (N x C) and labels (N)."""
+
+    loss: float
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class JobResult:
+    """What a run produced.
+
+    Attributes:
+        history: one metrics dict per epoch.
+        best_epoch: the epoch whose weights the bundle holds.
+        validation: the validation report of the best weights; test: the test report, or None.
+        bundle_dir: the MONAI bundle; metrics_file: the output directory's metrics.json (None on ranks > 0).
+        seconds: wall time of the run.
+    """
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+    bundle_dir: Path | None
+    metrics_file: Path | None
+    seconds: float
+
+
+def run(config: TrainConfig, context: JobContext) -> JobResult:
+    """Prepare the data, train, evaluate, and write the bundle and reports (rank 0 only).
+
+    Args:
+        config: the hyperparameters.
+        context: paths and environment (training/contract.py).
+
+    Raises:
+        DataError: the data cannot be used; the message lists every problem.
+    """
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(context)
+    dtype = autocast_dtype(config.precision, device)
+    log.info(
+        "device %s, autocast %s, %d threads, network %s at %dx%d",
+        device,
+        dtype or "off (fp32)",
+        torch.get_num_threads(),
+        config.network,
+        *config.image_size,
+    )
+    s3 = lineage.read_s3_manifest(context.manifest)  # read first: a bad record fails now, not after training
+    data = prepare(context.channels, data_options(config, context), output_dir=context.output_dir)
+    try:
+        positive_index(data.classes, config.positive_class)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    state, result = fit(config, data, device=device, progress=context.progress_bar)
+    validation = evaluation.evaluation_report(**_report_args(config, data.classes, result["validation"]))
+    test = None
+    if data.test is not None and len(data.test):
+        outputs = evaluate(
+            state.model, data.test, device=device, dtype=dtype, config=config, num_classes=len(data.classes)
+        )
+        test = evaluation.evaluation_report(**_report_args(config, data.classes, outputs))
+        print_test_report(test)
+    seconds = time.perf_counter() - started
+    if not context.is_main_process:
+        return JobResult(state.history, state.best_epoch, validation, test, None, None, seconds)
+    origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.manifest, s3))
+    bundle_dir = bundle.write_bundle(
+        context.model_dir,
+        network=state.model,
+        network_name=config.network,
+        classes=data.classes,
+        config=config,
+        positive_index=positive_index(data.classes, config.positive_class),
+        eval_metrics=_headline(test or validation),
+        lineage=origin,
+    )
+    metrics_file = write_outputs(
+        context.output_dir, state=state, classes=data.classes, validation=validation, test=test, seconds=seconds
+    )
+    log.info("bundle: %s", bundle_dir)
+    log.info("metrics and figures: %s", context.output_dir)
+    return JobResult(state.history, state.best_epoch, validation, test, bundle_dir, metrics_file, seconds)
+
+
+def fit(
+    config: TrainConfig, data: PreparedData, *, device: torch.device, progress: bool = False
+) -> tuple[TrainState, dict[str, Evaluation]]:
+    """The epoch loop: train, validate, print the metric line, keep the best weights, stop on a plateau.
+
+    Args:
+        config: the hyperparameters.
+        data: the prepared data (or splits of tensors, in tests).
+        device: where to train.
+        progress: show a progress bar per epoch.
+
+    Returns:
+        The final state, its model holding the best weights, and {"validation": outputs of the best weights}.
+    """
+    seed_everything(config.seed)
+    dtype = autocast_dtype(config.precision, device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = build_network(config.network, num_classes=len(data.classes)).to(device)
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
+    loader = BatchLoader(
+        data.train,
+        batch_size=config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        drop_last=len(data.train) > config.batch_size,  # a ragged last batch of 1-2 images makes BatchNorm noisy
+        device=device,
+    )
+    optimizer = make_optimizer(config, model)
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, steps_per_epoch=len(loader)),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+    )
+    weights = class_weights(data.train.labels, len(data.classes)) if config.class_weighting else None
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    positive = positive_index(data.classes, config.positive_class)
+    log.info(
+        "classes %s%s; %d training and %d validation images; %d steps an epoch",
+        ", ".join(data.classes),
+        f" (positive: {data.classes[positive]})" if len(data.classes) == 2 else "",
+        len(data.train),
+        len(data.validation),
+        len(loader),
+    )
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        loader.set_epoch(epoch)
+        train_loss, images_per_second = train_one_epoch(
+            state, loader, criterion, dtype=dtype, memory_format=memory_format, progress=progress, epoch=epoch
+        )
+        if config.precise_bn:
+            recompute_batchnorm(model, data.train, config=config, dtype=dtype, seed=epoch)
+        outputs = evaluate(
+            model,
+            data.validation,
+            device=device,
+            dtype=dtype,
+            config=config,
+            num_classes=len(data.classes),
+            criterion=criterion,
+        )
+        scores = evaluation.classification_metrics(
+            outputs.probabilities, outputs.labels, threshold=config.threshold, positive=positive
+        )
+        state.epoch = epoch
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": outputs.loss,
+            "val_accuracy": scores["accuracy"],
+            "val_auc": scores["auc"],
+            "images_per_second": images_per_second,
+        }
+        print(format_line(row), flush=True)
+        state.history.append(row)
+        improved = state.observe(selection_score(row, epoch), min_delta=config.min_delta)
+        if not improved and config.patience and epoch - state.best_epoch >= config.patience:
+            log.info(
+                "stopping early: no better validation AUC for %d epochs (best: epoch %d)",
+                config.patience,
+                state.best_epoch,
+            )
+            break
+    assert state.best_weights is not None
+    model.load_state_dict(state.best_weights)
+    log.info("best epoch %d: %s", state.best_epoch, format_line(state.history[state.best_epoch - 1]))
+    best = evaluate(model, data.validation, device=device, dtype=dtype, config=config, num_classes=len(data.classes))
+    return state, {"validation": best}
+
+
+def train_one_epoch(
+    state: TrainState,
+    loader: BatchLoader,
+    criterion: nn.Module,
+    *,
+    dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
+    progress: bool,
+    epoch: int,
+) -> tuple[float, float]:
+    """One pass over the training batches.
+
+    The hot path holds no host-device synchronization: the loss is summed on the device and read once at the end.
+
+    Returns:
+        (mean training loss, images per second including batch preparation).
+    """
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    images_seen = 0
+    started = time.perf_counter()
+    for images, labels in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+        images = images.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if state.scheduler is not None:
+            state.scheduler.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        images_seen += labels.shape[0]
+    mean_loss = loss_sum.item() / max(images_seen, 1)  # the epoch's one synchronization
+    return mean_loss, images_seen / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    config: TrainConfig,
+    num_classes: int,
+    criterion: nn.Module | None = None,
+) -> Evaluation:
+    """The model's softmax outputs on a split, and the loss (class-weighted as in training when given).
+
+    Args:
+        model: the network (put in eval mode here).
+        split: the images and labels.
+        device: where the model is.
+        dtype: the autocast type, or None.
+        config: batch size and memory format.
+        num_classes: the number of classes (the shape of an empty split's outputs).
+        criterion: the training loss; None: plain cross-entropy.
+    """
+    model.eval()
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    loader = BatchLoader(split, batch_size=2 * config.batch_size, shuffle=False, augment=0.0, seed=0, device=device)
+    logits, labels = [], []
+    for images, batch_labels in loader:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits.append(model(images.contiguous(memory_format=memory_format)).float())
+        labels.append(batch_labels)
+    if not logits:
+        return Evaluation(float("nan"), np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64))
+    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    loss = (criterion or nn.CrossEntropyLoss())(all_logits, all_labels)
+    return Evaluation(
+        float(loss), torch.softmax(all_logits, dim=1).cpu().numpy(), all_labels.cpu().numpy().astype(np.int64)
+    )
+
+
+@torch.no_grad()
+def recompute_batchnorm(
+    model: nn.Module, split: Split, *, config: TrainConfig, dtype: torch.dtype | None, seed: int
+) -> None:
+    """Recompute BatchNorm statistics as plain averages over `config.precise_bn` training images, unaugmented.
+
+    "Precise BN" (as in pycls and Detectron2): the running averages kept during training mix statistics of
+    networks that no longer exist, and a network trained from scratch for a few hundred steps changes fast, so its
+    evaluation-mode outputs, and with them the decisions at the threshold, are shifted. Forward passes only.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(split) == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    loader = BatchLoader(
+        split, batch_size=config.batch_size, shuffle=True, augment=0.0, seed=config.seed + seed, device=device
+    )
+    model.train()
+    seen = 0
+    for images, _ in loader:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(images.contiguous(memory_format=memory_format))
+        seen += images.shape[0]
+        if seen >= config.precise_bn:
+            break
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+
+
+def selection_score(row: Mapping[str, float], epoch: int) -> float:
+    """What "better" means for model selection: validation AUC; where undefined (one class), -loss; else the epoch.
+
+    Whether AUC is defined depends only on the validation labels, so one run never mixes the scales.
+    """
+    if math.isfinite(row["val_auc"]):
+        return row["val_auc"]
+    if math.isfinite(row["val_loss"]):
+        return -row["val_loss"]
+    return float(epoch)  # no validation images: the last epoch is kept
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov momentum); weight decay on weight matrices and kernels, not on biases and norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def make_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule, stepped every batch over all configured epochs."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total)
+    return None
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights N / (C * n_c), so that each class contributes equally to the loss."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).float()
+    return counts.sum() / (num_classes * counts)
+
+
+def positive_index(classes: Sequence[str], positive_class: str) -> int:
+    """The positive class of a two-class problem: the named one; else the class that is not a "normal"-like name;
+    else the second one. (Multi-class problems have none; 1 is returned and unused.)
+
+    Raises:
+        ValueError: a positive_class that is not a class.
+    """
+    if positive_class:
+        if positive_class not in classes:
+            raise ValueError(f"positive_class {positive_class!r} is not a class; the classes are {', '.join(classes)}")
+        return list(classes).index(positive_class)
+    negatives = [i for i, name in enumerate(classes) if name.strip().lower() in NEGATIVE_NAMES]
+    if len(classes) == 2 and len(negatives) == 1:
+        return 1 - negatives[0]
+    return 1
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type for a precision setting; None means fp32 (no autocast).
+
+    auto: bf16 where the hardware computes it natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX), fp16 on
+    older GPUs (with loss scaling), else fp32: emulated bf16 on a CPU without it is slower than fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
+
+
+def pick_device(context: JobContext) -> torch.device:
+    """This process's GPU when there is one (torchrun's LOCAL_RANK picks it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", context.local_rank)
+    return torch.device("cpu")
+
+
+def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
+    """The data layer's options from the hyperparameters and this process's rank."""
+    extra: dict[str, Any] = {"salt": config.salt} if config.salt else {}
+    return DataOptions(
+        image_size=config.image_size,
+        on_bad_file=config.on_bad_file,
+        window=config.window,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        cache_memory_mb=config.cache_memory_mb,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+        workers=config.workers,
+        rank=context.rank,
+        world_size=context.world_size,
+        label_attribute=config.label_attribute or None,
+        **extra,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (weights initialization; the loaders seed themselves per epoch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def print_test_report(report: Mapping[str, Any]) -> None:
+    """The test metrics: one line for SageMaker's regexes, then each with its 95% interval for people."""
+    metrics = report["metrics"]
+    values = {f"test_{name}": _nan(entry["value"]) for name, entry in metrics.items()}
+    print(format_line(values), flush=True)
+    for name, entry in metrics.items():
+        low, high = (_nan(v) for v in entry["ci95"])
+        log.info("test %-11s %.4f  (95%% CI %.4f-%.4f, n=%d)", name, _nan(entry["value"]), low, high, report["n"])
+
+
+def write_outputs(
+    output_dir: Path,
+    *,
+    state: TrainState,
+    classes: Sequence[str],
+    validation: Mapping[str, Any],
+    test: Mapping[str, Any] | None,
+    seconds: float,
+) -> Path:
+    """metrics.json, confusion_matrix.csv, learning_curve.png and confusion_matrix.png in the output directory.
+
+    The confusion matrix is the test set's when there is one, else the validation set's.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shown, split = (test, "test") if test is not None else (validation, "validation")
+    metrics_file = output_dir / "metrics.json"
+    document = {
+        "classes": list(classes),
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "history": state.history,
+        "validation": validation,
+        "test": test,
+        "confusion_matrix": {"split": split, "matrix": shown["confusion_matrix"]},
+        "seconds": round(seconds, 1),
+    }
+    metrics_file.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    rows = [",".join(["true\\predicted", *classes])]
+    rows += [
+        ",".join([name, *map(str, counts)]) for name, counts in zip(classes, shown["confusion_matrix"], strict=True)
+    ]
+    (output_dir / "confusion_matrix.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    plots.learning_curve(state.history, output_dir / "learning_curve.png", best_epoch=state.best_epoch)
+    plots.confusion_matrix(
+        shown["confusion_matrix"], classes, output_dir / "confusion_matrix.png", title=f"{split} (n={shown['n']})"
+    )
+    return metrics_file
+
+
+def _report_args(config: TrainConfig, classes: Sequence[str], outputs: Evaluation) -> dict[str, Any]:
+    return {
+        "probabilities": outputs.probabilities,
+        "labels": outputs.labels,
+        "classes": classes,
+        "threshold": config.threshold,
+        "positive": positive_index(classes, config.positive_class),
+        "samples": config.bootstrap_samples,
+        "seed": config.seed,
+    }
+
+
+def _headline(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """The metric values of a report, for the bundle's eval_metrics."""
+    return {name: entry["value"] for name, entry in report["metrics"].items()}
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); private PyTorch checks, so guarded."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
