@@ -1,12 +1,19 @@
-"""`python -m demo` (what `make demo` runs): the stack's journey on a local AWS emulator, no AWS account needed.
+"""`python -m demo` (what `make demo` runs): the whole journey on a local AWS emulator, no AWS account needed.
 
 Starts moto's server in this process, synthesizes the app, bootstraps the emulator and deploys the default stack with
-the real CDK CLI, shows what was created, then runs `python -m infra.teardown` (what `make destroy` runs), which prints
-what the stack kept. Everything it starts is stopped before it returns.
+the real CDK CLI, shows what was created, then executes the notebook (notebooks/dicom_training.ipynb) headless with
+nbclient against it, as a user would on the notebook instance: the synthetic DICOM set is generated, checked and
+uploaded, the training job is created in the emulator and run on this machine by the local runner
+(launcher/local_runner.py), its results are collected and plotted, and the model classifies held-out images. The
+executed notebook is written to demo-output/ (with the data and results under demo-output/work/). Finally it runs
+`python -m infra.teardown` (what `make destroy` runs), which prints what the stack kept. Everything it starts is
+stopped before it returns, and it checks that no process of its own is left.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +23,9 @@ from contextlib import ExitStack
 from typing import Any
 
 from demo.emulator import (
+    ROOT,
     CdkError,
+    Emulator,
     bootstrap,
     client,
     context_args,
@@ -28,10 +37,22 @@ from demo.emulator import (
     synth,
     timed,
 )
+from demo.notebook import (
+    NOTEBOOK,
+    NotebookRun,
+    demo_size,
+    first_line,
+    journey_parameters,
+    notebook_env,
+    run_notebook,
+)
 
 DEFAULT_STACK = "MonaiDicomSageMaker"
 BOOTSTRAP_STACK = "CDKToolkit"
 TEARDOWN_TIMEOUT_S = 300
+OUTPUT_DIR = ROOT / "demo-output"  # git-ignored
+EXECUTED_NOTEBOOK = OUTPUT_DIR / "dicom_training.ipynb"
+WORK_DIR = OUTPUT_DIR / "work"  # the notebook's WORK_DIR: generated data, collected results
 
 
 def step(title: str) -> None:
@@ -100,6 +121,53 @@ def teardown(env: Mapping[str, str], context: Mapping[str, Any]) -> None:
     print(done.stdout.rstrip())
 
 
+def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str) -> NotebookRun:
+    """Execute the notebook against the deployed stack with the local runner, printing each cell as it ends.
+
+    Args:
+        emulator: the running emulator.
+        env: the emulator's environment.
+        stack: the deployed stack's name.
+    """
+    shutil.rmtree(WORK_DIR, ignore_errors=True)  # a fresh emulator: start from fresh data too
+
+    def progress(number: int, count: int, cell: Any, seconds: float) -> None:
+        print(f"  [{number:>2}/{count}] {seconds:6.1f} s  {first_line(cell)}", flush=True)
+
+    size = demo_size()
+    print(f"synthetic set: {size.train_images} training + {size.test_images} test images; hyperparameters "
+          + " ".join(f"{k}={v}" for k, v in size.hyperparameters.items()), flush=True)
+    return run_notebook(notebook_env(env, emulator), journey_parameters(WORK_DIR, size, stack_name=stack),
+                        output=EXECUTED_NOTEBOOK, on_cell=progress)
+
+
+def show_journey(run: NotebookRun) -> None:
+    """Print what the notebook's cells printed about training, results and predictions."""
+    for title, cell_id in (("The job's epochs (follow)", "follow"), ("Results (collect)", "results"),
+                           ("Predictions on held-out images", "predict"), ("Clean up", "cleanup")):
+        print(f"--- {title}")
+        print(run.text(cell_id).rstrip())
+    print(f"--- The executed notebook, with its figures: {EXECUTED_NOTEBOOK.relative_to(ROOT)}")
+
+
+def leftover_processes() -> list[str]:
+    """Processes this one started that still run (zombies aside): none once the demo has stopped everything."""
+    from launcher.local_runner import descendants
+
+    left = []
+    for pid in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            left.append(f"{pid} {command}")
+        except OSError:
+            continue
+    return left
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -113,7 +181,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the CLI and the emulator are stopped too
     timings: dict[str, float] = {}
     context = emulator_context()
+    stack = str(context.get("stackName", DEFAULT_STACK))
     start = time.perf_counter()
+    journey: NotebookRun | None = None
     try:
         with ExitStack() as running:
             step("Starting the local AWS emulator (moto's server, in this process)")
@@ -131,7 +201,17 @@ def main() -> int:
             with timed(timings, "deploy"):
                 deploy(env, context)
             step("Created in the emulator")
-            show_created(env, str(context.get("stackName", DEFAULT_STACK)))
+            show_created(env, stack)
+            step(f"The notebook {NOTEBOOK.relative_to(ROOT)}, headless (nbclient), with the local runner")
+            with timed(timings, "notebook"):
+                journey = run_journey(emulator, env, stack)
+            if "train" in journey.seconds:
+                timings["  of which the job"] = journey.seconds["train"]
+            if journey.error is None:
+                show_journey(journey)
+            else:
+                print(f"the notebook stopped: {journey.error}\n(the executed notebook, up to there: "
+                      f"{EXECUTED_NOTEBOOK.relative_to(ROOT)})", file=sys.stderr)
             step(f"python -m infra.teardown {' '.join(context_args(context))}   (what `make destroy` runs)")
             with timed(timings, "teardown (destroy)"):
                 teardown(env, context)
@@ -148,7 +228,10 @@ def main() -> int:
     step("Timings")
     for name, seconds in timings.items():
         print(f"  {name:<20} {seconds:6.1f} s")
-    return 0
+    left = leftover_processes()
+    print("No process of the demo is left running." if not left else
+          "Still running (not stopped by the demo):\n  " + "\n  ".join(left))
+    return 1 if journey is None or journey.error is not None or left else 0
 
 
 if __name__ == "__main__":

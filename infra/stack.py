@@ -10,7 +10,14 @@ from infra.constructs.encryption import DataKey
 from infra.constructs.network import Network
 from infra.constructs.notebook import NotebookInstance
 from infra.constructs.roles import NotebookRole, TrainingRole
-from infra.constructs.storage import CHECKPOINTS_PREFIX, CODE_PREFIX, DATASETS_PREFIX, JOBS_PREFIX, DataStorage
+from infra.constructs.storage import (
+    CHECKPOINTS_PREFIX,
+    CODE_PREFIX,
+    DATASETS_PREFIX,
+    INFERENCE_PREFIX,
+    JOBS_PREFIX,
+    DataStorage,
+)
 from infra.constructs.training_image import TrainingImage
 from infra.lint import drop_redundant_provider_dependencies
 from infra.nag import acknowledge, as_finding
@@ -51,6 +58,9 @@ class MonaiDicomStack(Stack):
         bucket.grant_read(training.role, f"{CODE_PREFIX}*")
         bucket.grant_read_write(training.role, f"{JOBS_PREFIX}*")
         bucket.grant_read_write(training.role, f"{CHECKPOINTS_PREFIX}*")
+        # The same role runs the trained model (launcher/inference.py): model.tar.gz under jobs/, transform input
+        # read and output written under inference/.
+        bucket.grant_read_write(training.role, f"{INFERENCE_PREFIX}*")
         image.grant_pull(training.role)
         # The notebook uploads datasets, stages code and reads results: the whole bucket.
         bucket.grant_read_write(notebook_role.role)
@@ -60,7 +70,8 @@ class MonaiDicomStack(Stack):
                     "Jobs read and write only their prefixes of the data bucket; object keys below them are chosen "
                     "per dataset and job.",
                     [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in
-                                            (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX))])
+                                            (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX,
+                                             INFERENCE_PREFIX))])
         acknowledge(notebook_role.role, "AwsSolutions-IAM5",
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])

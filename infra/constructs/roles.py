@@ -13,6 +13,17 @@ KMS_GRANT_WILDCARDS = ("Action::kms:GenerateDataKey*", "Action::kms:ReEncrypt*")
 
 SAGEMAKER = "sagemaker.amazonaws.com"
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TRANSFORM_LOG_GROUP = "/aws/sagemaker/TransformJobs"
+ENDPOINT_LOG_GROUPS = "/aws/sagemaker/Endpoints/*"  # one group per endpoint, named after it
+# What the notebook does with a trained model (launcher/inference.py), on this account's and region's resources.
+INFERENCE_ACTIONS = (
+    "sagemaker:CreateModel", "sagemaker:DeleteModel",
+    "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
+    "sagemaker:CreateEndpointConfig", "sagemaker:DeleteEndpointConfig",
+    "sagemaker:CreateEndpoint", "sagemaker:DescribeEndpoint", "sagemaker:DeleteEndpoint",
+    "sagemaker:InvokeEndpoint",
+)
+INFERENCE_RESOURCES = ("model", "transform-job", "endpoint-config", "endpoint")
 
 # What the SageMaker SDK v3 requires of every training role (sagemaker.core.helper.iam_policies, checked by
 # simulating these actions without resources when a ModelTrainer is built); tests hold this list against the SDK.
@@ -77,8 +88,19 @@ class TrainingRole(Construct):
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
         ))
+        # The same role serves the trained model (launcher/inference.py: batch transform and endpoints); the stack
+        # grants it the inference/ prefix. Their containers log here.
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[_log_group_arn(stack, TRANSFORM_LOG_GROUP), _log_group_arn(stack, ENDPOINT_LOG_GROUPS)],
+        ))
         key.grant_encrypt_decrypt(self.role)
         _grant_volume_key(self.role, key)
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "Transform jobs write one log stream each in one group; each endpoint logs to its own group, "
+                    "named after the endpoint, which the notebook names per deployment.",
+                    [f"Resource::{as_finding(self.role, _log_group_arn(stack, g))}"
+                     for g in (TRANSFORM_LOG_GROUP, ENDPOINT_LOG_GROUPS)])
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "The SageMaker SDK requires these actions of every training role and checks them without a "
                     "resource; ECR authorization, CloudWatch metrics and EC2 network-interface actions (for jobs "
@@ -122,6 +144,8 @@ class NotebookRole(Construct):
                      "sagemaker:AddTags", "sagemaker:ListTags"],
             resources=[jobs],
         ))
+        inference = [stack.format_arn(service="sagemaker", resource=r, resource_name="*") for r in INFERENCE_RESOURCES]
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(INFERENCE_ACTIONS), resources=inference))
         # List actions take no resource ARN.
         self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:ListTrainingJobs"], resources=["*"]))
         self.role.add_to_policy(iam.PolicyStatement(
@@ -142,6 +166,10 @@ class NotebookRole(Construct):
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Training job names are chosen per job by the notebook; access stays within this account "
                     "and region.", [f"Resource::{as_finding(self, jobs)}"])
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "Models, transform jobs, endpoint configs and endpoints are named per use by the notebook; "
+                    "access stays within this account and region.",
+                    [f"Resource::{as_finding(self, arn)}" for arn in inference])
         _acknowledge_common(self.role, stack)
 
 

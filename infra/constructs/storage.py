@@ -16,6 +16,7 @@ DATASETS_PREFIX = "datasets/"  # uploaded DICOM with labels (read by jobs)
 CODE_PREFIX = "code/"  # the training package the SDK stages per job (read by jobs)
 JOBS_PREFIX = "jobs/"  # model artifacts and output data (written by jobs)
 CHECKPOINTS_PREFIX = "checkpoints/"  # spot-safe checkpoints (read and written by jobs)
+INFERENCE_PREFIX = "inference/"  # batch transform input (read) and output (written) of the served model
 
 
 class DataStorage(Construct):

@@ -1,0 +1,111 @@
+"""Everything the launcher knows about the training job (training/), in one place.
+
+The job is another package: the launcher ships its directory as the SDK's source_dir, runs ENTRY_SCRIPT in it, sends
+its hyperparameters (validated by the job's own parser first, so a typo fails here and not after the instances
+started), reads its metric lines with the job's own regexes, and opens what it writes. `training.*` is imported
+inside the functions: only modules that need nothing beyond the standard library (config, metrics, contract), and
+only when used, so that the settings and uploads work even where the job's package is broken or half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_DIR = REPO_ROOT / "training"  # shipped to the job as /opt/ml/input/data/code
+ENTRY_SCRIPT = "train_entry.py"  # the file the SDK's driver runs (training/train_entry.py explains why a file)
+# Not shipped with the code (names at any depth, as shutil.ignore_patterns reads them): caches, the image's build
+# files, secrets and editor files, and what a local run of the job leaves in its folder (data, models, outputs),
+# as training/.dockerignore keeps them out of the image.
+IGNORE_PATTERNS = (
+    "__pycache__", "*.py[cod]", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints", "*.egg-info",
+    "Dockerfile", ".dockerignore", ".env", ".DS_Store", "*.swp", ".idea", ".vscode",
+    "tests", "test_*.py", "conftest.py", "*.ipynb", "*.dcm", "*.DCM", "data", "model", "output", "checkpoints",
+    "*.pt", "*.ts", "*.tar.gz",
+)
+DATA_CHANNELS = ("train", "validation", "test")  # training.contract.DATA_CHANNELS
+MANIFEST_CHANNEL = "manifest"  # training.contract.MANIFEST_CHANNEL: the S3 record of the data (training/lineage.py)
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with CheckpointConfig.S3Uri (spot resumes)
+CODE_COMMIT_VARIABLE = "TRAINING_CODE_COMMIT"  # training.contract reads it: a job's code has no .git to ask
+MODEL_ARCHIVE = "model.tar.gz"  # SageMaker's archive of /opt/ml/model: the MONAI bundle
+OUTPUT_ARCHIVE = "output.tar.gz"  # SageMaker's archive of /opt/ml/output/data: metrics.json and figures
+BUNDLE_METADATA = "configs/metadata.json"  # in the bundle (training/bundle.py)
+METRICS_FILE = "metrics.json"  # in the output data (training/train.py write_outputs)
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """The job's metric regexes, as SageMaker takes them: [{"Name": ..., "Regex": ...}]."""
+    from training.metrics import METRIC_DEFINITIONS
+
+    return [dict(d) for d in METRIC_DEFINITIONS]
+
+
+@cache
+def _compiled() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((d["Name"], re.compile(d["Regex"])) for d in metric_definitions())
+
+
+def parse_metrics(line: str) -> dict[str, float]:
+    """The metrics a printed line holds, read with the same regexes SageMaker is given.
+
+    Args:
+        line: one line of the job's output.
+
+    Returns:
+        Metric name (e.g. "validation:auc") to value; empty for lines without metrics.
+    """
+    found = {}
+    for name, pattern in _compiled():
+        match = pattern.search(line)
+        if match:
+            found[name] = float(match.group(1))
+    return found
+
+
+def hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
+    """Hyperparameters as the strings SageMaker passes, checked by the job's own parser.
+
+    Args:
+        values: field names of training.config.TrainConfig to values: strings as the job reads them ("96,96",
+            "true"), or Python values (96, True, (96, 96), None), written the way the job parses them back.
+
+    Raises:
+        ValueError: an unknown name or a value the job would reject; the message names it (and lists the names).
+    """
+    from training.config import TrainConfig, format_value
+
+    strings = {str(k).replace("-", "_"): v if isinstance(v, str) else format_value(v) for k, v in values.items()}
+    TrainConfig.from_strings(strings)
+    return strings
+
+
+def code_commit(repo: Path = REPO_ROOT) -> str | None:
+    """The last commit that changed training/ (the code shipped), with "+dirty" when it has uncommitted changes.
+
+    The image records its code the same way (infra/constructs/training_image.py), so the same code has one name.
+
+    Args:
+        repo: the checkout.
+
+    Returns:
+        The commit, or None where git or a checkout is not available.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("log", "-1", "--format=%H", "--", str(SOURCE_DIR))
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--", str(SOURCE_DIR))
+    return f"{commit}+dirty" if status else commit

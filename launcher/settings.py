@@ -1,0 +1,245 @@
+"""The stack's values the notebook works with, read once into a frozen dataclass.
+
+    settings = load_settings()                      # on the notebook instance: the lifecycle script's values file
+    settings = load_settings("MonaiDicomSageMaker")  # elsewhere: the stack's CloudFormation outputs
+
+On the notebook instance the lifecycle script writes VALUES_FILE on every start (its format is documented in
+infra/lifecycle/render.py; tests hold the two in step). Anywhere else (a laptop with credentials, CI) the same values
+come from the stack's outputs (infra/stack.py), by stack name. This is the launcher's only configuration edge: the
+modules below take a Settings and never read files, outputs or the environment themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+# Written by infra/lifecycle/on_start.sh (render.VALUES_FILE); duplicated because the launcher never imports infra/.
+VALUES_FILE = Path("/home/ec2-user/SageMaker/.monai-dicom/stack.json")
+DEFAULT_STACK_NAME = "MonaiDicomSageMaker"  # cdk.json's stackName default
+# Which runner start_training uses when the notebook does not pass one: "sagemaker" (a real job), or a runner a later
+# module registers (the local runner of `make demo`). Read here so that notebook cells stay the same everywhere.
+RUNNER_VARIABLE = "MONAI_DICOM_RUNNER"
+DEFAULT_RUNNER = "sagemaker"
+
+# Values-file key -> CloudFormation output, for the values every job needs.
+REQUIRED = {
+    "stack_name": None,  # the stack's own name, not an output
+    "region": "Region",
+    "bucket": "DataBucketName",
+    "data_key_arn": "DataKeyArn",
+    "training_role_arn": "TrainingRoleArn",
+    "training_image_uri": "TrainingImageUri",
+}
+# Values the stack has only in some configurations (a VPC), or that launching does not need.
+OPTIONAL = {
+    "notebook_role_arn": "NotebookRoleArn",
+    "subnets": "SubnetIds",
+    "security_group_ids": "SecurityGroupIds",
+    "training_image_variant": "TrainingImageVariant",
+    "repo_url": None,
+    "repo_ref": None,
+    "deployed_commit": None,
+}
+LIST_KEYS = ("subnets", "security_group_ids")
+
+
+class SettingsError(ValueError):
+    """A stack value is missing or unusable; the message names it, where it was looked for, and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployed stack's resources, as the launcher uses them.
+
+    Attributes:
+        stack_name: the CloudFormation stack; job names and tags are derived from it.
+        region: where the stack, its bucket and its jobs live.
+        bucket: the data bucket (datasets/, code/, jobs/, checkpoints/).
+        data_key_arn: the KMS key of the bucket; also encrypts job volumes, outputs and staged code.
+        training_role_arn: the execution role of training jobs.
+        training_image_uri: the training image (the SageMaker PyTorch container with MONAI and pydicom).
+        notebook_role_arn: the notebook instance's role ("" when unknown).
+        subnets: private subnets for jobs; empty when the stack has no VPC.
+        security_group_ids: the jobs' security group(s); empty when the stack has no VPC.
+        image_variant: "cpu" or "gpu" when the stack says so; "" lets the launcher read it from the image tag.
+        runner: which runner start_training uses by default (RUNNER_VARIABLE).
+        repo_url, repo_ref, deployed_commit: what the notebook cloned, and the commit the stack was deployed from.
+        source: where these values were read, for messages.
+    """
+
+    stack_name: str
+    region: str
+    bucket: str
+    data_key_arn: str
+    training_role_arn: str
+    training_image_uri: str
+    notebook_role_arn: str = ""
+    subnets: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    image_variant: str = ""
+    runner: str = DEFAULT_RUNNER
+    repo_url: str = ""
+    repo_ref: str = ""
+    deployed_commit: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise SettingsError(
+                f"{self.source or 'settings'}: subnets {list(self.subnets)} and security_group_ids "
+                f"{list(self.security_group_ids)} must both be given (a stack with a VPC) or both be empty"
+            )
+        if self.image_variant not in ("", "cpu", "gpu"):
+            raise SettingsError(f"{self.source or 'settings'}: image variant {self.image_variant!r} is not cpu or gpu")
+
+    @property
+    def has_vpc(self) -> bool:
+        """Whether jobs run in the stack's private subnets."""
+        return bool(self.subnets)
+
+    def boto_session(self) -> boto3.Session:
+        """A boto3 session in the stack's region (credentials from the environment or the instance's role).
+
+        One per Settings: a session loads each service's API model once (the SageMaker SDK makes a dozen clients).
+        """
+        return self._session
+
+    @cached_property
+    def _session(self) -> boto3.Session:
+        return boto3.Session(region_name=self.region)
+
+
+def load_settings(
+    stack_name: str | None = None,
+    *,
+    values_file: str | os.PathLike[str] | None = None,
+    region: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the stack's values: from the notebook's values file, or from the stack's CloudFormation outputs.
+
+    With no arguments, the values file is read when it exists (on the notebook instance), else the outputs of the
+    stack named DEFAULT_STACK_NAME.
+
+    Args:
+        stack_name: read this stack's CloudFormation outputs (needs cloudformation:DescribeStacks).
+        values_file: read this values file instead of VALUES_FILE.
+        region: the stack's region for CloudFormation; default: the session's (AWS_REGION, the profile).
+        environ: where RUNNER_VARIABLE is read; default os.environ.
+
+    Raises:
+        SettingsError: a value is missing or empty, the file is unreadable, or the stack does not exist; the message
+            names the value and the file or stack it was looked for in.
+    """
+    env = os.environ if environ is None else environ
+    runner = env.get(RUNNER_VARIABLE, "").strip() or DEFAULT_RUNNER
+    if values_file is not None:
+        return _from_values_file(Path(values_file), runner=runner)
+    if stack_name is not None:
+        return _from_stack_outputs(stack_name, region=region, runner=runner)
+    if VALUES_FILE.is_file():
+        return _from_values_file(VALUES_FILE, runner=runner)
+    try:
+        return _from_stack_outputs(DEFAULT_STACK_NAME, region=region, runner=runner)
+    except SettingsError as error:
+        raise SettingsError(f"{error} (there is no values file {VALUES_FILE} either: this is not the stack's notebook "
+                            "instance)") from None
+
+
+def _from_values_file(path: Path, *, runner: str) -> Settings:
+    where = f"values file {path}"
+    remedy = ("the notebook's lifecycle script writes it on every start: restart the notebook instance, or pass "
+              "stack_name=... to read the stack's CloudFormation outputs instead")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{where} does not exist; {remedy}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{where} is not readable as JSON ({exc}); {remedy}") from None
+    if not isinstance(document, dict):
+        raise SettingsError(f"{where} must hold one JSON object of stack values; {remedy}")
+    return _build(document.get, where=where, remedy=remedy, runner=runner, name_of=lambda key: key)
+
+
+def _from_stack_outputs(stack_name: str, *, region: str | None, runner: str) -> Settings:
+    session = boto3.Session(region_name=region) if region else boto3.Session()
+    where = f"the outputs of CloudFormation stack {stack_name!r} in {session.region_name or '(no region set)'}"
+    remedy = "deploy the stack (make deploy) or update it to this version of the repository"
+    if not session.region_name:
+        raise SettingsError(f"no AWS region is set to find CloudFormation stack {stack_name!r}: pass region=..., or "
+                            "set AWS_REGION")
+    try:
+        stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if "does not exist" in message:
+            raise SettingsError(f"CloudFormation stack {stack_name!r} does not exist in {session.region_name}: "
+                                "deploy it (make deploy), or pass the stack_name and region it was deployed "
+                                "with") from None
+        raise SettingsError(f"cannot read {where}: {message}") from None
+    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stacks[0].get("Outputs", [])}
+    output_of = {**REQUIRED, **OPTIONAL}
+
+    def get(key: str) -> Any:
+        if key == "stack_name":
+            return stacks[0].get("StackName", stack_name)
+        output = output_of.get(key)
+        return outputs.get(output) if output else None
+
+    return _build(get, where=where, remedy=remedy, runner=runner,
+                  name_of=lambda key: f"output {output_of[key]}" if output_of.get(key) else key)
+
+
+def _build(get: Callable[[str], Any], *, where: str, remedy: str, runner: str,
+           name_of: Callable[[str], str]) -> Settings:
+    values: dict[str, Any] = {}
+    for key in REQUIRED:
+        value = get(key)
+        if not isinstance(value, str) or not value.strip():
+            found = "is empty" if isinstance(value, str) else "is missing" if value is None else "is not a string"
+            raise SettingsError(f"stack value {name_of(key)} ({key}) {found} in {where}; {remedy}")
+        values[key] = value.strip()
+    for key in OPTIONAL:
+        value = get(key)
+        if key in LIST_KEYS:
+            values[key] = _as_list(value, name=name_of(key), where=where)
+        elif value is not None:
+            values[key] = str(value).strip()
+    return Settings(
+        stack_name=values["stack_name"],
+        region=values["region"],
+        bucket=values["bucket"],
+        data_key_arn=values["data_key_arn"],
+        training_role_arn=values["training_role_arn"],
+        training_image_uri=values["training_image_uri"],
+        notebook_role_arn=values.get("notebook_role_arn", ""),
+        subnets=values["subnets"],
+        security_group_ids=values["security_group_ids"],
+        # The stack's output says "unknown" for an image given by URI (an output cannot be empty).
+        image_variant=values.get("training_image_variant", "").lower().replace("unknown", ""),
+        runner=runner,
+        repo_url=values.get("repo_url", ""),
+        repo_ref=values.get("repo_ref", ""),
+        deployed_commit=values.get("deployed_commit", ""),
+        source=where,
+    )
+
+
+def _as_list(value: Any, *, name: str, where: str) -> tuple[str, ...]:
+    """A list value: a JSON list (values file) or a comma-joined string (CloudFormation output)."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise SettingsError(f"stack value {name} in {where} must be a list of IDs; got {value!r}")

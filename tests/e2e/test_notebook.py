@@ -1,0 +1,193 @@
+"""The notebook, every cell, executed headless (nbclient) against the stack deployed on the emulator.
+
+What `make demo` does, on a smaller run (demo/notebook.py small_size: 200 + 40 images at 64x64, 3 epochs): the
+stack is deployed with the real CDK CLI, the notebook runs on this Python's kernel with the local runner, and the
+tests read what its cells printed and displayed, and what the emulator holds afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo.emulator import bootstrap, client, deploy, emulator_context, emulator_env, start_emulator
+from demo.notebook import (
+    INJECTED_TAG,
+    NOTEBOOK,
+    PARAMETERS_TAG,
+    NotebookRun,
+    inject_parameters,
+    journey_parameters,
+    notebook_env,
+    run_notebook,
+    small_size,
+)
+from launcher.local_runner import descendants
+from training.metrics import parse_line
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:Tried to parse:UserWarning:moto\.")]
+
+STACK = "MonaiDicomSageMaker"
+SIZE = small_size()
+
+
+@dataclass(frozen=True)
+class Journey:
+    run: NotebookRun
+    workdir: Path
+    outputs: dict[str, str]  # the stack's CloudFormation outputs
+    jobs: list[dict[str, Any]]  # ListTrainingJobs of the emulator after the run
+    objects: list[str]  # the data bucket's keys after the run
+    processes_after: list[int]  # processes this one started that were still there after the run
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
+    workdir = tmp_path_factory.mktemp("journey")
+    earlier = set(descendants(os.getpid()))  # what other tests of this worker run (a server fixture, say)
+    with start_emulator() as emulator:
+        env = emulator_env(emulator)
+        bootstrap(env)
+        deploy(env, emulator_context())
+        described = client(env, "cloudformation").describe_stacks(StackName=STACK)["Stacks"][0]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+        run = run_notebook(notebook_env(env, emulator), journey_parameters(workdir, SIZE, stack_name=STACK),
+                           output=workdir / "executed.ipynb")
+        jobs = client(env, "sagemaker").list_training_jobs()["TrainingJobSummaries"]
+        listed = client(env, "s3").list_objects_v2(Bucket=outputs["DataBucketName"])
+        objects = [o["Key"] for o in listed.get("Contents", [])]
+        started = [pid for pid in descendants(os.getpid()) if pid not in earlier]
+        yield Journey(run, workdir, outputs, jobs, objects, started)
+
+
+def test_every_cell_ran_without_error(journey: Journey) -> None:
+    run = journey.run
+    assert run.error is None, run.error
+    code = [c for c in run.notebook.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)
+    errors = [c.id for c in code if any(o.get("output_type") == "error" for o in c.outputs)]
+    assert errors == []
+    assert run.notebook.metadata.kernelspec.name == "conda_pytorch"  # what a notebook instance opens it with
+
+
+def test_the_kernel_check_says_it_runs_locally_and_settings_come_from_the_stack(journey: Journey) -> None:
+    assert "Not on a SageMaker notebook instance: running locally" in journey.run.text("kernel")
+    stack = journey.run.text("stack")
+    assert f"s3://{journey.outputs['DataBucketName']}" in stack
+    assert f"the outputs of CloudFormation stack '{STACK}'" in stack
+    assert "jobs run by:    local" in stack
+
+
+def test_the_data_is_generated_checked_and_shown(journey: Journey) -> None:
+    check = journey.run.text("check")
+    assert "python -m training.check" in check and "result: every labeled file is usable" in check
+    assert re.search(r"channel train: labels from labels.csv .*, \d+ labeled DICOM file", check)
+    assert re.search(r"channel test: labels from labels.csv .*, \d+ labeled DICOM file", check)
+    assert journey.run.images("samples") == 1
+
+
+def test_the_upload_lands_in_the_stack_bucket(journey: Journey) -> None:
+    files = SIZE.train_images + SIZE.test_images + 2  # and a labels.csv in each channel
+    bucket = journey.outputs["DataBucketName"]
+    assert f"{files} files in s3://{bucket}/datasets/synthetic/" in journey.run.text("upload")
+    assert "datasets/synthetic/manifest.json" in journey.objects
+
+
+def test_one_job_was_recorded_and_its_model_written_where_sagemaker_writes_it(journey: Journey) -> None:
+    (job,) = journey.jobs
+    name = job["TrainingJobName"]
+    assert name.startswith(f"{STACK}-") and f"training job {name}" in journey.run.text("train")
+    assert {f"jobs/{name}/output/model.tar.gz", f"jobs/{name}/output/output.tar.gz"} <= set(journey.objects)
+    assert name in journey.run.text("jobs")
+
+
+def test_the_job_reached_the_accuracy_the_job_s_tests_promise(journey: Journey) -> None:
+    followed = journey.run.text("follow")
+    epochs = [parse_line(line) for line in followed.splitlines() if line.startswith("epoch=")]
+    assert 1 <= len(epochs) <= int(SIZE.hyperparameters["epochs"])
+    assert "Completed" in followed
+    assert max(row["validation:accuracy"] for row in epochs) >= 0.95  # tests/training/test_job_sagemaker.py
+    (test_line,) = [line for line in followed.splitlines() if line.startswith("test_accuracy=")]
+    assert parse_line(test_line)["test:accuracy"] >= 0.85
+
+
+def test_the_results_are_summarized_and_plotted(journey: Journey) -> None:
+    results = journey.run.text("results")
+    assert re.search(r"test set \(\d+ images\):", results) and re.search(r"accuracy +\d\.\d{3} +\(95% CI", results)
+    assert journey.run.images("results") == 2  # the learning curve and the confusion matrix
+
+
+def test_held_out_files_are_predicted_in_the_kernel(journey: Journey) -> None:
+    table = journey.run.text("predict").strip().splitlines()
+    rows = [line.split() for line in table[1:]]
+    assert table[0].split() == ["file", "predicted", "probability", "true"]
+    assert len(rows) == SIZE.predict_count
+    assert all(row[1] in ("normal", "abnormal") and 0.5 <= float(row[2]) <= 1.0 for row in rows)
+    assert {row[3] for row in rows} == {"normal", "abnormal"}  # both classes held out and shown
+    assert sum(row[1] == row[3] for row in rows) >= SIZE.predict_count - 2
+    assert journey.run.images("predict") == 1
+
+
+def test_the_inference_placeholder_is_there(journey: Journey) -> None:
+    headings = [c.source.splitlines()[0] for c in journey.run.notebook.cells if c.cell_type == "markdown"]
+    assert "## Inference at scale" in headings
+
+
+def test_clean_up_stops_nothing_that_ended_and_says_what_stays(journey: Journey) -> None:
+    text = journey.run.text("cleanup")
+    assert "has ended (Completed): nothing to stop" in text
+    assert "Kept: the model s3://" in text and "Kept: the dataset s3://" in text
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_nothing_is_left_running(journey: Journey) -> None:
+    deadline = time.monotonic() + 10  # one caught mid-exit has a few seconds to finish
+    while _alive(journey.processes_after) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(journey.processes_after) == []
+
+
+def test_the_notebook_as_committed_opens_on_conda_pytorch_with_short_cells_and_one_data_cell() -> None:
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "conda_pytorch"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # committed without outputs
+    assert max(len(c.source.splitlines()) for c in code) <= 10  # the logic lives in launcher/ and training/
+    assert len([c for c in code if "DATA_DIR = " in c.source and "YOUR DATA" in c.source]) == 1
+    assert [c.id for c in code if PARAMETERS_TAG in c.metadata.get("tags", [])] == ["parameters"]
+
+
+def test_parameters_go_right_after_the_parameters_cell() -> None:
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    inject_parameters(notebook, {"WORK_DIR": "/tmp/x", "HYPERPARAMETERS": {"epochs": "1"}})
+    ids = [c.id for c in notebook.cells]
+    assert ids[ids.index("parameters") + 1] == INJECTED_TAG
+    assert notebook.cells[ids.index(INJECTED_TAG)].source.splitlines()[1:] == [
+        "WORK_DIR = '/tmp/x'", "HYPERPARAMETERS = {'epochs': '1'}"]
+    for cell in notebook.cells:
+        cell.metadata.pop("tags", None)
+    with pytest.raises(ValueError, match="has no cell tagged 'parameters'"):
+        inject_parameters(notebook, {})
