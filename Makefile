@@ -9,6 +9,8 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 # Extra CDK context for deploy/destroy/synth, e.g. make deploy CDK_ARGS="-c destroyData=true"
 CDK_ARGS ?=
+# Extra flags for python -m bench, e.g. make bench BENCH_ARGS="--quick"
+BENCH_ARGS ?=
 
 .PHONY: help setup test demo synth deploy destroy lint bench clean
 
@@ -20,6 +22,7 @@ help:
 	@echo "make deploy   deploy the stack to the AWS account of your credentials (needs Docker for the image)"
 	@echo "make destroy  destroy the stack; prints what was kept (data bucket, log bucket, key)"
 	@echo "make lint     ruff, mypy, shellcheck"
+	@echo "make bench    the public sample's pipeline and loop against ours (bench/results/; ~15 min on 2 cores)"
 
 $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
 	@command -v node >/dev/null || { echo "Node.js (>= 20) is missing: install it (https://nodejs.org) and rerun make setup" >&2; exit 1; }
@@ -48,6 +51,9 @@ deploy: setup
 
 destroy: setup
 	$(PY) -m infra.teardown $(CDK_ARGS)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,242 @@
+"""The benchmarks: the public sample's pipeline and loop (a) against ours (b), on the same synthetic data.
+
+    make bench                                  # = python -m bench: every benchmark, about 10-15 min on 2 cores
+    python -m bench --quick                     # a small set and few epochs (about 3 min), for a first look
+    python -m bench --only loader --sizes 256   # one benchmark, one source size
+
+For each source size (256x256 and 512x512 16-bit DICOM, generated into a temporary directory) it measures the loader
+(a) vs (b) and the training loop (a) vs (b); once, DenseNet121's compute limit; once, serving: requests per second
+and p50/p99 latency of training/serve.py's server for one 512x512 file (the largest --sizes when 512 is not among
+them), with a bundle the real job trains for it. Each measurement runs in a process of its own (bench/child.py) for
+its peak memory. Figures go to bench/results/bench.json and bench/results/bench.md (the table the README's
+"Performance" section quotes); the command exits 1 when a target is missed (serving has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.child import ROOT, BenchError, run_case, wait_for_quiet
+from bench.datasets import make_set
+from bench.measure import load_average, machine
+
+BENCHMARKS = ("loader", "training", "limit", "serving")
+SERVING_SIZE = 512  # the source size serving is measured at (the issue's "one 512x512 file")
+Runner = Callable[[str, dict[str, Any]], dict[str, Any]]
+RESULTS = ROOT / "bench" / "results"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (defaults: the full run `make bench` does)."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="source sizes (default 256 512)")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
+    parser.add_argument("--train-count", type=int, default=500, help="training images per size (default 500)")
+    parser.add_argument("--validation-count", type=int, default=200, help="validation images (default 200)")
+    parser.add_argument("--loader-epochs", type=int, default=4, help="loader epochs of (a) (default 4)")
+    parser.add_argument("--loader-epochs-ours", type=int, default=20, help="loader epochs of (b) (default 20)")
+    parser.add_argument("--train-epochs", type=int, default=6, help="training epochs of each (default 6)")
+    parser.add_argument("--limit-steps", type=int, default=4, help="timed steps per limit variant (default 4)")
+    parser.add_argument("--target-accuracy", type=float, default=0.95, help="for time-to-accuracy (default 0.95)")
+    parser.add_argument("--serving-requests", type=int, default=200, help="timed serving requests (default 200)")
+    parser.add_argument("--serving-concurrency", type=int, default=8, help="concurrent serving clients (default 8)")
+    parser.add_argument(
+        "--serving-workers", type=int, default=0, help="server worker processes; 0: one per core (default)"
+    )
+    parser.add_argument(
+        "--serving-epochs", type=int, default=1, help="epochs of the job that trains the served bundle (default 1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of every measurement (OMP_NUM_THREADS); 0: PyTorch's default, one per core (default)",
+    )
+    parser.add_argument(
+        "--basis",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="judge the targets on images per wall-clock second (default) or per CPU second (a shared machine)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="before each measurement, wait up to this many seconds for other jobs to leave the CPU (default 30)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where bench.json and bench.md go")
+    parser.add_argument("--quick", action="store_true", help="100 + 60 images at 256 only, 2 training epochs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.train_count, args.validation_count = [256], 100, 60
+        args.loader_epochs, args.loader_epochs_ours, args.train_epochs, args.limit_steps = 3, 5, 2, 2
+    for name in ("train_count", "validation_count"):
+        if getattr(args, name) < 4:
+            parser.error(f"--{name.replace('_', '-')} must be >= 4; got {getattr(args, name)}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0; got {args.threads}")
+    for name in (
+        "loader_epochs",
+        "loader_epochs_ours",
+        "train_epochs",
+        "limit_steps",
+        "serving_requests",
+        "serving_concurrency",
+        "serving_epochs",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.serving_workers < 0:
+        parser.error(f"--serving-workers must be >= 0; got {args.serving_workers}")
+    return args
+
+
+def run(args: argparse.Namespace, runner: Runner = run_case) -> dict[str, Any]:
+    """Generate the data and run every requested measurement.
+
+    Args:
+        args: from parse_args.
+        runner: runs one case and returns its figures: bench.child.run_case (a process per case) for
+            measurements, bench.child.run_in_process in the smoke tests.
+
+    Returns:
+        The results document.
+    """
+    started = time.perf_counter()
+    if args.threads:  # the children inherit the environment; torch reads these at start
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+
+    def _case(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        busy = wait_for_quiet(args.settle)
+        _say(f"  {name} ..." + (f" (machine busy {busy:.1f} cores before it)" if args.settle else ""))
+        figures = runner(name, kwargs)
+        process = figures.get("process", {})
+        rate, requests = figures.get("images_per_second"), figures.get("requests_per_second")
+        where = (
+            f", {process['wall_seconds']:.0f} s, other load {process['other_load_cores']:.1f} cores" if process else ""
+        )
+        speed = "" if rate is None else f"{rate:,.1f} images/s, "
+        if requests is not None:
+            speed = f"{requests:,.1f} requests/s, p50 {figures['p50_ms']:,.0f} ms, p99 {figures['p99_ms']:,.0f} ms, "
+        _say(f"  {name}: {speed}{figures['peak_rss_mib']:,.0f} MiB peak{where}")
+        return figures
+
+    results: dict[str, Any] = {
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "device": "cpu",
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "quick")
+        },
+        "machine": machine(),
+        "versions": {name: _version(name) for name in ("torch", "monai", "itk", "pydicom", "numpy")},
+        "load": {"start": load_average()},
+        "sizes": {},
+    }
+    serving_size, serving_note = serving_size_of(args.sizes)
+    per_size = {"loader", "training"} & set(args.only)
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as scratch:
+        for size in args.sizes:
+            serve_here = "serving" in args.only and size == serving_size
+            if not (per_size or serve_here):
+                continue  # --only serving (and limit): no data at the other sizes
+            data = make_set(
+                Path(scratch), size=size, train_count=args.train_count, validation_count=args.validation_count
+            )
+            _say(f"{size}x{size}: {data.train_count} + {data.validation_count} images made in {data.seconds:.0f} s")
+            entry: dict[str, Any] = {"data_seconds": round(data.seconds, 1)}
+            if "loader" in args.only:
+                common = {"train_dir": str(data.train)}
+                a = _case("loader_public_sample", {**common, "epochs": args.loader_epochs})
+                b = _case("loader_ours", {**common, "epochs": args.loader_epochs_ours})
+                entry["loader"] = {"a": a, "b": b}
+            if "training" in args.only:
+                common = {
+                    "train_dir": str(data.train),
+                    "val_dir": str(data.validation),
+                    "epochs": args.train_epochs,
+                    "target_accuracy": args.target_accuracy,
+                }
+                entry["training"] = {"a": _case("train_public_sample", common), "b": _case("train_ours", common)}
+            results["sizes"][str(size)] = entry
+            if serve_here:
+                if serving_note:
+                    _say(f"  serving: {serving_note}")
+                kwargs = {
+                    "train_dir": str(data.train),
+                    "val_dir": str(data.validation),
+                    "requests": args.serving_requests,
+                    "concurrency": args.serving_concurrency,
+                    "workers": args.serving_workers,
+                    "epochs": args.serving_epochs,
+                }
+                results["serving"] = {
+                    **_case("serving", kwargs),
+                    "source_size": size,
+                    "train_images": data.train_count,
+                    "note": serving_note,
+                }
+    if "limit" in args.only:
+        results["limit"] = _case("compute_limit", {"steps": args.limit_steps})
+    results["load"]["end"] = load_average()
+    results["targets"] = report.targets(results, basis=args.basis)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def serving_size_of(sizes: Sequence[int]) -> tuple[int, str | None]:
+    """The source size serving is measured at: SERVING_SIZE when it is among sizes, else the largest, with a note
+    saying so (None when SERVING_SIZE is there)."""
+    if SERVING_SIZE in sizes:
+        return SERVING_SIZE, None
+    size = max(sizes)
+    return size, f"{SERVING_SIZE} is not among --sizes; measured on a {size}x{size} file (the largest size given)"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run, write bench.json and bench.md, print the table.
+
+    Returns:
+        0 when every target is met, 1 when one is missed, 2 when a measurement failed.
+    """
+    try:
+        results = run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = report.markdown(results)
+    (args.out / "bench.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    missed = [c for c in results["targets"] if not c["met"]]
+    for c in missed:
+        print(f"target missed: {c['target']} at {c['size']}: {c['value']:.2f} (required {c['required']})")
+    return 1 if missed else 0
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,217 @@
+"""The targets of the performance issue, checked against a run's figures, and the markdown table the README quotes.
+
+Serving (requests per second and latency of the served model) is reported, not judged: no target is set for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+LOADER_SPEEDUP = 20.0  # (b) loader >= 20x (a)
+TRAINING_SPEEDUP = 2.0  # (b) training >= 2x (a)
+SHARE_OF_LIMIT = 0.85  # (b) training >= 85 % of the best compute limit (CPU)
+GPU_SHARE_OF_LIMIT = 0.80  # (b) training >= 80 % of the GPU compute limit
+
+
+def best_limit(limit: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest forward+backward variant (the optimizer-step diagnostic excluded)."""
+    pure = _pure(limit)
+    return max(pure, key=lambda v: v["images_per_second"]) if pure else None
+
+
+def _pure(limit: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in limit.get("variants", []) if not v.get("optimizer")]
+
+
+def targets(
+    results: dict[str, Any], *, share_of_limit: float = SHARE_OF_LIMIT, basis: str = "wall"
+) -> list[dict[str, Any]]:
+    """Each target, per source size, with its measured value and whether it is met.
+
+    Args:
+        results: what bench/__main__.py (or bench/gpu.py) collected.
+        share_of_limit: the training target as a share of the best compute limit.
+        basis: 'wall' (images per second) or 'cpu' (images per CPU second: for runs on a shared machine, with
+            --threads 1).
+
+    Returns:
+        One {"target", "size", "value", "required", "met", "basis"} per check that the results hold figures for.
+    """
+    if basis not in ("wall", "cpu"):
+        raise ValueError(f"basis must be 'wall' or 'cpu'; got {basis!r}")
+    rate = "images_per_second" if basis == "wall" else "images_per_cpu_second"
+    checks: list[dict[str, Any]] = []
+    pure = _pure(results.get("limit", {}))
+    best = max(pure, key=lambda v: v[rate]) if pure else None
+
+    def add(name: str, size: str, value: float, required: float, *, at_most: bool = False) -> None:
+        met = math.isfinite(value) and (value <= required if at_most else value >= required)
+        checks.append(
+            {"target": name, "size": size, "value": round(value, 3), "required": required, "met": met, "basis": basis}
+        )
+
+    for size, entry in results.get("sizes", {}).items():
+        loader, training = entry.get("loader"), entry.get("training")
+        if loader:
+            a, b = loader["a"], loader["b"]
+            add("loader (b)/(a) images/s", size, _ratio(b[rate], a[rate]), LOADER_SPEEDUP)
+            add("loader peak RSS (b)/(a)", size, _ratio(b["peak_rss_mib"], a["peak_rss_mib"]), 1.0, at_most=True)
+        if training:
+            a, b = training["a"], training["b"]
+            add("training (b)/(a) images/s", size, _ratio(b[rate], a[rate]), TRAINING_SPEEDUP)
+            if best is not None:
+                add("training (b)/best limit", size, _ratio(b[rate], best[rate]), share_of_limit)
+            add("training peak RSS (b)/(a)", size, _ratio(b["peak_rss_mib"], a["peak_rss_mib"]), 1.0, at_most=True)
+    return checks
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The short report: setting and load, then loader, training, limit, serving and targets tables."""
+    settings, machine = results["settings"], results["machine"]
+    limit = results.get("limit", {})
+    lines = [
+        f"Measured {results['created']} on {machine['cpu']}, {machine['logical_cores']} cores, "
+        f"{machine['memory_gib']} GiB ({results['device']}); torch {results['versions'].get('torch')}, "
+        f"MONAI {results['versions'].get('monai')}, ITK {results['versions'].get('itk')}; "
+        f"{limit.get('threads', settings.get('threads') or 'default')} torch threads. "
+        "Machine load (1-min load average): "
+        f"{results['load']['start']} at the start, {results['load']['end']} at the end; each row's "
+        "'other load' is the CPU the rest of the machine used during that measurement, in cores. 'Per CPU-s' "
+        "ratios divide by the CPU time each side used instead of wall time: robust to other jobs' time slices "
+        "(exact with 1 thread per process; with more, OpenMP's spin-waiting is counted too).",
+        "",
+        f"Data: synthetic 16-bit DICOM generated at bench time (training/synthetic.py), {settings['train_count']} "
+        f"training + {settings['validation_count']} validation images per source size. Throughput: median of "
+        f"the epochs after the first; loader {settings['loader_epochs']} epochs for (a), "
+        f"{settings['loader_epochs_ours']} for (b); training {settings['train_epochs']} epochs each (also the cap "
+        f"for time-to-accuracy). Whole run: {results.get('seconds', 0) / 60:.1f} min.",
+        "",
+    ]
+    sizes = results.get("sizes", {})
+    if any("loader" in e for e in sizes.values()):
+        lines += [
+            "Loader: images/s delivered to the training step, no model (108x96, batch 100, augmentation on).",
+            "",
+            "| source | (a) public sample | (b) ours | (b)/(a) | (b)/(a) per CPU-s | (b) one-time prepare "
+            "| peak RSS (a) / (b) | other load (a) / (b) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for size, entry in sizes.items():
+            if "loader" not in entry:
+                continue
+            a, b = entry["loader"]["a"], entry["loader"]["b"]
+            decode = b.get("decode", {})
+            lines.append(
+                f"| {size}x{size} | {a['images_per_second']:,.0f} | {b['images_per_second']:,.0f} "
+                f"| {_ratio(b['images_per_second'], a['images_per_second']):.0f}x "
+                f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.0f}x "
+                f"| {b['prepare_seconds']:.1f} s ({decode.get('files', '?')} files, "
+                f"{decode.get('files_per_second', 0):,.0f} files/s decoded) "
+                f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
+            )
+        lines.append("")
+    best = best_limit(limit)
+    if any("training" in e for e in sizes.values()):
+        lines += [
+            "Training: DenseNet121 at 108x96, batch 100, images/s of whole epochs (data, step, optimizer); "
+            "time to 0.95 validation accuracy counts training epochs (and (b)'s prepare), not validation.",
+            "",
+            "| source | (a) public sample | (b) ours | (b)/(a) | (b)/best limit | same two per CPU-s "
+            "| time to 0.95 (a) | (b) | peak RSS (a) / (b) | other load (a) / (b) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for size, entry in sizes.items():
+            if "training" not in entry:
+                continue
+            a, b = entry["training"]["a"], entry["training"]["b"]
+            share = _ratio(b["images_per_second"], best["images_per_second"]) if best else float("nan")
+            best_cpu = max((v["images_per_cpu_second"] for v in _pure(limit)), default=float("nan"))
+            cpu_share = _ratio(b["images_per_cpu_second"], best_cpu)
+            lines.append(
+                f"| {size}x{size} | {a['images_per_second']:.1f} | {b['images_per_second']:.1f} "
+                f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {share:.0%} "
+                f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.1f}x, {cpu_share:.0%} "
+                f"| {_to_target(a)} | {_to_target(b)} "
+                f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
+            )
+        lines.append("")
+    if limit.get("variants"):
+        lines += [
+            f"Compute limit: forward + backward on an in-memory batch of {limit['batch_size']} at 108x96 "
+            f"(other load {_load(limit)}).",
+            "",
+            "| precision | memory format | step | images/s | images per CPU-s |",
+            "|---|---|---|---|---|",
+        ]
+        for v in limit["variants"]:
+            fmt = "channels_last" if v.get("channels_last") else "NCHW"
+            step = "fwd+bwd+AdamW" if v.get("optimizer") else "fwd+bwd"
+            mark = " (best)" if v is best else ""
+            lines.append(
+                f"| {v['precision']} | {fmt} | {step} | {v['images_per_second']:.1f}{mark} "
+                f"| {v['images_per_cpu_second']:.1f} |"
+            )
+        lines.append("")
+    lines += serving_lines(results.get("serving"))
+    checks = results.get("targets", [])
+    if checks:
+        basis = "per CPU second" if checks[0].get("basis") == "cpu" else "per wall-clock second"
+        lines += [f"Targets, judged on images {basis}:", ""]
+        lines += ["| target | source | measured | required | met |", "|---|---|---|---|---|"]
+        for c in checks:
+            sign = "<=" if "RSS" in c["target"] else ">="
+            lines.append(
+                f"| {c['target']} | {c['size']}x{c['size']} | {c['value']:.2f} | {sign} {c['required']} "
+                f"| {'yes' if c['met'] else '**no**'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def serving_lines(serving: dict[str, Any] | None) -> list[str]:
+    """The Serving table (and what it measured) for bench/cases.py's `serving` figures; [] without them."""
+    if not serving:
+        return []
+    model, file = serving.get("model", {}), serving.get("file", {})
+    height, width = model.get("image_size", ["?", "?"])
+    source = f"{file.get('rows', '?')}x{file.get('columns', '?')}"
+    kib = file.get("bytes", 0) / 1024
+    epochs = model.get("epochs", "?")
+    lines = [
+        f"Serving: POST /invocations (application/dicom in, JSON out) of one {source} 16-bit DICOM file "
+        f"({kib:,.0f} KiB), {serving['requests']} timed requests from {serving['concurrency']} concurrent clients "
+        f"after 2 per worker of warm-up, against `python -m training.serve` (gunicorn, {serving['workers']} "
+        f"worker(s) on {serving['cores']} core(s)) on localhost, the clients on the same machine. The bundle is the "
+        f"job's own (training.train) after {epochs} epoch(s) on {serving.get('train_images', '?')} training images "
+        f"({model.get('train_seconds', 0):.0f} s). Latency is per request, as the client sees it. No target is set.",
+    ]
+    if serving.get("note"):
+        lines[0] += f" Note: {serving['note']}."
+    lines += [
+        "",
+        "| file | model input | requests/s | p50 | p99 | max | errors | requests x clients | workers / cores "
+        "| other load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {source}, {kib:,.0f} KiB | {height}x{width} {model.get('network', '?')} "
+        f"| {serving['requests_per_second']:,.1f} | {serving['p50_ms']:,.0f} ms | {serving['p99_ms']:,.0f} ms "
+        f"| {serving['max_ms']:,.0f} ms | {serving['errors']} | {serving['requests']} x {serving['concurrency']} "
+        f"| {serving['workers']} / {serving['cores']} | {_load(serving)} |",
+        "",
+    ]
+    return lines
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def _load(entry: dict[str, Any]) -> str:
+    process = entry.get("process")
+    return f"{process['other_load_cores']:.1f}" if process else "-"
+
+
+def _to_target(entry: dict[str, Any]) -> str:
+    if entry.get("seconds_to_target") is None:
+        return f"not reached in {len(entry['epochs'])} epochs (best {entry['best_val_accuracy']:.2f})"
+    return f"{entry['seconds_to_target']:.0f} s (epoch {entry['epochs_to_target']})"
