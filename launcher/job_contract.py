@@ -30,6 +30,7 @@ IGNORE_PATTERNS = (
 )
 DATA_CHANNELS = ("train", "validation", "test")  # training.contract.DATA_CHANNELS
 MANIFEST_CHANNEL = "manifest"  # training.contract.MANIFEST_CHANNEL: the S3 record of the data (training/lineage.py)
+RESUME_CHANNEL = "resume"  # training.contract.RESUME_CHANNEL: an earlier job's checkpoints to start from
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with CheckpointConfig.S3Uri (spot resumes)
 CODE_COMMIT_VARIABLE = "TRAINING_CODE_COMMIT"  # training.contract reads it: a job's code has no .git to ask
 MODEL_ARCHIVE = "model.tar.gz"  # SageMaker's archive of /opt/ml/model: the MONAI bundle

@@ -137,6 +137,7 @@ def start_training(
     input_mode: str | None = None,
     volume_size_gb: int | None = None,
     network_isolation: bool = True,
+    resume_from: TrainingJob | str | None = None,
     runner: Runner | str | None = None,
 ) -> TrainingJob:
     """Start a training job on a dataset of the stack's bucket; returns at once (see follow and collect).
@@ -155,6 +156,8 @@ def start_training(
             for datasets over 50 GiB.
         volume_size_gb: default 30 GB, more for File mode with a large dataset.
         network_isolation: cut the container off the network (channels and outputs still work); on by default.
+        resume_from: start from an earlier job's newest checkpoint (that job, or its checkpoint S3 URI in the
+            stack's bucket): it continues that job's training, e.g. with more epochs, instead of starting afresh.
         runner: a runner, or a registered runner's name; default Settings.runner.
 
     Returns:
@@ -169,6 +172,7 @@ def start_training(
         settings, dataset=manifest, hyperparameters=hyperparameters or {}, instance_type=instance_type,
         instance_count=instance_count, spot=spot, max_runtime_s=max_runtime_s, max_wait_s=max_wait_s,
         input_mode=input_mode, volume_size_gb=volume_size_gb, network_isolation=network_isolation,
+        resume_from=resume_from,
     )
     chosen = _runner(runner if runner is not None else settings.runner)
     job = chosen.start(request)
@@ -189,6 +193,7 @@ def build_request(
     input_mode: str | None,
     volume_size_gb: int | None,
     network_isolation: bool,
+    resume_from: TrainingJob | str | None = None,
 ) -> TrainingRequest:
     """Check and resolve start_training's arguments (see there) into a TrainingRequest.
 
@@ -227,6 +232,8 @@ def build_request(
     bucket = settings.bucket
     channels = {c: dataset.channel_uri(c) for c in dataset.channels}
     channels[job_contract.MANIFEST_CHANNEL] = dataset.manifest_uri
+    if resume_from is not None:
+        channels[job_contract.RESUME_CHANNEL] = _checkpoints_of(resume_from, bucket)
     commit = job_contract.code_commit()
     return TrainingRequest(
         settings=settings,
@@ -250,6 +257,23 @@ def build_request(
         environment={job_contract.CODE_COMMIT_VARIABLE: commit} if commit else {},
         tags={STACK_TAG: settings.stack_name, DATASET_TAG: dataset.name},
     )
+
+
+_FILE_CHANNELS = (job_contract.MANIFEST_CHANNEL, job_contract.RESUME_CHANNEL)  # read whole before the job starts
+
+
+def _checkpoints_of(source: TrainingJob | str, bucket: str) -> str:
+    """The S3 URI of an earlier job's checkpoints, checked to be where the training role may read them."""
+    if isinstance(source, TrainingJob):
+        if not source.checkpoint_uri:
+            raise ValueError(f"job {source.name} wrote no checkpoints (only spot jobs do): nothing to resume from")
+        uri = source.checkpoint_uri
+    else:
+        uri = source
+    prefix = f"s3://{bucket}/{CHECKPOINTS_PREFIX}"
+    if not uri.startswith(prefix):
+        raise ValueError(f"resume_from must be a job's checkpoint location under {prefix}; got {uri!r}")
+    return uri
 
 
 def image_variant(settings: Settings) -> str | None:
@@ -409,7 +433,7 @@ class SageMakerRunner:
                 data_source=DataSource(s3_data_source=S3DataSource(
                     s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated")),
                 # A channel's own InputMode overrides the job's: set it on each (InputData would force File).
-                input_mode="File" if name == job_contract.MANIFEST_CHANNEL else request.input_mode,
+                input_mode="File" if name in _FILE_CHANNELS else request.input_mode,
             )
             for name, uri in request.channels.items()
         ]

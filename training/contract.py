@@ -11,6 +11,10 @@ Under SageMaker the job finds (whichever driver runs it, the SDK's sm_train.sh o
 Locally the same values come from flags: `--train DIR [--validation DIR] [--test DIR] [--manifest PATH]
 --model-dir DIR --output-dir DIR`, defaulting to ./model and ./output. A flag always wins over the environment.
 
+Checkpoints (training/checkpoint.py): under SageMaker /opt/ml/checkpoints when the job has a checkpoint location
+(SageMaker creates the directory then, and syncs it with S3); locally `--checkpoint-dir DIR`, none by default. A
+checkpoint to start a new job from: `--resume-from PATH` (a file or a directory of them), or a channel `resume`.
+
 Other variables read here (set by the image, the launcher or torchrun; all optional):
     TRAINING_IMAGE_*      the image's identity (e.g. TRAINING_IMAGE_VERSION), copied into the bundle's lineage
     TRAINING_CODE_COMMIT  the git commit of the shipped code (a SageMaker job's code has no .git to ask)
@@ -30,6 +34,7 @@ from training.config import json_to_string
 
 DATA_CHANNELS = ("train", "validation", "test")  # what the job trains, selects and reports on
 MANIFEST_CHANNEL = "manifest"  # optional: the launcher's record of S3 objects and version ids (training/lineage.py)
+RESUME_CHANNEL = "resume"  # optional: checkpoints of an earlier job to start from
 LOCAL_MODEL_DIR = Path("model")  # local defaults mirror /opt/ml/model and /opt/ml/output/data
 LOCAL_OUTPUT_DIR = Path("output")
 # Hyperparameters SageMaker's own tooling may add (SDK v2 estimators, the toolkit): accepted and ignored.
@@ -54,6 +59,8 @@ class JobContext:
         rank, local_rank, world_size: the process's place among torchrun's processes.
         image: TRAINING_IMAGE_* values, keys lower-cased without the prefix.
         code_commit: TRAINING_CODE_COMMIT when set.
+        checkpoint_dir: where this job writes its checkpoints and, after a restart, finds them; None: no checkpoints.
+        resume_from: a checkpoint (file or directory) a new job starts from; None: a fresh start.
     """
 
     channels: dict[str, Path]
@@ -72,6 +79,8 @@ class JobContext:
     world_size: int = 1
     image: dict[str, str] = field(default_factory=dict)
     code_commit: str | None = None
+    checkpoint_dir: Path | None = None
+    resume_from: Path | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -91,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--manifest", type=Path, default=None, metavar="PATH", help="S3 manifest (file or dir)")
     group.add_argument("--model-dir", "--model_dir", dest="model_dir", type=Path, default=None, metavar="DIR")
     group.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, default=None, metavar="DIR")
+    group.add_argument("--checkpoint-dir", "--checkpoint_dir", dest="checkpoint_dir", type=Path, default=None,
+                       metavar="DIR", help="write a checkpoint every epoch here; a rerun goes on from the newest")
+    group.add_argument("--resume-from", "--resume_from", dest="resume_from", type=Path, default=None,
+                       metavar="PATH", help="start from this checkpoint (file, or directory of checkpoints)")
 
 
 def read_context(
@@ -127,6 +140,13 @@ def read_context(
 
     on_sagemaker = "SM_TRAINING_ENV" in env
     current_host = env.get("SM_CURRENT_HOST", "localhost")
+    checkpoint_dir = getattr(namespace, "checkpoint_dir", None)
+    sagemaker_checkpoints = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "checkpoints"
+    if checkpoint_dir is None and on_sagemaker and sagemaker_checkpoints.is_dir():
+        checkpoint_dir = sagemaker_checkpoints
+    resume_from = getattr(namespace, "resume_from", None)
+    if resume_from is None and env.get(f"SM_CHANNEL_{RESUME_CHANNEL.upper()}"):
+        resume_from = Path(env[f"SM_CHANNEL_{RESUME_CHANNEL.upper()}"])
     return JobContext(
         channels=channels,
         manifest=manifest,
@@ -144,6 +164,8 @@ def read_context(
         world_size=int(env.get("WORLD_SIZE", "1")),
         image={k[len("TRAINING_IMAGE_") :].lower(): v for k, v in env.items() if k.startswith("TRAINING_IMAGE_")},
         code_commit=env.get("TRAINING_CODE_COMMIT") or None,
+        checkpoint_dir=checkpoint_dir,
+        resume_from=resume_from,
     )
 
 

@@ -14,6 +14,7 @@ intervals), and write the MONAI bundle (model directory) and the metrics and fig
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -30,8 +31,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training import bundle, contract, evaluation, lineage, plots
+from training import bundle, checkpoint, contract, evaluation, lineage, plots
 from training import config as config_module
+from training import distributed as dist
+from training.checkpoint import CheckpointError, Interrupted
 from training.config import TrainConfig
 from training.contract import JobContext
 from training.data import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
@@ -66,14 +69,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         context = contract.read_context(namespace, environ, interactive=sys.stdout.isatty())
         config = config_module.from_arguments(namespace, context.hyperparameters)
+        rank_batch_size(config.batch_size, dist.World(size=context.world_size))
     except ValueError as exc:
         parser.error(str(exc))
     try:
         run(config, context)
-    except DataError as exc:
+    except (DataError, CheckpointError) as exc:
         log.error("error: %s", exc)
         contract.write_failure(str(exc), environ)
         return 1
+    except Interrupted as exc:
+        log.warning("stopped: %s; a restart of this job goes on from its last checkpoint", exc)
+        return 128 + 15  # what a process ended by SIGTERM reports
     return 0
 
 
@@ -98,6 +105,8 @@ class TrainState:
         best_epoch: that epoch (0: none yet).
         best_weights: a CPU copy of the model's weights at the best epoch.
         history: one metrics dict per completed epoch.
+        stopped: early stopping ended the run (a restart must not train on).
+        trainer: the module the training step calls (DistributedDataParallel around `model`), or None for `model`.
     """
 
     model: nn.Module
@@ -109,6 +118,8 @@ class TrainState:
     best_epoch: int = 0
     best_weights: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped: bool = False
+    trainer: nn.Module | None = None
 
     def observe(self, score: float, *, min_delta: float) -> bool:
         """Record the score of the epoch just completed; keep the weights when it beats the best by min_delta.
@@ -134,6 +145,7 @@ class TrainState:
             "best_epoch": self.best_epoch,
             "best_weights": self.best_weights,
             "history": self.history,
+            "stopped": self.stopped,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
@@ -146,6 +158,7 @@ class TrainState:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         self.best_weights, self.history = state["best_weights"], list(state["history"])
+        self.stopped = bool(state.get("stopped", False))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -195,6 +208,18 @@ def run(config: TrainConfig, context: JobContext) -> JobResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(context)
+    world = dist.start(rank=context.rank, local_rank=context.local_rank, world_size=context.world_size, device=device)
+    if world.rank > 0:  # one voice in the logs: the other ranks report only warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _run(config, context, device=device, world=world, started=started)
+    finally:
+        dist.stop(world)
+
+
+def _run(
+    config: TrainConfig, context: JobContext, *, device: torch.device, world: dist.World, started: float
+) -> JobResult:
     dtype = autocast_dtype(config.precision, device)
     log.info(
         "device %s, autocast %s, %d threads, network %s at %dx%d",
@@ -205,24 +230,42 @@ def run(config: TrainConfig, context: JobContext) -> JobResult:
         *config.image_size,
     )
     s3 = lineage.read_s3_manifest(context.manifest)  # read first: a bad record fails now, not after training
-    data = prepare(context.channels, data_options(config, context), output_dir=context.output_dir)
-    try:
-        positive_index(data.classes, config.positive_class)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
-    state, result = fit(config, data, device=device, progress=context.progress_bar)
+    data = _prepare_everywhere(config, context, world)
+    state, result = fit(
+        config,
+        data,
+        device=device,
+        progress=context.progress_bar and world.rank == 0,
+        world=world,
+        checkpoint_dir=context.checkpoint_dir if world.rank == 0 else None,
+        restore_from=context.checkpoint_dir,
+        resume_from=context.resume_from,
+        job=context.job_name,
+    )
     validation = evaluation.evaluation_report(**_report_args(config, data.classes, result["validation"]))
     test = None
-    if data.test is not None and len(data.test):
+    has_test = dist.gather_objects(data.test is not None and len(data.test) > 0, world)
+    if any(has_test):
+        test_split = data.test if data.test is not None else _empty_like(data.validation)
         outputs = evaluate(
-            state.model, data.test, device=device, dtype=dtype, config=config, num_classes=len(data.classes)
+            state.model,
+            test_split,
+            device=device,
+            dtype=dtype,
+            config=config,
+            num_classes=len(data.classes),
+            world=world,
         )
         test = evaluation.evaluation_report(**_report_args(config, data.classes, outputs))
-        print_test_report(test)
+        if world.rank == 0:
+            print_test_report(test)
+    spread = _distributed_record(data, world) if world.active else None  # a collective: every rank takes part
     seconds = time.perf_counter() - started
-    if not context.is_main_process:
+    if world.rank > 0:
         return JobResult(state.history, state.best_epoch, validation, test, None, None, seconds)
     origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.manifest, s3))
+    if spread is not None:
+        origin["distributed"] = spread
     bundle_dir = bundle.write_bundle(
         context.model_dir,
         network=state.model,
@@ -234,7 +277,13 @@ def run(config: TrainConfig, context: JobContext) -> JobResult:
         lineage=origin,
     )
     metrics_file = write_outputs(
-        context.output_dir, state=state, classes=data.classes, validation=validation, test=test, seconds=seconds
+        context.output_dir,
+        state=state,
+        classes=data.classes,
+        validation=validation,
+        test=test,
+        seconds=seconds,
+        extra={"distributed": spread} if spread is not None else None,
     )
     log.info("bundle: %s", bundle_dir)
     log.info("metrics and figures: %s", context.output_dir)
@@ -242,58 +291,129 @@ def run(config: TrainConfig, context: JobContext) -> JobResult:
 
 
 def fit(
-    config: TrainConfig, data: PreparedData, *, device: torch.device, progress: bool = False
+    config: TrainConfig,
+    data: PreparedData,
+    *,
+    device: torch.device,
+    progress: bool = False,
+    world: dist.World | None = None,
+    checkpoint_dir: Path | None = None,
+    restore_from: Path | None = None,
+    resume_from: Path | None = None,
+    job: str | None = None,
 ) -> tuple[TrainState, dict[str, Evaluation]]:
     """The epoch loop: train, validate, print the metric line, keep the best weights, stop on a plateau.
 
     Args:
         config: the hyperparameters.
-        data: the prepared data (or splits of tensors, in tests).
+        data: the prepared data (this rank's shard of it), or splits of tensors in tests.
         device: where to train.
         progress: show a progress bar per epoch.
+        world: the processes training together (training/distributed.py); None: this one alone.
+        checkpoint_dir: write a checkpoint there after every epoch (rank 0 passes it; None: none).
+        restore_from: this job's checkpoint directory: when it holds a checkpoint (a restarted job), go on from the
+            newest complete one.
+        resume_from: otherwise, a checkpoint (file or directory) to start from; None: a fresh start.
+        job: this job's name, checked against the checkpoints' (None locally).
 
     Returns:
         The final state, its model holding the best weights, and {"validation": outputs of the best weights}.
+
+    Raises:
+        CheckpointError: a checkpoint that cannot continue this run.
+        Interrupted: SIGTERM arrived during the loop; the last checkpoint stays for the restart.
     """
+    world = world or dist.World()
     seed_everything(config.seed)
     dtype = autocast_dtype(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_network(config.network, num_classes=len(data.classes)).to(device)
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
+    batch_size = rank_batch_size(config.batch_size, world)
     loader = BatchLoader(
         data.train,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         shuffle=True,
         augment=config.augment,
-        seed=config.seed,
-        drop_last=len(data.train) > config.batch_size,  # a ragged last batch of 1-2 images makes BatchNorm noisy
+        seed=config.seed + 1_000_003 * world.rank,  # each rank its own order and augmentation of its own shard
+        drop_last=len(data.train) > batch_size,  # a ragged last batch of 1-2 images makes BatchNorm noisy
         device=device,
     )
+    steps = dist.all_min(len(loader), world, device)  # every rank the same number of steps: DDP's requirement
     optimizer = make_optimizer(config, model)
     state = TrainState(
         model=model,
         optimizer=optimizer,
-        scheduler=make_scheduler(config, optimizer, steps_per_epoch=len(loader)),
+        scheduler=make_scheduler(config, optimizer, steps_per_epoch=steps),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        trainer=dist.wrap(model, world, device),
     )
-    weights = class_weights(data.train.labels, len(data.classes)) if config.class_weighting else None
+    counts = dist.all_sum(torch.bincount(data.train.labels.cpu(), minlength=len(data.classes)).tolist(), world, device)
+    weights = class_weights_from_counts(torch.tensor(counts), len(data.classes)) if config.class_weighting else None
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     positive = positive_index(data.classes, config.positive_class)
     log.info(
-        "classes %s%s; %d training and %d validation images; %d steps an epoch",
+        "classes %s%s; %d training and %d validation images%s; %d steps an epoch",
         ", ".join(data.classes),
         f" (positive: {data.classes[positive]})" if len(data.classes) == 2 else "",
         len(data.train),
         len(data.validation),
-        len(loader),
+        f" on rank 0 of {world.size} (batches of {batch_size} a rank)" if world.active else "",
+        steps,
     )
+    restored = _restore(config, data.classes, restore_from=restore_from, resume_from=resume_from, job=job)
+    if restored is not None:
+        state.load_state_dict(restored.state)
+        log.info("going on from %s: %d epoch(s) done, continuing at epoch %d", restored.path, state.epoch,
+                 state.epoch + 1)
+    with checkpoint.stop_on_sigterm():
+        _epochs(
+            state, config, data, loader, criterion,
+            device=device, dtype=dtype, memory_format=memory_format, progress=progress, world=world, steps=steps,
+            positive=positive, checkpoint_dir=checkpoint_dir, job=job,
+        )
+    assert state.best_weights is not None
+    model.load_state_dict(state.best_weights)
+    log.info("best epoch %d: %s", state.best_epoch, format_line(state.history[state.best_epoch - 1]))
+    best = evaluate(
+        model, data.validation, device=device, dtype=dtype, config=config, num_classes=len(data.classes), world=world
+    )
+    return state, {"validation": best}
+
+
+def _epochs(
+    state: TrainState,
+    config: TrainConfig,
+    data: PreparedData,
+    loader: BatchLoader,
+    criterion: nn.Module,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
+    progress: bool,
+    world: dist.World,
+    steps: int,
+    positive: int,
+    checkpoint_dir: Path | None,
+    job: str | None,
+) -> None:
+    """The epochs from the state's next one to the last, or to early stopping; a checkpoint after each."""
+    model = state.model
     for epoch in range(state.epoch + 1, config.epochs + 1):
+        if state.stopped:
+            break
         loader.set_epoch(epoch)
         train_loss, images_per_second = train_one_epoch(
-            state, loader, criterion, dtype=dtype, memory_format=memory_format, progress=progress, epoch=epoch
+            state, loader, criterion, dtype=dtype, memory_format=memory_format, progress=progress, epoch=epoch,
+            world=world, steps=steps,
         )
         if config.precise_bn:
-            recompute_batchnorm(model, data.train, config=config, dtype=dtype, seed=epoch)
+            recompute_batchnorm(
+                model, data.train, config=config, dtype=dtype, seed=epoch + 1_000_003 * world.rank,
+                images=max(1, config.precise_bn // world.size),
+            )
+            dist.average_buffers(model, world)
         outputs = evaluate(
             model,
             data.validation,
@@ -302,6 +422,7 @@ def fit(
             config=config,
             num_classes=len(data.classes),
             criterion=criterion,
+            world=world,
         )
         scores = evaluation.classification_metrics(
             outputs.probabilities, outputs.labels, threshold=config.threshold, positive=positive
@@ -315,7 +436,8 @@ def fit(
             "val_auc": scores["auc"],
             "images_per_second": images_per_second,
         }
-        print(format_line(row), flush=True)
+        if world.rank == 0:
+            print(format_line(row), flush=True)
         state.history.append(row)
         improved = state.observe(selection_score(row, epoch), min_delta=config.min_delta)
         if not improved and config.patience and epoch - state.best_epoch >= config.patience:
@@ -324,12 +446,45 @@ def fit(
                 config.patience,
                 state.best_epoch,
             )
-            break
-    assert state.best_weights is not None
-    model.load_state_dict(state.best_weights)
-    log.info("best epoch %d: %s", state.best_epoch, format_line(state.history[state.best_epoch - 1]))
-    best = evaluate(model, data.validation, device=device, dtype=dtype, config=config, num_classes=len(data.classes))
-    return state, {"validation": best}
+            state.stopped = True
+        if checkpoint_dir is not None:
+            written = checkpoint.save(
+                checkpoint_dir, state=state.state_dict(), config=config, classes=data.classes, job=job
+            )
+            log.info("checkpoint %s", written)
+
+
+def _restore(
+    config: TrainConfig,
+    classes: Sequence[str],
+    *,
+    restore_from: Path | None,
+    resume_from: Path | None,
+    job: str | None,
+) -> checkpoint.Restored | None:
+    """This job's newest checkpoint (a restart), else the named one (resume_from), else None (a fresh start)."""
+    if restore_from is not None and restore_from.exists():  # absent: the job's first start
+        restored = checkpoint.restore(restore_from, config=config, classes=classes, job=job)
+        if restored is not None:
+            return restored
+    if resume_from is not None:
+        restored = checkpoint.restore(resume_from, config=config, classes=classes, job=None)
+        if restored is None:
+            raise CheckpointError(f"resume_from {resume_from} holds no checkpoint (epoch-NNNN.pt files)")
+        return restored
+    return None
+
+
+def rank_batch_size(batch_size: int, world: dist.World) -> int:
+    """Each rank's share of the global batch (batch_size is the batch of one optimizer step, for any number of
+    processes, so that the learning rate means the same).
+
+    Raises:
+        ValueError: fewer images than processes in a batch.
+    """
+    if batch_size < world.size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world.size} processes; raise batch_size")
+    return batch_size // world.size
 
 
 def train_one_epoch(
@@ -341,21 +496,26 @@ def train_one_epoch(
     memory_format: torch.memory_format,
     progress: bool,
     epoch: int,
+    world: dist.World | None = None,
+    steps: int | None = None,
 ) -> tuple[float, float]:
-    """One pass over the training batches.
+    """One pass over the training batches (the first `steps` of them: every rank takes as many).
 
     The hot path holds no host-device synchronization: the loss is summed on the device and read once at the end.
 
     Returns:
-        (mean training loss, images per second including batch preparation).
+        (mean training loss over all ranks, images per second of all ranks including batch preparation).
     """
-    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    world = world or dist.World()
+    model, optimizer, scaler = state.trainer or state.model, state.optimizer, state.scaler
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     images_seen = 0
     started = time.perf_counter()
-    for images, labels in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+    batches = itertools.islice(loader, steps if steps is not None else len(loader))
+    total = steps if steps is not None else len(loader)
+    for images, labels in tqdm(batches, total=total, desc=f"epoch {epoch}", leave=False, disable=not progress):
         images = images.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
@@ -368,8 +528,10 @@ def train_one_epoch(
             state.scheduler.step()
         loss_sum += loss.detach() * labels.shape[0]
         images_seen += labels.shape[0]
-    mean_loss = loss_sum.item() / max(images_seen, 1)  # the epoch's one synchronization
-    return mean_loss, images_seen / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    loss, seen = dist.all_sum([loss_sum.item(), images_seen], world, device)  # the epoch's one synchronization
+    rate = dist.all_sum([images_seen / seconds if seconds > 0 else 0.0], world, device)[0]
+    return loss / max(seen, 1), rate
 
 
 @torch.inference_mode()
@@ -382,8 +544,12 @@ def evaluate(
     config: TrainConfig,
     num_classes: int,
     criterion: nn.Module | None = None,
+    world: dist.World | None = None,
 ) -> Evaluation:
     """The model's softmax outputs on a split, and the loss (class-weighted as in training when given).
+
+    In a distributed job each rank evaluates its shard and the outputs of all are gathered, in file order: every
+    rank returns the whole split's outputs.
 
     Args:
         model: the network (put in eval mode here).
@@ -393,7 +559,9 @@ def evaluate(
         config: batch size and memory format.
         num_classes: the number of classes (the shape of an empty split's outputs).
         criterion: the training loss; None: plain cross-entropy.
+        world: the processes of the job; None: this one alone.
     """
+    world = world or dist.World()
     model.eval()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     loader = BatchLoader(split, batch_size=2 * config.batch_size, shuffle=False, augment=0.0, seed=0, device=device)
@@ -402,10 +570,13 @@ def evaluate(
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits.append(model(images.contiguous(memory_format=memory_format)).float())
         labels.append(batch_labels)
-    if not logits:
+    mine = torch.cat(logits).cpu() if logits else torch.zeros(0, num_classes)
+    mine_labels = torch.cat(labels).cpu() if labels else torch.zeros(0, dtype=torch.int64)
+    all_logits, all_labels = dist.gather_outputs(mine, mine_labels, split.files, world)
+    if len(all_labels) == 0:
         return Evaluation(float("nan"), np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64))
-    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
-    loss = (criterion or nn.CrossEntropyLoss())(all_logits, all_labels)
+    weight = getattr(criterion, "weight", None)
+    loss = nn.functional.cross_entropy(all_logits, all_labels, weight=weight.cpu() if weight is not None else None)
     return Evaluation(
         float(loss), torch.softmax(all_logits, dim=1).cpu().numpy(), all_labels.cpu().numpy().astype(np.int64)
     )
@@ -413,9 +584,16 @@ def evaluate(
 
 @torch.no_grad()
 def recompute_batchnorm(
-    model: nn.Module, split: Split, *, config: TrainConfig, dtype: torch.dtype | None, seed: int
+    model: nn.Module,
+    split: Split,
+    *,
+    config: TrainConfig,
+    dtype: torch.dtype | None,
+    seed: int,
+    images: int | None = None,
 ) -> None:
-    """Recompute BatchNorm statistics as plain averages over `config.precise_bn` training images, unaugmented.
+    """Recompute BatchNorm statistics as plain averages over `images` (default `config.precise_bn`) training
+    images, unaugmented.
 
     "Precise BN" (as in pycls and Detectron2): the running averages kept during training mix statistics of
     networks that no longer exist, and a network trained from scratch for a few hundred steps changes fast, so its
@@ -434,12 +612,12 @@ def recompute_batchnorm(
         split, batch_size=config.batch_size, shuffle=True, augment=0.0, seed=config.seed + seed, device=device
     )
     model.train()
-    seen = 0
-    for images, _ in loader:
+    seen, limit = 0, images if images is not None else config.precise_bn
+    for batch, _ in loader:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            model(images.contiguous(memory_format=memory_format))
-        seen += images.shape[0]
-        if seen >= config.precise_bn:
+            model(batch.contiguous(memory_format=memory_format))
+        seen += batch.shape[0]
+        if seen >= limit:
             break
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
@@ -481,7 +659,12 @@ def make_scheduler(
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights N / (C * n_c), so that each class contributes equally to the loss."""
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).float()
+    return class_weights_from_counts(torch.bincount(labels.cpu(), minlength=num_classes), num_classes)
+
+
+def class_weights_from_counts(counts: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`class_weights` from the class counts (of all ranks' shards, in a distributed job)."""
+    counts = counts.clamp(min=1).float()
     return counts.sum() / (num_classes * counts)
 
 
@@ -570,6 +753,7 @@ def write_outputs(
     validation: Mapping[str, Any],
     test: Mapping[str, Any] | None,
     seconds: float,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """metrics.json, confusion_matrix.csv, learning_curve.png and confusion_matrix.png in the output directory.
 
@@ -587,6 +771,7 @@ def write_outputs(
         "test": test,
         "confusion_matrix": {"split": split, "matrix": shown["confusion_matrix"]},
         "seconds": round(seconds, 1),
+        **(extra or {}),
     }
     metrics_file.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     rows = [",".join(["true\\predicted", *classes])]
@@ -599,6 +784,38 @@ def write_outputs(
         shown["confusion_matrix"], classes, output_dir / "confusion_matrix.png", title=f"{split} (n={shown['n']})"
     )
     return metrics_file
+
+
+def _prepare_everywhere(config: TrainConfig, context: JobContext, world: dist.World) -> PreparedData:
+    """Prepare this rank's shard; in a distributed job, every rank fails when one does (none waits forever)."""
+    try:
+        data, failure = prepare(context.channels, data_options(config, context), output_dir=context.output_dir), None
+        positive_index(data.classes, config.positive_class)
+    except (DataError, ValueError) as exc:
+        data, failure = None, str(exc)
+    failures = [(rank, text) for rank, text in enumerate(dist.gather_objects(failure, world)) if text]
+    if failures:
+        rank, text = failures[0]
+        raise DataError(text if not world.active else f"rank {rank}: {text}")
+    assert data is not None
+    return data
+
+
+def _empty_like(split: Split) -> Split:
+    """A split with no images (a rank whose test shard is empty still takes part in gathering)."""
+    return Split(images=split.images[:0], labels=split.labels[:0], files=[], patients=[])
+
+
+def _distributed_record(data: PreparedData, world: dist.World) -> dict[str, Any]:
+    """How the job was spread: processes, backend and each rank's share of every split."""
+    sizes = dist.gather_objects(
+        {"train": len(data.train), "validation": len(data.validation), "test": len(data.test or [])}, world
+    )
+    return {
+        "world_size": world.size,
+        "backend": world.backend,
+        "images_per_rank": {side: [entry[side] for entry in sizes] for side in ("train", "validation", "test")},
+    }
 
 
 def _report_args(config: TrainConfig, classes: Sequence[str], outputs: Evaluation) -> dict[str, Any]:

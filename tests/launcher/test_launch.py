@@ -255,3 +255,26 @@ def test_the_gpu_image_defaults_to_a_gpu_instance(stack: Stack) -> None:
                             spot=False, max_runtime_s=60, max_wait_s=None, input_mode=None, volume_size_gb=None,
                             network_isolation=True)
     assert request.instance_type == "ml.g5.xlarge"
+
+
+def test_a_new_job_resumes_from_an_earlier_spot_jobs_checkpoints(stack: Stack, dataset: DatasetManifest,
+                                                                 recording: Recording) -> None:
+    earlier = start_training(stack.settings, dataset=dataset, spot=True)
+    assert earlier.checkpoint_uri is not None
+    recording.start()  # from here on
+    start_training(stack.settings, dataset=dataset, hyperparameters={"epochs": 30}, resume_from=earlier)
+
+    resume = channel(created(recording), job_contract.RESUME_CHANNEL)
+    assert resume["DataSource"]["S3DataSource"]["S3Uri"] == earlier.checkpoint_uri
+    assert resume["InputMode"] == "File"  # read whole before the job starts
+
+
+def test_resume_from_is_checked_before_anything_starts(stack: Stack, dataset: DatasetManifest,
+                                                       recording: Recording) -> None:
+    on_demand = start_training(stack.settings, dataset=dataset)
+    recording.start()  # from here on
+    with pytest.raises(ValueError, match=f"job {on_demand.name} wrote no checkpoints"):
+        start_training(stack.settings, dataset=dataset, resume_from=on_demand)
+    with pytest.raises(ValueError, match=f"resume_from must be a job's checkpoint location under s3://{BUCKET}/"):
+        start_training(stack.settings, dataset=dataset, resume_from="s3://elsewhere/checkpoints/x/")
+    assert recording.calls("CreateTrainingJob") == []

@@ -1,0 +1,127 @@
+"""Spot interruptions, for real: the job runs as a process, is stopped with SIGTERM (what SageMaker sends) or killed
+in the middle of writing a checkpoint, and is started again with the same command, as SageMaker restarts a spot job.
+
+One uninterrupted run with the same seed is the reference. With one thread and fp32 the job's arithmetic is
+deterministic, so a resumed run must reproduce the reference exactly: the same losses, accuracies and AUCs in every
+epoch, the same best epoch and the same test report. (With several threads, or bf16, reductions may run in another
+order: compare within about 1e-4 there.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.checkpoint import list_checkpoints
+from training.local_demo import make_demo_data
+from training.metrics import parse_line
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CRASH_HOOK = Path(__file__).resolve().parent / "hooks" / "crash_in_checkpoint"
+EPOCHS = 4
+SETTINGS = [
+    "--network", "resnet18", "--image_size", "32,32", "--epochs", str(EPOCHS), "--batch_size", "16",
+    "--threads", "1", "--precision", "fp32", "--workers", "1", "--patience", "0", "--bootstrap_samples", "100",
+    "--torchscript", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def channels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """160 training and about 40 test images of other patients (the synthetic set)."""
+    return make_demo_data(tmp_path_factory.mktemp("resume-data"), train_images=160, test_images=40)
+
+
+def _command(workdir: Path, channels: dict[str, Path]) -> list[str]:
+    return [
+        sys.executable, "-m", "training", f"--train={channels['train']}", f"--test={channels['test']}",
+        f"--model-dir={workdir / 'model'}", f"--output-dir={workdir / 'output'}",
+        f"--checkpoint-dir={workdir / 'checkpoints'}", *SETTINGS,
+    ]  # fmt: skip
+
+
+def _start(workdir: Path, channels: dict[str, Path], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        _command(workdir, channels), cwd=ROOT, env=environment, stdout=open(workdir / log, "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _finish(workdir: Path, channels: dict[str, Path], log: str = "run.log") -> str:
+    process = _start(workdir, channels, log)
+    assert process.wait(timeout=600) == 0, (workdir / log).read_text()[-4000:]
+    return (workdir / log).read_text()
+
+
+def _epochs(text: str) -> list[int]:
+    return [int(parse_line(line)["epoch"]) for line in text.splitlines() if line.startswith("epoch=")]
+
+
+def _metrics(workdir: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((workdir / "output" / "metrics.json").read_text())
+    for row in loaded["history"]:
+        row.pop("images_per_second")  # wall-clock speed: the one figure that may differ
+    loaded.pop("seconds")
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def reference(channels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted run."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    text = _finish(workdir, channels)
+    assert _epochs(text) == list(range(1, EPOCHS + 1))
+    return _metrics(workdir)
+
+
+def test_sigterm_after_epoch_2_then_a_restart_resumes_at_epoch_3_and_ends_as_an_uninterrupted_run(
+    channels: dict[str, Path], reference: dict[str, Any], tmp_path: Path
+) -> None:
+    process = _start(tmp_path, channels, "first.log")
+    second = tmp_path / "checkpoints" / "epoch-0002.pt"
+    deadline = time.monotonic() + 600
+    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # SageMaker's notice of a spot interruption
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    first = (tmp_path / "first.log").read_text()
+    assert "stopped: received signal SIGTERM" in first
+    assert _epochs(first) == [1, 2]
+    assert [epoch for epoch, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 1]
+    assert not (tmp_path / "output" / "metrics.json").exists() and not (tmp_path / "model").exists()
+
+    again = _finish(tmp_path, channels, "restart.log")
+    assert "continuing at epoch 3" in again
+    assert _epochs(again) == [3, 4]  # an interruption costs at most the epoch it hit
+    assert _metrics(tmp_path) == reference  # exactly: every epoch's metrics, the best epoch and the test report
+    assert (tmp_path / "model" / "models" / "model.pt").is_file()
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_to_resume_from(
+    channels: dict[str, Path], reference: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {"CRASH_IN_CHECKPOINT_EPOCH": "3", "PYTHONPATH": os.pathsep.join([str(CRASH_HOOK), str(ROOT)])}
+    process = _start(tmp_path, channels, "first.log", env=env)
+    assert process.wait(timeout=600) == -signal.SIGKILL
+    checkpoints = tmp_path / "checkpoints"
+    partial = checkpoints / ".epoch-0003.pt.partial"
+    assert partial.stat().st_size > 0  # half a file under the temporary name ...
+    assert [epoch for epoch, _ in list_checkpoints(checkpoints)] == [2, 1]  # ... never under a checkpoint's name
+
+    again = _finish(tmp_path, channels, "restart.log")
+    assert f"going on from {checkpoints / 'epoch-0002.pt'}" in again
+    assert _epochs(again) == [3, 4]
+    assert _metrics(tmp_path) == reference
+    assert not partial.exists()  # the restart's own write of epoch 3 replaced it
