@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -189,18 +189,10 @@ def _check_compatible(path: Path, document: Mapping[str, Any], config: TrainConf
 def deferred_sigterm() -> Iterator[None]:
     """Hold SIGTERM for the duration of the block (a checkpoint write), then deliver it."""
     received: list[int] = []
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
-    except ValueError:  # not the main thread: nothing can be deferred, nothing to restore
+    with _sigterm_handler(lambda signum, _frame: received.append(signum)):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if received:
-            signal.raise_signal(signal.SIGTERM)
+    if received:
+        signal.raise_signal(signal.SIGTERM)  # to the handler restored above
 
 
 @contextlib.contextmanager
@@ -212,9 +204,17 @@ def stop_on_sigterm() -> Iterator[None]:
     def _raise(signum: int, _frame: FrameType | None) -> None:
         raise Interrupted(f"received signal {signal.Signals(signum).name}")
 
+    with _sigterm_handler(_raise):
+        yield
+
+
+@contextlib.contextmanager
+def _sigterm_handler(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    """Install a SIGTERM handler for the block and restore the previous one after it; outside the main thread,
+    where Python allows no handlers, the block runs unchanged."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise)
-    except ValueError:  # not the main thread (a test calling fit from a worker thread)
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
         yield
         return
     try:
