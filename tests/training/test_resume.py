@@ -1,5 +1,7 @@
 """Spot interruptions, for real: the job runs as a process, is stopped with SIGTERM (what SageMaker sends) or killed
 in the middle of writing a checkpoint, and is started again with the same command, as SageMaker restarts a spot job.
+The faults come at an exact moment (hooks/faults/sitecustomize.py, loaded by the job's process), not by a race
+against the clock: SIGTERM right after epoch 2's checkpoint, SIGKILL half-way through writing epoch 3's.
 
 One uninterrupted run with the same seed is the reference. With one thread and fp32 the job's arithmetic is
 deterministic, so a resumed run must reproduce the reference exactly: the same losses, accuracies and AUCs in every
@@ -14,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from training.metrics import parse_line
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CRASH_HOOK = Path(__file__).resolve().parent / "hooks" / "crash_in_checkpoint"
+FAULTS = Path(__file__).resolve().parent / "hooks" / "faults"
 EPOCHS = 4
 SETTINGS = [
     "--network", "resnet18", "--image_size", "32,32", "--epochs", str(EPOCHS), "--batch_size", "16",
@@ -50,9 +51,11 @@ def _command(workdir: Path, channels: dict[str, Path]) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(workdir: Path, channels: dict[str, Path], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start(workdir: Path, channels: dict[str, Path], log: str, fault: dict[str, str] | None = None) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if fault:
+        environment.update(fault, PYTHONPATH=os.pathsep.join([str(FAULTS), str(ROOT)]))
     return subprocess.Popen(
         _command(workdir, channels), cwd=ROOT, env=environment, stdout=open(workdir / log, "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
@@ -89,13 +92,8 @@ def reference(channels: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 def test_sigterm_after_epoch_2_then_a_restart_resumes_at_epoch_3_and_ends_as_an_uninterrupted_run(
     channels: dict[str, Path], reference: dict[str, Any], tmp_path: Path
 ) -> None:
-    process = _start(tmp_path, channels, "first.log")
-    second = tmp_path / "checkpoints" / "epoch-0002.pt"
-    deadline = time.monotonic() + 600
-    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)  # SageMaker's notice of a spot interruption
-    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    process = _start(tmp_path, channels, "first.log", fault={"SIGTERM_AFTER_CHECKPOINT_EPOCH": "2"})
+    assert process.wait(timeout=600) == 128 + signal.SIGTERM
     first = (tmp_path / "first.log").read_text()
     assert "stopped: received signal SIGTERM" in first
     assert _epochs(first) == [1, 2]
@@ -112,8 +110,7 @@ def test_sigterm_after_epoch_2_then_a_restart_resumes_at_epoch_3_and_ends_as_an_
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_to_resume_from(
     channels: dict[str, Path], reference: dict[str, Any], tmp_path: Path
 ) -> None:
-    env = {"CRASH_IN_CHECKPOINT_EPOCH": "3", "PYTHONPATH": os.pathsep.join([str(CRASH_HOOK), str(ROOT)])}
-    process = _start(tmp_path, channels, "first.log", env=env)
+    process = _start(tmp_path, channels, "first.log", fault={"CRASH_IN_CHECKPOINT_EPOCH": "3"})
     assert process.wait(timeout=600) == -signal.SIGKILL
     checkpoints = tmp_path / "checkpoints"
     partial = checkpoints / ".epoch-0003.pt.partial"
