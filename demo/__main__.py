@@ -144,7 +144,9 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str) -> Noteb
 def show_journey(run: NotebookRun) -> None:
     """Print what the notebook's cells printed about training, results and predictions."""
     for title, cell_id in (("The job's epochs (follow)", "follow"), ("Results (collect)", "results"),
-                           ("Predictions on held-out images", "predict"), ("Clean up", "cleanup")):
+                           ("Predictions on held-out images", "predict"),
+                           ("Batch transform (the local runner serves the bundle)", "transform-results"),
+                           ("Real-time endpoint", "endpoint"), ("Clean up", "cleanup")):
         print(f"--- {title}")
         print(run.text(cell_id).rstrip())
     print(f"--- The executed notebook, with its figures: {EXECUTED_NOTEBOOK.relative_to(ROOT)}")

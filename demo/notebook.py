@@ -69,7 +69,7 @@ def small_size() -> JourneySize:
 
 
 def journey_parameters(workdir: Path, size: JourneySize, *, stack_name: str) -> dict[str, Any]:
-    """The values of the notebook's parameters cell for a run here.
+    """The values of the notebook's parameters cell for a run here (with the real-time endpoint, off by default).
 
     Args:
         workdir: the notebook's WORK_DIR (generated data, collected results).
@@ -83,6 +83,8 @@ def journey_parameters(workdir: Path, size: JourneySize, *, stack_name: str) -> 
         "SYNTHETIC_TEST_IMAGES": size.test_images,
         "HYPERPARAMETERS": dict(size.hyperparameters),
         "PREDICT_COUNT": size.predict_count,
+        # Here the endpoint is a training.serve process on this machine, stopped by the clean-up cell: free to try.
+        "DEPLOY_ENDPOINT": True,
     }
 
 

@@ -1,28 +1,42 @@
 """Use a trained model: batch transform over an S3 prefix, or a real-time endpoint (created, invoked, deleted).
 
-    model = create_model(settings, job.model_data_url)               # the training image serves it (`serve`)
-    job = start_transform(settings, model, "s3://BUCKET/inference/scan-1/input/")
-    described = wait_for_transform(settings, job)                      # JSON per file under .../output/
-    with endpoint(settings, model) as name:                          # deleted when the block ends
+    inputs = upload_inputs(settings, ["a.dcm", "b.dcm"], run="scan-1")  # s3://BUCKET/inference/scan-1/input/
+    model = create_model(settings, job.model_uri)                     # the training image serves it (`serve`)
+    transform = start_transform(settings, model, inputs.uri)
+    described = wait_for_transform(settings, transform)               # JSON per file under .../output/
+    results = transform_results(settings, described, inputs)         # file, label, probabilities
+    with endpoint(settings, model) as name:                           # deleted when the block ends
         invoke_endpoint(settings, name, Path("image.dcm").read_bytes())
-    delete_model(settings, model)
+    delete_model(settings, model)                                     # or clean_up_inference(settings, model=...)
 
 Everything runs in the stack's training image, whose `serve` command answers SageMaker's hosting contract with
 training/inference.py's handlers (application/dicom or application/zip in, JSON out). The model runs with network
 isolation (it fetches nothing), in the stack's subnets when it has them, with the stack's KMS key on volumes and
 outputs. The execution role is the stack's training role, which the stack grants the model artifacts under jobs/
 and the inference/ prefix (input read, output written) besides what it already has.
+
+With the local runner (Settings.runner "local", `make demo`) the same requests go to the local emulator, which records
+them, and launcher/local_inference.py does the service's part on this machine: start_transform returns once the
+transform has run (every input's .out written), create_endpoint once the endpoint's server answers, delete_endpoint
+stops that server, and invoke_endpoint sends the body to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from launcher.launch import LOCAL_RUNNER
 from launcher.settings import Settings
 
 INFERENCE_PREFIX = "inference/"  # infra/constructs/storage.py: transform input and output
@@ -30,6 +44,7 @@ DICOM = "application/dicom"
 ZIP = "application/zip"
 DEFAULT_INSTANCE_TYPE = "ml.m5.xlarge"  # CPU image; the GPU image serves on ml.g5.xlarge
 TERMINAL = ("Completed", "Failed", "Stopped")
+_RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, e.g. a training job's name
 
 
 def _name(settings: Settings, kind: str) -> str:
@@ -40,6 +55,10 @@ def _name(settings: Settings, kind: str) -> str:
 
 def _sagemaker(settings: Settings) -> Any:
     return settings.boto_session().client("sagemaker", region_name=settings.region)
+
+
+def _local(settings: Settings) -> bool:
+    return settings.runner == LOCAL_RUNNER
 
 
 def _vpc_config(settings: Settings) -> dict[str, Any]:
@@ -80,6 +99,55 @@ def inference_uri(settings: Settings, run: str, part: str) -> str:
     return f"s3://{settings.bucket}/{INFERENCE_PREFIX}{run}/{part}/"
 
 
+@dataclass(frozen=True)
+class TransformInputs:
+    """Files uploaded for a batch transform.
+
+    Attributes:
+        uri: the input prefix, s3://BUCKET/inference/RUN/input/ (start_transform's input_uri).
+        files: each object's name below `uri` to the local file it was uploaded from.
+    """
+
+    uri: str
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+def upload_inputs(
+    settings: Settings, files: Sequence[str | os.PathLike[str]], *, run: str, content_type: str = DICOM
+) -> TransformInputs:
+    """Upload files for a batch transform to s3://BUCKET/inference/RUN/input/, encrypted with the stack's key.
+
+    Each object keeps the file's path below the files' common folder (files of several folders may share a name).
+    Objects uploaded earlier under the same run stay, and are transformed too.
+
+    Args:
+        settings: the stack's values.
+        files: DICOM files (or zips of them): one object, so one request and one .out, each.
+        run: the run's folder name under inference/, e.g. the training job's name.
+        content_type: stored with each object (the transform's content type is start_transform's).
+
+    Raises:
+        ValueError: no files, a file that does not exist, or a run name that is not one folder name.
+    """
+    if not _RUN.match(run):
+        raise ValueError(f"run must be one folder name of letters, digits, '.', '_' or '-'; got {run!r}")
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise ValueError("no files to upload: pass the DICOM files to classify")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"these files do not exist: {', '.join(missing)}")
+    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    names = {p.resolve().relative_to(root).as_posix(): str(p) for p in paths}
+    uri = inference_uri(settings, run, "input")
+    prefix = uri.removeprefix(f"s3://{settings.bucket}/")
+    s3 = settings.boto_session().client("s3", region_name=settings.region)
+    for name, path in names.items():
+        s3.upload_file(path, settings.bucket, f"{prefix}{name}", ExtraArgs={
+            "ContentType": content_type, "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": settings.data_key_arn})
+    return TransformInputs(uri=uri, files=names)
+
+
 def start_transform(
     settings: Settings,
     model_name: str,
@@ -104,7 +172,11 @@ def start_transform(
         name: the job's name; default derived from the stack and the time.
 
     Returns:
-        The transform job's name.
+        The transform job's name. With the local runner, the transform has run by then (every .out written).
+
+    Raises:
+        ValueError: an input or output outside the inference/ prefix, or another content type.
+        launcher.local_inference.LocalTransformError: local runner only: the model refused objects (they got no .out).
     """
     prefix = f"s3://{settings.bucket}/{INFERENCE_PREFIX}"
     if not input_uri.startswith(prefix):
@@ -132,6 +204,10 @@ def start_transform(
         TransformResources={"InstanceType": instance_type, "InstanceCount": instance_count,
                             "VolumeKmsKeyId": settings.data_key_arn},
     )
+    if _local(settings):
+        from launcher.local_inference import run_transform
+
+        run_transform(settings, name)
     return name
 
 
@@ -160,6 +236,60 @@ def wait_for_transform(
         waited += poll_s
 
 
+@dataclass(frozen=True)
+class TransformResult:
+    """One file's answer in a batch transform's output.
+
+    Attributes:
+        file: the local file it was uploaded from (TransformInputs), else its object name; a zip's member is named
+            `ZIP/MEMBER`.
+        label: the predicted class.
+        probabilities: class name to probability.
+        sop_instance_uid: the file's SOPInstanceUID ('' when it has none).
+        output_uri: the .out object it was read from.
+    """
+
+    file: str
+    label: str
+    probabilities: dict[str, float]
+    sop_instance_uid: str
+    output_uri: str
+
+
+def transform_results(
+    settings: Settings, described: Mapping[str, Any], inputs: TransformInputs | None = None
+) -> list[TransformResult]:
+    """Read a finished transform's .out objects (training/serve.py's JSON): one result per classified file.
+
+    Args:
+        settings: the stack's values.
+        described: wait_for_transform's description of the job.
+        inputs: upload_inputs' answer, to name each result by its local file.
+
+    Returns:
+        The results, in the order of the objects' names.
+    """
+    bucket, _, prefix = described["TransformOutput"]["S3OutputPath"].removeprefix("s3://").partition("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    files = dict(inputs.files) if inputs is not None else {}
+    s3 = settings.boto_session().client("s3", region_name=settings.region)
+    results = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in sorted(page.get("Contents", []), key=lambda i: i["Key"]):
+            if not item["Key"].endswith(".out"):
+                continue
+            name = item["Key"][len(prefix):].removesuffix(".out")
+            document = json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            for prediction in document["predictions"]:
+                member = prediction.get("file", "body")
+                file = files.get(name, name) if member == "body" else f"{files.get(name, name)}/{member}"
+                results.append(TransformResult(
+                    file=file, label=prediction["label"], probabilities=dict(prediction["probabilities"]),
+                    sop_instance_uid=prediction.get("SOPInstanceUID", ""), output_uri=f"s3://{bucket}/{item['Key']}"))
+    return results
+
+
 def create_endpoint(
     settings: Settings, model_name: str, *, instance_type: str = DEFAULT_INSTANCE_TYPE, name: str | None = None
 ) -> str:
@@ -167,6 +297,7 @@ def create_endpoint(
 
     Returns:
         The endpoint's name (its config has the same name). Call delete_endpoint when done: it costs while up.
+        With the local runner, its training.serve process (a child of this one) answers by then.
     """
     name = name or _name(settings, "endpoint")
     client = _sagemaker(settings)
@@ -177,6 +308,14 @@ def create_endpoint(
         KmsKeyId=settings.data_key_arn,
     )
     client.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    if _local(settings):
+        from launcher.local_inference import start_endpoint
+
+        try:
+            start_endpoint(settings, name)
+        except BaseException:
+            delete_endpoint(settings, name)  # as a failed endpoint on SageMaker, it would need deleting
+            raise
     return name
 
 
@@ -193,6 +332,10 @@ def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_
 
 def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type: str = DICOM) -> dict[str, Any]:
     """InvokeEndpoint with one DICOM file (or a zip): the model's JSON, {"predictions": [...]}."""
+    if _local(settings):
+        from launcher.local_inference import invoke
+
+        return invoke(name, body, content_type=content_type)
     runtime = settings.boto_session().client("sagemaker-runtime", region_name=settings.region)
     response = runtime.invoke_endpoint(EndpointName=name, Body=body, ContentType=content_type,
                                        Accept="application/json")
@@ -203,8 +346,14 @@ def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type:
 def delete_endpoint(settings: Settings, name: str) -> None:
     """DeleteEndpoint and DeleteEndpointConfig (same name, create_endpoint's); the model stays."""
     client = _sagemaker(settings)
-    client.delete_endpoint(EndpointName=name)
-    client.delete_endpoint_config(EndpointConfigName=name)
+    try:
+        client.delete_endpoint(EndpointName=name)
+        client.delete_endpoint_config(EndpointConfigName=name)
+    finally:
+        if _local(settings):
+            from launcher.local_inference import stop_endpoint
+
+            stop_endpoint(name)
 
 
 def delete_model(settings: Settings, name: str) -> None:
@@ -225,3 +374,42 @@ def endpoint(
         yield name
     finally:
         delete_endpoint(settings, name)
+
+
+def clean_up_inference(settings: Settings, *, model: str | None = None, endpoint: str | None = None) -> str:
+    """Delete the endpoint and the model a notebook created (only those named), and say what stays.
+
+    Args:
+        settings: the stack's values.
+        model: the model create_model made (None: none).
+        endpoint: the endpoint create_endpoint made (None: none).
+
+    Returns:
+        What was deleted and what stays, one line each.
+    """
+    lines = []
+    if endpoint is not None:
+        if _deleted(delete_endpoint, settings, endpoint):
+            lines.append(f"Deleted the endpoint {endpoint} and its configuration: it no longer bills.")
+        else:
+            lines.append(f"The endpoint {endpoint} was already deleted.")
+    if model is not None:
+        if _deleted(delete_model, settings, model):
+            lines.append(f"Deleted the model {model} (SageMaker's record of image, role and model.tar.gz; the archive "
+                         "stays in S3).")
+        else:
+            lines.append(f"The model {model} was already deleted.")
+    lines.append(f"Kept: batch transform inputs and results under s3://{settings.bucket}/{INFERENCE_PREFIX} (a "
+                 "finished transform job costs nothing more).")
+    return "\n".join(lines)
+
+
+def _deleted(delete: Callable[[Settings, str], None], settings: Settings, name: str) -> bool:
+    """Run a delete; False when SageMaker could not find the resource (deleted before)."""
+    try:
+        delete(settings, name)
+    except ClientError as exc:
+        if "could not find" not in str(exc).lower():
+            raise
+        return False
+    return True

@@ -307,7 +307,8 @@ def clean_up(job: TrainingJob | None, manifest: DatasetManifest | None = None) -
         lines.append(f"Kept: the model {job.model_uri} and the job's outputs {job.output_data_uri}.")
     if manifest is not None:
         lines.append(f"Kept: the dataset s3://{manifest.bucket}/{manifest.prefix} ({len(manifest.objects)} files).")
-    lines.append("Nothing else runs on your behalf: this notebook starts no endpoint. The data bucket outlives "
+    lines.append("Nothing else runs on your behalf (the inference section's endpoint and model are deleted above). "
+                 "The data bucket outlives "
                  "`make destroy` unless the stack was deployed with -c destroyData=true; delete objects in the S3 "
                  "console when you no longer need them.")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """The notebook, every cell, executed headless (nbclient) against the stack deployed on the emulator.
 
 What `make demo` does, on a smaller run (demo/notebook.py small_size: 200 + 40 images at 64x64, 3 epochs): the
-stack is deployed with the real CDK CLI, the notebook runs on this Python's kernel with the local runner, and the
-tests read what its cells printed and displayed, and what the emulator holds afterwards.
+stack is deployed with the real CDK CLI, the notebook runs on this Python's kernel with the local runner (the batch
+transform and the endpoint served here by training.serve), and the tests read what its cells printed and displayed,
+and what the emulator holds afterwards.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from demo.notebook import (
     run_notebook,
     small_size,
 )
-from launcher.local_runner import descendants
+from launcher.local_runner import descendants, still_running
 from training.metrics import parse_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:Tried to parse:UserWarning:moto\.")]
@@ -46,6 +47,8 @@ class Journey:
     jobs: list[dict[str, Any]]  # ListTrainingJobs of the emulator after the run
     objects: list[str]  # the data bucket's keys after the run
     processes_after: list[int]  # processes this one started that were still there after the run
+    transforms: list[dict[str, Any]]  # ListTransformJobs after the run
+    left: dict[str, list[str]]  # the models, endpoint configs and endpoints the emulator still has after the run
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +63,17 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
         outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
         run = run_notebook(notebook_env(env, emulator), journey_parameters(workdir, SIZE, stack_name=STACK),
                            output=workdir / "executed.ipynb")
-        jobs = client(env, "sagemaker").list_training_jobs()["TrainingJobSummaries"]
-        listed = client(env, "s3").list_objects_v2(Bucket=outputs["DataBucketName"])
-        objects = [o["Key"] for o in listed.get("Contents", [])]
+        sagemaker = client(env, "sagemaker")
+        jobs = sagemaker.list_training_jobs()["TrainingJobSummaries"]
+        objects = [o["Key"] for page in client(env, "s3").get_paginator("list_objects_v2").paginate(
+            Bucket=outputs["DataBucketName"]) for o in page.get("Contents", [])]
         started = [pid for pid in descendants(os.getpid()) if pid not in earlier]
-        yield Journey(run, workdir, outputs, jobs, objects, started)
+        transforms = sagemaker.list_transform_jobs()["TransformJobSummaries"]
+        configs = sagemaker.list_endpoint_configs()["EndpointConfigs"]
+        left = {"models": [m["ModelName"] for m in sagemaker.list_models()["Models"]],
+                "endpoint configs": [c["EndpointConfigName"] for c in configs],
+                "endpoints": [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]}
+        yield Journey(run, workdir, outputs, jobs, objects, started, transforms, left)
 
 
 def test_every_cell_ran_without_error(journey: Journey) -> None:
@@ -135,34 +144,54 @@ def test_held_out_files_are_predicted_in_the_kernel(journey: Journey) -> None:
     assert journey.run.images("predict") == 1
 
 
-def test_the_inference_placeholder_is_there(journey: Journey) -> None:
-    headings = [c.source.splitlines()[0] for c in journey.run.notebook.cells if c.cell_type == "markdown"]
-    assert "## Inference at scale" in headings
+def _table(text: str) -> dict[str, tuple[str, float, str]]:
+    """prediction_table's rows: file name -> (predicted, probability, true)."""
+    lines = text.strip().splitlines()
+    assert lines[0].split() == ["file", "predicted", "probability", "true"]
+    return {row[0]: (row[1], float(row[2]), row[3]) for row in (line.split() for line in lines[1:])}
 
 
-def test_clean_up_stops_nothing_that_ended_and_says_what_stays(journey: Journey) -> None:
+def test_a_batch_transform_classified_every_held_out_file_as_the_kernel_did(journey: Journey) -> None:
+    (transform,) = journey.transforms
+    name = transform["TransformJobName"]
+    assert transform["TransformJobStatus"] == "Completed"
+    assert f"batch transform {name}: {SIZE.predict_count} files in s3://" in journey.run.text("transform")
+    (job,) = journey.jobs
+    inputs = [k for k in journey.objects if k.startswith(f"inference/{job['TrainingJobName']}/input/")]
+    outputs = [k for k in journey.objects if k.startswith(f"inference/{job['TrainingJobName']}/output/")]
+    assert len(inputs) == SIZE.predict_count
+    assert sorted(outputs) == sorted(k.replace("/input/", "/output/", 1) + ".out" for k in inputs)
+    batch, kernel = _table(journey.run.text("transform-results")), _table(journey.run.text("predict"))
+    assert set(batch) == set(kernel) and len(batch) == SIZE.predict_count
+    for file, (label, probability, true) in batch.items():  # the same bundle, served: the same answers
+        assert (label, true) == (kernel[file][0], kernel[file][2])
+        assert probability == pytest.approx(kernel[file][1], abs=0.002)
+
+
+def test_the_endpoint_answered_one_file(journey: Journey) -> None:
+    text = journey.run.text("endpoint")
+    match = re.search(r"endpoint (\S+) on (\S+) \(true label (\w+)\) answered:\n(.*)", text)
+    assert match, text
+    assert match.group(1).startswith(f"{STACK}-endpoint-")
+    assert "'label': " in match.group(4) and "'probabilities': {" in match.group(4)
+
+
+def test_clean_up_deletes_the_endpoint_and_model_stops_nothing_that_ended_and_says_what_stays(
+        journey: Journey) -> None:
     text = journey.run.text("cleanup")
+    assert re.search(rf"Deleted the endpoint {STACK}-endpoint-\S+ and its configuration", text)
+    assert re.search(rf"Deleted the model {STACK}-model-\S+ ", text)
+    assert journey.left == {"models": [], "endpoint configs": [], "endpoints": []}
     assert "has ended (Completed): nothing to stop" in text
     assert "Kept: the model s3://" in text and "Kept: the dataset s3://" in text
 
 
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
-
 
 def test_nothing_is_left_running(journey: Journey) -> None:
     deadline = time.monotonic() + 10  # one caught mid-exit has a few seconds to finish
-    while _alive(journey.processes_after) and time.monotonic() < deadline:
+    while still_running(journey.processes_after) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _alive(journey.processes_after) == []
+    assert still_running(journey.processes_after) == []
 
 
 def test_the_notebook_as_committed_opens_on_conda_pytorch_with_short_cells_and_one_data_cell() -> None:

@@ -1,16 +1,36 @@
 """launcher/inference.py against the emulator: what CreateModel, CreateTransformJob, CreateEndpointConfig and
-CreateEndpoint carry (image, role, model data, KMS keys, network isolation, VPC), read from the requests themselves.
+CreateEndpoint carry (image, role, model data, KMS keys, network isolation, VPC), read from the requests themselves;
+then the local runner's part (launcher/local_inference.py): the same requests, and a trained bundle served here by
+training.serve for the transform (one .out per input, the bundle's own predictions) and the endpoint, no process left.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tarfile
 import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 
+from demo.emulator import Emulator
 from launcher import inference
-from tests.launcher.conftest import BUCKET
+from launcher.local_inference import LocalInferenceError, LocalTransformError, served_endpoints
+from launcher.local_runner import descendants, still_running
+from launcher.settings import Settings
+from tests.launcher.conftest import BUCKET, Recording, Stack
+from tests.training import conftest as training_fixtures
+
+# The training tests' trained bundle: one real job a test session, run once under a file lock and shared by every module
+# and xdist worker that asks for it (tests/training/conftest.py). pytest finds fixtures among a module's names.
+job_sagemaker_run = training_fixtures.job_sagemaker_run
+job_bundle = training_fixtures.job_bundle
+job_test_files = training_fixtures.job_test_files
 
 MODEL_DATA = f"s3://{BUCKET}/jobs/job-1/output/model.tar.gz"
 
@@ -95,3 +115,172 @@ def test_an_endpoint_is_created_encrypted_invoked_and_deleted(emulator, stack, r
     assert recording.calls("DeleteEndpointConfig") == [{"EndpointConfigName": name}]
     assert recording.calls("DeleteModel") == [{"ModelName": model}]
     assert json.dumps(recording.calls("CreateModel")[0]["VpcConfig"])
+
+
+# --- The local runner: the same requests recorded in the emulator, the bundle served here by training.serve ----------
+#
+# The bundle is the training tests' (tests/training/conftest.py): one real job per test session, shared by every module
+# that needs a trained model (under xdist too), packed here as a job's model.tar.gz in the emulator's bucket.
+
+LOCAL_MODEL_DATA = f"s3://{BUCKET}/jobs/local-job/output/model.tar.gz"
+# Where each test file is copied before upload: two files of the same name in two folders, one deeper.
+LOCAL_LAYOUT = ("study-1/image.dcm", "study-2/image.dcm", "study-2/other.dcm", "study-3/series-1/image.dcm")
+
+
+@dataclass(frozen=True)
+class LocalTransform:
+    settings: Settings
+    inputs: inference.TransformInputs
+    model: str
+    job: str
+    request: dict[str, Any]  # CreateTransformJob as the local runner sent it
+    aws_request: dict[str, Any]  # the same call with the SageMaker runner
+    described: dict[str, Any]
+    results: list[inference.TransformResult]
+    expected: dict[str, Any]  # local file -> the bundle's own Prediction
+    started: list[int]  # processes this one started during the transform and still had after it
+
+
+def _bundle_predictions(bundle: Path, files: list[str]) -> dict[str, Any]:
+    from training.inference import Predictor
+
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    predictions = predictor.predict([Path(f).read_bytes() for f in files], names=files)
+    return {p.file: p for p in predictions}
+
+
+
+@pytest.fixture(scope="module")
+def local_settings(stack: Stack, job_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The stack's settings with the local runner, and the session's trained bundle as a job's model.tar.gz."""
+    archive = tmp_path_factory.mktemp("model") / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for child in sorted(job_bundle.iterdir()):
+            tar.add(child, arcname=child.name)
+    boto3.client("s3").upload_file(str(archive), BUCKET, LOCAL_MODEL_DATA.removeprefix(f"s3://{BUCKET}/"))
+    return replace(stack.settings, runner="local")
+
+
+@pytest.fixture(scope="module")
+def local_transform(stack: Stack, emulator: Emulator, local_settings: Settings, job_bundle: Path,
+                    job_test_files: list[str], tmp_path_factory: pytest.TempPathFactory) -> LocalTransform:
+    folder = tmp_path_factory.mktemp("inputs")
+    files = []
+    for source, relative in zip(job_test_files, LOCAL_LAYOUT, strict=False):
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files.append(str(target))
+    inputs = inference.upload_inputs(local_settings, files, run="local-1")
+    model = inference.create_model(local_settings, LOCAL_MODEL_DATA, name="model-local")
+    before = set(descendants(os.getpid()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("recording"))  # moto writes its recording file in the working directory
+        recording = Recording(emulator.endpoint)
+        recording.start()
+        try:
+            job = inference.start_transform(local_settings, model, inputs.uri, name="transform-local")
+            (request,) = recording.calls("CreateTransformJob")
+            started = [pid for pid in descendants(os.getpid()) if pid not in before]
+            inference.start_transform(stack.settings, model, inputs.uri, name="transform-aws")
+            (_, aws_request) = recording.calls("CreateTransformJob")
+        finally:
+            recording.stop()
+    described = inference.wait_for_transform(local_settings, job, poll_s=0, sleep=lambda _: None)
+    results = inference.transform_results(local_settings, described, inputs)
+    return LocalTransform(local_settings, inputs, model, job, request, aws_request, described, results,
+                          _bundle_predictions(job_bundle, files), started)
+
+
+def test_the_local_transform_sends_the_request_sent_on_aws(local_transform: LocalTransform) -> None:
+    def normalized(request: dict[str, Any]) -> str:
+        return json.dumps(request, sort_keys=True).replace(request["TransformJobName"], "JOB")
+
+    assert local_transform.request["TransformJobName"] == local_transform.job
+    assert normalized(local_transform.request) == normalized(local_transform.aws_request)
+    assert local_transform.described["TransformJobStatus"] == "Completed"  # what wait_for_transform reported
+
+
+def test_every_input_gets_its_out_object_encrypted_with_the_stack_key(local_transform: LocalTransform) -> None:
+    assert set(local_transform.inputs.files) == set(LOCAL_LAYOUT)  # paths below the files' common folder
+    s3 = boto3.client("s3")
+    inputs = s3.list_objects_v2(Bucket=BUCKET, Prefix="inference/local-1/input/")["Contents"]
+    assert sorted(o["Key"] for o in inputs) == sorted(f"inference/local-1/input/{n}" for n in LOCAL_LAYOUT)
+    outputs = s3.list_objects_v2(Bucket=BUCKET, Prefix="inference/local-1/output/")["Contents"]
+    assert sorted(o["Key"] for o in outputs) == sorted(f"inference/local-1/output/{n}.out" for n in LOCAL_LAYOUT)
+    for item in [*inputs, *outputs]:
+        head = s3.head_object(Bucket=BUCKET, Key=item["Key"])
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", local_transform.settings.data_key_arn)
+
+
+def test_each_out_holds_the_bundle_s_own_prediction_for_its_file(local_transform: LocalTransform) -> None:
+    results = {r.file: r for r in local_transform.results}
+    assert set(results) == set(local_transform.inputs.files.values())
+    for file, expected in local_transform.expected.items():
+        got = results[file]
+        assert got.label == expected.label
+        assert got.probabilities == pytest.approx(expected.probabilities, abs=1e-5)
+        assert got.sop_instance_uid
+        name = next(n for n, f in local_transform.inputs.files.items() if f == file)
+        assert got.output_uri == f"s3://{BUCKET}/inference/local-1/output/{name}.out"
+
+
+def test_the_local_transform_leaves_no_process(local_transform: LocalTransform) -> None:
+    assert still_running(local_transform.started) == []
+
+
+def test_refused_objects_fail_the_local_transform_after_the_others_are_written(
+        local_settings: Settings, job_test_files: list[str]) -> None:
+    s3 = boto3.client("s3")
+    s3.upload_file(job_test_files[0], BUCKET, "inference/local-2/input/good.dcm")
+    s3.put_object(Bucket=BUCKET, Key="inference/local-2/input/notes.txt", Body=b"not a DICOM file")
+    model = inference.create_model(local_settings, LOCAL_MODEL_DATA, name="model-local-2")
+    before = set(descendants(os.getpid()))
+    source = inference.inference_uri(local_settings, "local-2", "input")
+    with pytest.raises(LocalTransformError, match=r"(?s)refused 1 of 2 object.*input/notes.txt: 400 .*not a DICOM"):
+        inference.start_transform(local_settings, model, source, name="transform-local-2")
+    outputs = s3.list_objects_v2(Bucket=BUCKET, Prefix="inference/local-2/output/")["Contents"]
+    assert [o["Key"] for o in outputs] == ["inference/local-2/output/good.dcm.out"]
+    assert still_running([pid for pid in descendants(os.getpid()) if pid not in before]) == []
+
+
+def test_a_local_endpoint_serves_the_bundle_until_the_clean_up_deletes_it(
+        local_settings: Settings, job_bundle: Path, job_test_files: list[str], recording: Recording) -> None:
+    before = set(descendants(os.getpid()))
+    model = inference.create_model(local_settings, LOCAL_MODEL_DATA, name="model-endpoint-local")
+    name = inference.create_endpoint(local_settings, model, name="endpoint-local")
+    inference.wait_for_endpoint(local_settings, name, poll_s=1)
+    (server,) = served_endpoints().values()
+    assert server in descendants(os.getpid())
+    answer = inference.invoke_endpoint(local_settings, name, Path(job_test_files[0]).read_bytes())
+    (expected,) = _bundle_predictions(job_bundle, job_test_files[:1]).values()
+    (got,) = answer["predictions"]
+    assert got["label"] == expected.label
+    assert got["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+
+    said = inference.clean_up_inference(local_settings, model=model, endpoint=name)
+    assert f"Deleted the endpoint {name}" in said and f"Deleted the model {model}" in said
+    assert served_endpoints() == {}
+    assert still_running([pid for pid in descendants(os.getpid()) if pid not in before]) == []
+    with pytest.raises(LocalInferenceError, match="not served by this Python process"):
+        inference.invoke_endpoint(local_settings, name, b"DICM")
+    (config,) = recording.calls("CreateEndpointConfig")
+    assert config["ProductionVariants"][0]["ModelName"] == model and config["KmsKeyId"] == local_settings.data_key_arn
+    assert recording.calls("CreateEndpoint") == [{"EndpointName": name, "EndpointConfigName": name}]
+    assert recording.calls("DeleteEndpoint") == [{"EndpointName": name}]
+    assert recording.calls("DeleteEndpointConfig") == [{"EndpointConfigName": name}]
+    assert recording.calls("DeleteModel") == [{"ModelName": model}]
+    sagemaker = boto3.client("sagemaker")
+    assert sagemaker.list_endpoints()["Endpoints"] == []
+    assert model not in {m["ModelName"] for m in sagemaker.list_models()["Models"]}
+    again = inference.clean_up_inference(local_settings, model=model, endpoint=name)
+    assert f"The endpoint {name} was already deleted." in again and f"The model {model} was already deleted." in again
+
+
+def test_inputs_are_refused_before_any_upload(stack: Stack, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="one folder name"):
+        inference.upload_inputs(stack.settings, [], run="a/b")
+    with pytest.raises(ValueError, match="no files"):
+        inference.upload_inputs(stack.settings, [], run="scan-1")
+    with pytest.raises(ValueError, match="do not exist"):
+        inference.upload_inputs(stack.settings, [tmp_path / "missing.dcm"], run="scan-1")
