@@ -152,6 +152,9 @@ def emulator_env(emulator: Emulator, base: Mapping[str, str] | None = None) -> d
         AWS_CONFIG_FILE=str(emulator.cdk_home / "aws-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(emulator.cdk_home / "aws-credentials"),
         CDK_HOME=str(emulator.cdk_home),
+        # The CLI's cloud assembly goes beside it, not to the checkout's cdk.out: two emulators (pytest workers, or
+        # a demo beside the tests) would otherwise meet there ("Another CLI is currently synthing to cdk.out").
+        MONAI_DICOM_CDK_OUTPUT=str(emulator.cdk_home / "cdk.out"),
         CDK_DISABLE_CLI_TELEMETRY="true",
         CDK_DISABLE_VERSION_CHECK="true",
         JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
@@ -235,6 +238,13 @@ def run_process(command: list[str], env: Mapping[str, str], *, timeout_s: float,
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr or "")
 
 
+def output_args(env: Mapping[str, str]) -> list[str]:
+    """`--output DIR` when the environment names the cloud assembly's folder (MONAI_DICOM_CDK_OUTPUT, which
+    emulator_env sets), else nothing."""
+    folder = env.get("MONAI_DICOM_CDK_OUTPUT")
+    return ["--output", folder] if folder else []
+
+
 def run_cdk(env: Mapping[str, str], *args: str, timeout_s: float = CLI_TIMEOUT_S) -> str:
     """Run `npx cdk ARGS --no-notices` from the repository root and return its output (stdout and stderr).
 
@@ -246,7 +256,7 @@ def run_cdk(env: Mapping[str, str], *args: str, timeout_s: float = CLI_TIMEOUT_S
     Raises:
         CdkError: the CLI failed or timed out; the message holds the tail of its output.
     """
-    command = ["npx", "cdk", *args, "--no-notices"]
+    command = ["npx", "cdk", *args, "--no-notices", *output_args(env)]
     try:
         done = run_process(command, env, timeout_s=timeout_s, merge_output=True)
     except subprocess.TimeoutExpired as timeout:

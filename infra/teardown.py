@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             raise TeardownError("no AWS region is configured: set AWS_REGION (or a region in your profile)")
         holders, untouched = find_holders(session, name)
         command = ["npx", "cdk", "destroy", "--force", *(["--profile", profile] if profile else [])]
+        if os.environ.get("MONAI_DICOM_CDK_OUTPUT"):  # the emulator's own cloud assembly folder (demo/emulator.py)
+            command += ["--output", os.environ["MONAI_DICOM_CDK_OUTPUT"]]
         # `cdk destroy` deletes by stack name, but synthesizes the app first: the notebook's clone settings must not
         # stop it where this checkout has no usable origin (they are not used).
         synth_only = {"repoUrl": "https://destroy.invalid/unused.git", "repoRef": "unused"}
