@@ -9,7 +9,7 @@ from infra.config import InfraConfig
 from infra.constructs.encryption import DataKey
 from infra.constructs.network import Network
 from infra.constructs.notebook import NotebookInstance
-from infra.constructs.roles import NotebookRole, TrainingRole
+from infra.constructs.roles import ModelRole, NotebookRole, TrainingRole
 from infra.constructs.storage import (
     CHECKPOINTS_PREFIX,
     CODE_PREFIX,
@@ -49,6 +49,7 @@ class MonaiDicomStack(Stack):
         )
         image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
         training = TrainingRole(self, "TrainingRole", key=key)
+        model = ModelRole(self, "ModelRole", key=key)
         notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role)
         network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data) if config.vpc else None
 
@@ -58,20 +59,26 @@ class MonaiDicomStack(Stack):
         bucket.grant_read(training.role, f"{CODE_PREFIX}*")
         bucket.grant_read_write(training.role, f"{JOBS_PREFIX}*")
         bucket.grant_read_write(training.role, f"{CHECKPOINTS_PREFIX}*")
-        # The same role runs the trained model (launcher/inference.py): model.tar.gz under jobs/, transform input
-        # read and output written under inference/.
-        bucket.grant_read_write(training.role, f"{INFERENCE_PREFIX}*")
         image.grant_pull(training.role)
+        # The trained model (launcher/inference.py) reads model.tar.gz under jobs/, and transform input and writes
+        # transform output under inference/; no dataset.
+        bucket.grant_read(model.role, f"{JOBS_PREFIX}*")
+        bucket.grant_read_write(model.role, f"{INFERENCE_PREFIX}*")
+        image.grant_pull(model.role)
         # The notebook uploads datasets, stages code and reads results: the whole bucket.
         bucket.grant_read_write(notebook_role.role)
         training.grant_pass_to_sagemaker(notebook_role.role)
+        model.grant_pass_to_sagemaker(notebook_role.role)
         arn = as_finding(self, bucket.bucket_arn)
         acknowledge(training.role, "AwsSolutions-IAM5",
                     "Jobs read and write only their prefixes of the data bucket; object keys below them are chosen "
                     "per dataset and job.",
                     [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in
-                                            (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX,
-                                             INFERENCE_PREFIX))])
+                                            (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX))])
+        acknowledge(model.role, "AwsSolutions-IAM5",
+                    "The model reads model artifacts under jobs/ and reads and writes batch transform files under "
+                    "inference/; object keys below them are chosen per job and run.",
+                    [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in (JOBS_PREFIX, INFERENCE_PREFIX))])
         acknowledge(notebook_role.role, "AwsSolutions-IAM5",
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
@@ -91,6 +98,7 @@ class MonaiDicomStack(Stack):
                 "bucket": bucket.bucket_name,
                 "data_key_arn": key.key_arn,
                 "training_role_arn": training.role.role_arn,
+                "model_role_arn": model.role.role_arn,
                 "notebook_role_arn": notebook_role.role.role_arn,
                 "training_image_uri": image.image_uri,
                 "training_image_variant": image_variant,
@@ -107,6 +115,7 @@ class MonaiDicomStack(Stack):
             "DataBucketName": (bucket.bucket_name, "Bucket for DICOM data, job code, artifacts and checkpoints"),
             "DataKeyArn": (key.key_arn, "KMS key encrypting the bucket, notebook volume and jobs"),
             "TrainingRoleArn": (training.role.role_arn, "Execution role for training jobs"),
+            "ModelRoleArn": (model.role.role_arn, "Execution role of the trained model (batch transform, endpoints)"),
             "NotebookRoleArn": (notebook_role.role.role_arn, "Role of the notebook instance"),
             "TrainingImageUri": (image.image_uri, "Training image (SageMaker PyTorch + MONAI + pydicom)"),
             "TrainingImageVariant": (image_variant or "unknown",

@@ -12,8 +12,8 @@
 Everything runs in the stack's training image, whose `serve` command answers SageMaker's hosting contract with
 training/inference.py's handlers (application/dicom or application/zip in, JSON out). The model runs with network
 isolation (it fetches nothing), in the stack's subnets when it has them, with the stack's KMS key on volumes and
-outputs. The execution role is the stack's training role, which the stack grants the model artifacts under jobs/
-and the inference/ prefix (input read, output written) besides what it already has.
+outputs. The execution role is the stack's model role (ModelRoleArn), which may read the model artifacts under
+jobs/ and read and write the inference/ prefix, and no dataset.
 
 With the local runner (Settings.runner "local", `make demo`) the same requests go to the local emulator, which records
 them, and launcher/local_inference.py does the service's part on this machine: start_transform returns once the
@@ -76,18 +76,22 @@ def create_model(
         settings: the stack's values.
         model_data_url: s3://.../model.tar.gz of a training job (its ModelArtifacts.S3ModelArtifacts).
         name: the model's name; default derived from the stack and the time.
-        role_arn: the execution role; default the stack's training role (granted jobs/ and inference/).
+        role_arn: the execution role; default the stack's model role (granted jobs/ read and inference/).
 
     Returns:
         The model's name.
     """
     if not model_data_url.startswith("s3://") or not model_data_url.endswith(".tar.gz"):
         raise ValueError(f"model_data_url must be the s3://.../model.tar.gz of a training job; got {model_data_url!r}")
+    role_arn = role_arn or settings.model_role_arn
+    if not role_arn:
+        raise ValueError(f"stack value ModelRoleArn (model_role_arn) is missing in {settings.source or 'settings'}: "
+                         "the stack predates inference; redeploy it (make deploy) to create the model role")
     name = name or _name(settings, "model")
     _sagemaker(settings).create_model(
         ModelName=name,
         PrimaryContainer={"Image": settings.training_image_uri, "ModelDataUrl": model_data_url, "Mode": "SingleModel"},
-        ExecutionRoleArn=role_arn or settings.training_role_arn,
+        ExecutionRoleArn=role_arn,
         EnableNetworkIsolation=True,
         **_vpc_config(settings),
     )

@@ -42,6 +42,7 @@ REQUIRED = {
 # Values the stack has only in some configurations (a VPC), or that launching does not need.
 OPTIONAL = {
     "notebook_role_arn": "NotebookRoleArn",
+    "model_role_arn": "ModelRoleArn",  # inference only (launcher/inference.py checks it there)
     "subnets": "SubnetIds",
     "security_group_ids": "SecurityGroupIds",
     "training_image_variant": "TrainingImageVariant",
@@ -68,6 +69,7 @@ class Settings:
         training_role_arn: the execution role of training jobs.
         training_image_uri: the training image (the SageMaker PyTorch container with MONAI and pydicom).
         notebook_role_arn: the notebook instance's role ("" when unknown).
+        model_role_arn: the execution role of the trained model: transform jobs and endpoints ("" when unknown).
         subnets: private subnets for jobs; empty when the stack has no VPC.
         security_group_ids: the jobs' security group(s); empty when the stack has no VPC.
         image_variant: "cpu" or "gpu" when the stack says so; "" lets the launcher read it from the image tag.
@@ -91,6 +93,7 @@ class Settings:
     repo_ref: str = ""
     deployed_commit: str = ""
     source: str = ""
+    model_role_arn: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.subnets) != bool(self.security_group_ids):
@@ -231,6 +234,7 @@ def _build(get: Callable[[str], Any], *, where: str, remedy: str, runner: str,
         repo_ref=values.get("repo_ref", ""),
         deployed_commit=values.get("deployed_commit", ""),
         source=where,
+        model_role_arn=values.get("model_role_arn", ""),
     )
 
 

@@ -1,4 +1,5 @@
-"""IAM roles: one for training jobs, one for the notebook. Resource access is granted by the stack with grant_*."""
+"""IAM roles: one for training jobs, one for the trained model (batch transform and endpoints), one for the notebook.
+Resource access is granted by the stack with grant_*."""
 
 from __future__ import annotations
 
@@ -88,8 +89,44 @@ class TrainingRole(Construct):
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
         ))
-        # The same role serves the trained model (launcher/inference.py: batch transform and endpoints); the stack
-        # grants it the inference/ prefix. Their containers log here.
+        key.grant_encrypt_decrypt(self.role)
+        _grant_volume_key(self.role, key)
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "The SageMaker SDK requires these actions of every training role and checks them without a "
+                    "resource; ECR authorization, CloudWatch metrics and EC2 network-interface actions (for jobs "
+                    "in a VPC) support no resource-level permissions.", ["Resource::*"])
+        _acknowledge_common(self.role, stack)
+
+    def grant_pass_to_sagemaker(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let `grantee` pass this role, to SageMaker only (iam:PassedToService)."""
+        return _grant_pass_to_sagemaker(self.role, grantee)
+
+
+class ModelRole(Construct):
+    """The execution role of the trained model (launcher/inference.py: batch transform and endpoints): image pull,
+    logs, metrics, network interfaces in a VPC; the model artifacts and the inference/ prefix by grant. Unlike the
+    training role it reads no dataset: a served model sees only what it is sent.
+
+    Attributes:
+        role: the IAM role SageMaker assumes for models, transform jobs and endpoints.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey) -> None:
+        """Create the role.
+
+        Args:
+            scope: parent construct.
+            construct_id: construct id.
+            key: the stack's KMS key (model artifacts, transform input and output, volumes).
+        """
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self, "Role",
+            assumed_by=_sagemaker_principal(stack),
+            description="Execution role of the MONAI DICOM model: batch transform jobs and endpoints",
+        )
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[_log_group_arn(stack, TRANSFORM_LOG_GROUP), _log_group_arn(stack, ENDPOINT_LOG_GROUPS)],
@@ -102,17 +139,25 @@ class TrainingRole(Construct):
                     [f"Resource::{as_finding(self.role, _log_group_arn(stack, g))}"
                      for g in (TRANSFORM_LOG_GROUP, ENDPOINT_LOG_GROUPS)])
         acknowledge(self.role, "AwsSolutions-IAM5",
-                    "The SageMaker SDK requires these actions of every training role and checks them without a "
-                    "resource; ECR authorization, CloudWatch metrics and EC2 network-interface actions (for jobs "
-                    "in a VPC) support no resource-level permissions.", ["Resource::*"])
-        _acknowledge_common(self.role, stack)
+                    "Models need ECR authorization, CloudWatch metrics (endpoints) and EC2 network-interface actions "
+                    "(in a VPC), which support no resource-level permissions.", ["Resource::*"])
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "kms:GenerateDataKey* and kms:ReEncrypt* are grant_encrypt_decrypt's action groups on the one "
+                    "stack key (S3 SSE-KMS needs GenerateDataKey and Decrypt).", KMS_GRANT_WILDCARDS)
+        acknowledge(self.role, "HIPAA.Security-IAMNoInlinePolicy",
+                    "grant_* writes least-privilege statements into the role's own policy, which lives and dies "
+                    "with the role; managed policies would add resources to manage without narrowing access.")
 
     def grant_pass_to_sagemaker(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let `grantee` pass this role, to SageMaker only (iam:PassedToService)."""
-        return iam.Grant.add_to_principal(
-            grantee=grantee, actions=["iam:PassRole"], resource_arns=[self.role.role_arn],
-            conditions={"StringEquals": {"iam:PassedToService": SAGEMAKER}},
-        )
+        return _grant_pass_to_sagemaker(self.role, grantee)
+
+
+def _grant_pass_to_sagemaker(role: iam.IRole, grantee: iam.IGrantable) -> iam.Grant:
+    return iam.Grant.add_to_principal(
+        grantee=grantee, actions=["iam:PassRole"], resource_arns=[role.role_arn],
+        conditions={"StringEquals": {"iam:PassedToService": SAGEMAKER}},
+    )
 
 
 class NotebookRole(Construct):

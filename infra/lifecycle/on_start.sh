@@ -31,6 +31,7 @@ REGION='@@REGION@@'
 BUCKET='@@BUCKET@@'
 DATA_KEY_ARN='@@DATA_KEY_ARN@@'
 TRAINING_ROLE_ARN='@@TRAINING_ROLE_ARN@@'
+MODEL_ROLE_ARN='@@MODEL_ROLE_ARN@@'
 NOTEBOOK_ROLE_ARN='@@NOTEBOOK_ROLE_ARN@@'
 TRAINING_IMAGE_URI='@@TRAINING_IMAGE_URI@@'
 TRAINING_IMAGE_VARIANT='@@TRAINING_IMAGE_VARIANT@@'
@@ -104,7 +105,8 @@ clone_repo() {
 
 write_values() {
   as_user "$PYTHON" - "$STATE_DIR/stack.json" stack_name="$STACK_NAME" region="$REGION" bucket="$BUCKET" \
-    data_key_arn="$DATA_KEY_ARN" training_role_arn="$TRAINING_ROLE_ARN" notebook_role_arn="$NOTEBOOK_ROLE_ARN" \
+    data_key_arn="$DATA_KEY_ARN" training_role_arn="$TRAINING_ROLE_ARN" model_role_arn="$MODEL_ROLE_ARN" \
+    notebook_role_arn="$NOTEBOOK_ROLE_ARN" \
     training_image_uri="$TRAINING_IMAGE_URI" training_image_variant="$TRAINING_IMAGE_VARIANT" subnets="$SUBNETS" security_group_ids="$SECURITY_GROUP_IDS" \
     repo_url="$REPO_URL" repo_ref="$REPO_REF" deployed_commit="$DEPLOYED_COMMIT" <<'PY' && log "wrote stack.json"
 import json, os, sys, tempfile

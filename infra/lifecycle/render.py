@@ -23,6 +23,7 @@ What the notebook finds in `STATE_DIR` (`/home/ec2-user/SageMaker/.monai-dicom/`
         "bucket": "...",                              # the data bucket
         "data_key_arn": "arn:aws:kms:...",            # KMS key of bucket, volume and jobs
         "training_role_arn": "arn:aws:iam::...",      # execution role for training jobs
+        "model_role_arn": "arn:aws:iam::...",         # execution role of the trained model (transform, endpoints)
         "notebook_role_arn": "arn:aws:iam::...",      # the notebook's own role
         "training_image_uri": "....dkr.ecr....",      # the training image
         "training_image_variant": "cpu",              # "cpu" or "gpu" as built by cdk deploy; "" for a given URI
@@ -64,7 +65,7 @@ KERNEL_FAILED_MARKER = f"{STATE_DIR}/kernel-install-failed"
 
 # The keys of stack.json, in its order. `deployed_commit` may be left out (it is then ""); the others are required.
 STACK_VALUE_KEYS: tuple[str, ...] = (
-    "stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "notebook_role_arn",
+    "stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "model_role_arn", "notebook_role_arn",
     "training_image_uri", "training_image_variant", "subnets", "security_group_ids", "repo_url", "repo_ref",
     "deployed_commit",
 )

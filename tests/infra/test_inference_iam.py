@@ -1,5 +1,6 @@
-"""IAM for using a trained model (launcher/inference.py): the training role doubles as the model's execution role,
-and the notebook role creates, invokes and deletes models, transform jobs and endpoints of this account and region.
+"""IAM for using a trained model (launcher/inference.py): a model role of its own (model artifacts and inference/,
+no dataset), and the notebook role creates, invokes and deletes models, transform jobs and endpoints of this account
+and region, and passes the model role to SageMaker only.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def _regional(service: str, rest: str) -> dict:
 def roles(synth, request):
     s = synth.get(request.param)
     bucket = next(k for k, v in s.resources("AWS::S3::Bucket").items() if "LoggingConfiguration" in v["Properties"])
-    training, notebook = role_id(s.doc, "TrainingRole"), role_id(s.doc, "NotebookRole")
-    return s, role_statements(s.doc, training), role_statements(s.doc, notebook), training, bucket
+    model, notebook = role_id(s.doc, "ModelRole"), role_id(s.doc, "NotebookRole")
+    return s, role_statements(s.doc, model), role_statements(s.doc, notebook), model, bucket
 
 
 def _objects(bucket: str, prefix: str) -> dict:
@@ -32,22 +33,32 @@ def _objects(bucket: str, prefix: str) -> dict:
 
 
 def test_the_model_role_reads_model_artifacts_and_transform_input_and_writes_its_output(roles):
-    _, training, _, _, bucket = roles
-    assert allows(training, "s3:GetObject", resource=_objects(bucket, "jobs/*"))
-    assert allows(training, "s3:GetObject", resource=_objects(bucket, "inference/*"))
-    assert allows(training, "s3:PutObject", resource=_objects(bucket, "inference/*"))
-    assert not allows(training, "s3:PutObject", resource=_objects(bucket, "datasets/*"))
-    assert not allows(training, "s3:PutObject", resource=_objects(bucket, "*"))
+    _, model, _, _, bucket = roles
+    assert allows(model, "s3:GetObject", resource=_objects(bucket, "jobs/*"))
+    assert allows(model, "s3:GetObject", resource=_objects(bucket, "inference/*"))
+    assert allows(model, "s3:PutObject", resource=_objects(bucket, "inference/*"))
+    assert not allows(model, "s3:PutObject", resource=_objects(bucket, "jobs/*"))  # it never changes a model
+    for prefix in ("datasets/*", "checkpoints/*", "code/*", "*"):
+        assert not allows(model, "s3:GetObject", resource=_objects(bucket, prefix)), prefix  # no patient data
+
+
+def test_the_training_role_has_nothing_of_inference(synth):
+    s = synth.get("default")
+    bucket = next(k for k, v in s.resources("AWS::S3::Bucket").items() if "LoggingConfiguration" in v["Properties"])
+    training = role_statements(s.doc, role_id(s.doc, "TrainingRole"))
+    assert not allows(training, "s3:GetObject", resource=_objects(bucket, "inference/*"))
+    assert not allows(training, "logs:PutLogEvents",
+                      resource=_regional("logs", ":log-group:/aws/sagemaker/TransformJobs:*"))
 
 
 def test_the_model_role_pulls_the_image_and_logs_transform_jobs_and_endpoints(roles):
-    _, training, _, _, _ = roles
-    assert allows(training, "ecr:GetAuthorizationToken")
-    assert allows(training, "cloudwatch:PutMetricData")
+    _, model, _, _, _ = roles
+    assert allows(model, "ecr:GetAuthorizationToken")
+    assert allows(model, "cloudwatch:PutMetricData")
     for group in ("/aws/sagemaker/TransformJobs:*", "/aws/sagemaker/Endpoints/*:*"):
         arn = _regional("logs", f":log-group:{group}")
         for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"):
-            assert allows(training, action, resource=arn), (action, group)
+            assert allows(model, action, resource=arn), (action, group)
 
 
 @pytest.mark.parametrize(("action", "kind"), [
@@ -73,8 +84,19 @@ def test_inference_actions_are_granted_on_sagemaker_arns_only(roles):
             assert len(as_list(st["Resource"])) == 4 and "*" not in as_list(st["Resource"])
 
 
-def test_the_notebook_passes_the_model_role_to_sagemaker_only(roles):
-    _, _, notebook, training, _ = roles
+def test_the_notebook_passes_the_training_and_model_roles_to_sagemaker_only(roles):
+    s, _, notebook, model, _ = roles
+    training = role_id(s.doc, "TrainingRole")
     passes = [st for st in notebook if "iam:PassRole" in as_list(st["Action"])]
-    assert passes == [{"Action": "iam:PassRole", "Effect": "Allow", "Resource": {"Fn::GetAtt": [training, "Arn"]},
-                       "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}}]
+    assert len(passes) == 1  # CDK merges the two grants into one statement
+    only = dict(passes[0])  # a copy: the template is shared by the session
+    assert sorted(as_list(only.pop("Resource")), key=str) == sorted(
+        [{"Fn::GetAtt": [role, "Arn"]} for role in (training, model)], key=str)
+    assert only == {"Action": "iam:PassRole", "Effect": "Allow",
+                    "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}}
+
+
+def test_the_model_role_is_an_output_and_a_value_of_the_notebook(synth):
+    s = synth.get("default")
+    model = role_id(s.doc, "ModelRole")
+    assert s.doc["Outputs"]["ModelRoleArn"]["Value"] == {"Fn::GetAtt": [model, "Arn"]}

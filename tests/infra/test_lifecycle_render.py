@@ -24,6 +24,7 @@ def values(**overrides: Any) -> dict[str, Any]:
         "bucket": "monaidicom-databucket-1a2b3c",
         "data_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/0b1f6a52-3f5e-4a5c-9a8e-4f2c2b7c1d11",
         "training_role_arn": "arn:aws:iam::123456789012:role/TrainingRole",
+        "model_role_arn": "arn:aws:iam::123456789012:role/ModelRole",
         "notebook_role_arn": "arn:aws:iam::123456789012:role/NotebookRole",
         "training_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/monai-training:1.0",
         "training_image_variant": "",
@@ -164,7 +165,8 @@ def test_token_strings_pass_through_unchanged() -> None:
     tokens.update(subnets=["${Token[TOKEN.91]}", "${Token[TOKEN.92]}"], repo_url=URL, repo_ref="main",
                   deployed_commit=SHA)
     text = render.render_on_start(values=tokens, idle_stop_minutes=60)
-    for key in ("stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "notebook_role_arn",
+    for key in ("stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "model_role_arn",
+                "notebook_role_arn",
                 "training_image_uri", "security_group_ids"):
         assert f"{key.upper()}='{tokens[key]}'\n" in text
     assert "SUBNETS='${Token[TOKEN.91]},${Token[TOKEN.92]}'\n" in text

@@ -230,6 +230,7 @@ def values(**overrides: Any) -> dict[str, Any]:
         "bucket": "monaidicom-databucket-1a2b3c",
         "data_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/0b1f6a52-3f5e-4a5c-9a8e-4f2c2b7c1d11",
         "training_role_arn": "arn:aws:iam::123456789012:role/MonaiDicom-TrainingRole-ABC",
+        "model_role_arn": "arn:aws:iam::123456789012:role/MonaiDicom-ModelRole-ABC",
         "notebook_role_arn": "arn:aws:iam::123456789012:role/MonaiDicom-NotebookRole-DEF",
         "training_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/monai-training:1.0",
         "training_image_variant": "",

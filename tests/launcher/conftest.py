@@ -142,6 +142,7 @@ def stack(emulator: Emulator) -> Stack:
     iam = session.client("iam")
     training_role = iam.create_role(RoleName="LauncherTestTraining", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
     notebook_role = iam.create_role(RoleName="LauncherTestNotebook", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
+    model_role = iam.create_role(RoleName="LauncherTestModel", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
     ec2 = session.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = tuple(ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2))
@@ -149,7 +150,7 @@ def stack(emulator: Emulator) -> Stack:
     settings = Settings(
         stack_name=STACK_NAME, region=session.region_name, bucket=BUCKET, data_key_arn=key_arn,
         training_role_arn=training_role, training_image_uri=CPU_IMAGE, notebook_role_arn=notebook_role,
-        source="test fixture",
+        source="test fixture", model_role_arn=model_role,
     )
     vpc_settings = replace(settings, subnets=subnets, security_group_ids=(group,))
     return Stack(settings=settings, vpc_settings=vpc_settings)

@@ -6,6 +6,7 @@ training.serve for the transform (one .out per input, the bundle's own predictio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ def test_create_model_runs_the_stack_image_isolated_with_the_model_role(stack, r
     assert call["ModelName"] == name
     assert call["PrimaryContainer"] == {"Image": settings.training_image_uri, "ModelDataUrl": MODEL_DATA,
                                         "Mode": "SingleModel"}
-    assert call["ExecutionRoleArn"] == settings.training_role_arn
+    assert call["ExecutionRoleArn"] == settings.model_role_arn != settings.training_role_arn
     assert call["EnableNetworkIsolation"] is True
     if vpc:
         assert call["VpcConfig"] == {"Subnets": list(settings.subnets),
@@ -284,3 +285,10 @@ def test_inputs_are_refused_before_any_upload(stack: Stack, tmp_path: Path) -> N
         inference.upload_inputs(stack.settings, [], run="scan-1")
     with pytest.raises(ValueError, match="do not exist"):
         inference.upload_inputs(stack.settings, [tmp_path / "missing.dcm"], run="scan-1")
+
+
+def test_a_stack_without_a_model_role_is_told_to_redeploy(stack, recording):
+    older = dataclasses.replace(stack.settings, model_role_arn="")
+    with pytest.raises(ValueError, match=r"ModelRoleArn \(model_role_arn\) is missing in test fixture.*redeploy"):
+        inference.create_model(older, MODEL_DATA)
+    assert recording.calls("CreateModel") == []

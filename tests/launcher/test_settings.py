@@ -32,6 +32,7 @@ VALUES: dict[str, Any] = {
     "bucket": "monai-dicom-data",
     "data_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/0b1f6a52-3f5e-4a5c-9a8e-4f2c2b7c1d11",
     "training_role_arn": "arn:aws:iam::123456789012:role/Training",
+    "model_role_arn": "arn:aws:iam::123456789012:role/Model",
     "notebook_role_arn": "arn:aws:iam::123456789012:role/Notebook",
     "training_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/cdk-assets:abc123",
     "training_image_variant": "gpu",
@@ -63,7 +64,7 @@ def test_values_file_gives_every_value(tmp_path: Path) -> None:
         training_image_uri=VALUES["training_image_uri"], notebook_role_arn=VALUES["notebook_role_arn"],
         subnets=("subnet-1", "subnet-2"), security_group_ids=("sg-1",), runner=DEFAULT_RUNNER, image_variant="gpu",
         repo_url=VALUES["repo_url"], repo_ref="main", deployed_commit=VALUES["deployed_commit"],
-        source=f"values file {tmp_path / 'stack.json'}",
+        source=f"values file {tmp_path / 'stack.json'}", model_role_arn=VALUES["model_role_arn"],
     )
     assert settings.has_vpc
 
@@ -127,7 +128,7 @@ def test_stack_outputs_give_every_value(emulator: Emulator, infra_output_names: 
         "TrainingRoleArn": VALUES["training_role_arn"], "NotebookRoleArn": VALUES["notebook_role_arn"],
         "TrainingImageUri": VALUES["training_image_uri"], "Region": "us-east-1", "NotebookName": "nb",
         "NotebookUrl": "https://example.invalid", "SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1",
-        "TrainingImageVariant": "cpu",
+        "TrainingImageVariant": "cpu", "ModelRoleArn": VALUES["model_role_arn"],
     }
     create_stack("OutputsStack", {name: literal[name] for name in infra_output_names})
     settings = load_settings("OutputsStack", environ={})
@@ -135,6 +136,7 @@ def test_stack_outputs_give_every_value(emulator: Emulator, infra_output_names: 
     assert (settings.data_key_arn, settings.training_role_arn, settings.training_image_uri) == (
         VALUES["data_key_arn"], VALUES["training_role_arn"], VALUES["training_image_uri"])
     assert (settings.subnets, settings.security_group_ids) == (("subnet-1", "subnet-2"), ("sg-1",))
+    assert settings.model_role_arn == VALUES["model_role_arn"]
     assert settings.source == "the outputs of CloudFormation stack 'OutputsStack' in us-east-1"
 
 
