@@ -62,6 +62,21 @@ def _grant_volume_key(role: iam.Role, key: kms.IKey) -> None:
     ))
 
 
+def _execution_role(scope: Construct, *, key: kms.IKey, description: str, log_groups: tuple[str, ...]) -> iam.Role:
+    """A role SageMaker assumes to run containers of this stack: the SDK's required actions (image pull, metrics,
+    network interfaces), its log groups, and the stack key for data and volumes."""
+    stack = Stack.of(scope)
+    role = iam.Role(scope, "Role", assumed_by=_sagemaker_principal(stack), description=description)
+    role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
+    role.add_to_policy(iam.PolicyStatement(
+        actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+        resources=[_log_group_arn(stack, group) for group in log_groups],
+    ))
+    key.grant_encrypt_decrypt(role)
+    _grant_volume_key(role, key)
+    return role
+
+
 class TrainingRole(Construct):
     """The execution role of training jobs: logs, metrics, image pull, network interfaces; data by grant.
 
@@ -79,18 +94,8 @@ class TrainingRole(Construct):
         """
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        self.role = iam.Role(
-            self, "Role",
-            assumed_by=_sagemaker_principal(stack),
-            description="Execution role of the MONAI DICOM training jobs",
-        )
-        self.role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
-        ))
-        key.grant_encrypt_decrypt(self.role)
-        _grant_volume_key(self.role, key)
+        self.role = _execution_role(self, key=key, description="Execution role of the MONAI DICOM training jobs",
+                                    log_groups=(TRAINING_LOG_GROUP,))
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "The SageMaker SDK requires these actions of every training role and checks them without a "
                     "resource; ECR authorization, CloudWatch metrics and EC2 network-interface actions (for jobs "
@@ -121,18 +126,10 @@ class ModelRole(Construct):
         """
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        self.role = iam.Role(
-            self, "Role",
-            assumed_by=_sagemaker_principal(stack),
-            description="Execution role of the MONAI DICOM model: batch transform jobs and endpoints",
+        self.role = _execution_role(
+            self, key=key, description="Execution role of the MONAI DICOM model: batch transform jobs and endpoints",
+            log_groups=(TRANSFORM_LOG_GROUP, ENDPOINT_LOG_GROUPS),
         )
-        self.role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[_log_group_arn(stack, TRANSFORM_LOG_GROUP), _log_group_arn(stack, ENDPOINT_LOG_GROUPS)],
-        ))
-        key.grant_encrypt_decrypt(self.role)
-        _grant_volume_key(self.role, key)
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Transform jobs write one log stream each in one group; each endpoint logs to its own group, "
                     "named after the endpoint, which the notebook names per deployment.",
@@ -141,12 +138,7 @@ class ModelRole(Construct):
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Models need ECR authorization, CloudWatch metrics (endpoints) and EC2 network-interface actions "
                     "(in a VPC), which support no resource-level permissions.", ["Resource::*"])
-        acknowledge(self.role, "AwsSolutions-IAM5",
-                    "kms:GenerateDataKey* and kms:ReEncrypt* are grant_encrypt_decrypt's action groups on the one "
-                    "stack key (S3 SSE-KMS needs GenerateDataKey and Decrypt).", KMS_GRANT_WILDCARDS)
-        acknowledge(self.role, "HIPAA.Security-IAMNoInlinePolicy",
-                    "grant_* writes least-privilege statements into the role's own policy, which lives and dies "
-                    "with the role; managed policies would add resources to manage without narrowing access.")
+        _acknowledge_grants(self.role)
 
     def grant_pass_to_sagemaker(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let `grantee` pass this role, to SageMaker only (iam:PassedToService)."""
@@ -204,8 +196,6 @@ class NotebookRole(Construct):
         ))
         key.grant_encrypt_decrypt(self.role)
         _grant_volume_key(self.role, key)
-        key.grant_encrypt_decrypt(self.role)
-        _grant_volume_key(self.role, key)
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "sagemaker:ListTrainingJobs supports no resource-level permissions.", ["Resource::*"])
         acknowledge(self.role, "AwsSolutions-IAM5",
@@ -222,6 +212,10 @@ def _acknowledge_common(role: iam.Role, stack: Stack) -> None:
     acknowledge(role, "AwsSolutions-IAM5",
                 "Each training job writes its own log stream, named by SageMaker at run time, in this one group.",
                 [f"Resource::{as_finding(role, _log_group_arn(stack, TRAINING_LOG_GROUP))}"])
+    _acknowledge_grants(role)
+
+
+def _acknowledge_grants(role: iam.Role) -> None:
     acknowledge(role, "AwsSolutions-IAM5",
                 "kms:GenerateDataKey* and kms:ReEncrypt* are grant_encrypt_decrypt's action groups on the one "
                 "stack key (S3 SSE-KMS needs GenerateDataKey and Decrypt).", KMS_GRANT_WILDCARDS)
