@@ -213,14 +213,7 @@ def _from_csv(channel: str, base: Path, tree: _Tree) -> ChannelListing:
             if not label:
                 listing.bad.append(_bad(channel, rel, f"its label is blank ({where})"))
                 continue
-            if rel in seen:
-                if seen[rel] != label:
-                    listing.bad.append(
-                        _bad(channel, rel, f"labeled twice ('{seen[rel]}' and '{label}', {where}); one label an image")
-                    )
-                continue
-            seen[rel] = label
-            _add(listing, tree, rel, label, patient or None, f"listed in {LABELS_CSV}")
+            _add_once(listing, tree, seen, rel, label, patient or None, how=f"listed in {LABELS_CSV}", where=where)
     _skip_unlabeled(listing, tree, f"no row in {LABELS_CSV}")
     return listing
 
@@ -284,13 +277,7 @@ def _from_manifest(channel: str, base: Path, tree: _Tree, manifest: str, label_a
             detail = f": {str(why)[:120]}" if why else ""
             listing.bad.append(_bad(channel, rel, f"no '{attribute}' class-name in {where}{detail}"))
             continue
-        label = label.strip()
-        if rel in labels and labels[rel] != label:
-            listing.bad.append(_bad(channel, rel, f"labeled twice ('{labels[rel]}' and '{label}', {where})"))
-            continue
-        if rel not in labels:
-            labels[rel] = label
-            _add(listing, tree, rel, label, None, f"named in {manifest}")
+        _add_once(listing, tree, labels, rel, label.strip(), None, how=f"named in {manifest}", where=where)
     _skip_unlabeled(listing, tree, f"not in {manifest}")
     return listing
 
@@ -331,12 +318,7 @@ def _from_metadata_json(channel: str, base: Path, tree: _Tree) -> ChannelListing
         if rel is None:
             listing.bad.append(_bad(channel, f"{instance}.dcm", f"{problem} ({where})"))
             continue
-        if rel in labels and labels[rel] != label:
-            listing.bad.append(_bad(channel, rel, f"labeled twice ('{labels[rel]}' and '{label}', {where})"))
-            continue
-        if rel not in labels:
-            labels[rel] = label
-            _add(listing, tree, rel, label, None, f"named in {METADATA_JSON}")
+        _add_once(listing, tree, labels, rel, label, None, how=f"named in {METADATA_JSON}", where=where)
     _skip_unlabeled(listing, tree, f"not in {METADATA_JSON}")
     return listing
 
@@ -370,6 +352,27 @@ def _from_folders(channel: str, base: Path, tree: _Tree) -> ChannelListing:
     for rel in sorted(tree.dicom - set(in_folders)):
         listing.skipped.append({"file": rel, "reason": "DICOM file outside the class folders: no label"})
     return listing
+
+
+def _add_once(
+    listing: ChannelListing,
+    tree: _Tree,
+    seen: dict[str, str],
+    rel: str,
+    label: str,
+    patient: str | None,
+    *,
+    how: str,
+    where: str,
+) -> None:
+    """Record a file's label the first time it is named; a repeat with the same label is ignored, one with another
+    label is a bad entry (`seen`: file to its first label, shared by every entry of one label source)."""
+    if rel not in seen:
+        seen[rel] = label
+        _add(listing, tree, rel, label, patient, how)
+    elif seen[rel] != label:
+        listing.bad.append(_bad(listing.channel, rel, f"labeled twice ('{seen[rel]}' and '{label}', {where}); "
+                                                       "one label an image"))
 
 
 def _add(listing: ChannelListing, tree: _Tree, rel: str, label: str, patient: str | None, how: str) -> None:
