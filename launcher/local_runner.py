@@ -54,7 +54,8 @@ LOG_BATCH_BYTES = 512 * 1024
 LOG_BATCH_SECONDS = 2.0  # lines reach CloudWatch at most this late while the job runs
 MAX_EVENT_BYTES = 200 * 1024  # CloudWatch's limit is 256 KiB an event (with 26 bytes of overhead)
 # What the job inherits from this process besides its own variables: the system's basics, never AWS_* values.
-INHERITED = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+# OMP_NUM_THREADS: a limit the user set for this machine's cores (two jobs side by side) holds for the job too.
+INHERITED = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "OMP_NUM_THREADS")
 
 
 class LocalJobError(RuntimeError):

@@ -131,11 +131,12 @@ def test_the_job_gets_no_aws_credentials_and_leaves_no_tree(ran: Ran) -> None:
 def test_job_environment_keeps_only_the_basics() -> None:
     described = {"TrainingJobName": "j", "TrainingJobArn": "arn:j"}
     env = job_environment(described, {"TRAINING_CODE_COMMIT": "abc"},
-                          inherit={"HOME": "/home/u", "PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "s", "X": "1"})
+                          inherit={"HOME": "/home/u", "PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "s", "X": "1",
+                                   "OMP_NUM_THREADS": "1"})
     assert env["PATH"].endswith("/usr/bin") and env["PATH"] != "/usr/bin"  # this Python's folder first
     assert {k: v for k, v in env.items() if k != "PATH"} == {
-        "HOME": "/home/u", "PYTHONUNBUFFERED": "1", "TRAINING_JOB_NAME": "j", "TRAINING_JOB_ARN": "arn:j",
-        "TRAINING_CODE_COMMIT": "abc"}
+        "HOME": "/home/u", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TRAINING_JOB_NAME": "j",
+        "TRAINING_JOB_ARN": "arn:j", "TRAINING_CODE_COMMIT": "abc"}
 
 
 def test_a_failing_job_raises_with_its_reason(stack: Stack, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from tests.conftest import THREADS
 from tests.training.job_sagemaker import ROOT, SageMakerRun, make_tree, run_driver
 from training.local_demo import DEMO_HYPERPARAMETERS, make_demo_data
 
@@ -24,7 +25,7 @@ JOB_HYPERPARAMETERS: dict[str, object] = {
     **DEMO_HYPERPARAMETERS,
     "epochs": 5,
     "class_weighting": True,
-    "threads": 2,
+    "threads": THREADS,  # the worker's share of the cores (tests/conftest.py)
     "bootstrap_samples": 1000,
 }
 JOB_IMAGE_VERSION = "test-image-1.2.3"

@@ -118,6 +118,8 @@ def _zip(**members: bytes) -> bytes:
         (_zip(**{"notes.txt": b"hello"}), "application/zip", 400, "notes.txt: not a DICOM Part 10 file"),
         (_zip(), "application/zip", 400, "the zip holds no files"),
     ],
+    # Named ids: a zip's bytes carry the time it was made, and xdist workers must collect the same names.
+    ids=["empty", "pdf", "json", "no-content-type", "broken-zip", "zip-of-text", "empty-zip"],
 )
 def test_bad_input_is_refused_with_a_status_and_a_reason(body, content_type, status, reason):
     with pytest.raises(inference.InvalidInput) as caught:
