@@ -11,8 +11,19 @@ A checkpoint (`epoch-0003.pt`) holds what `training.train.TrainState.state_dict`
 scheduler, gradient scaler, epoch, best score and weights, history, and the Python, NumPy and PyTorch random
 states) and, beside it, the configuration, the class names and a format version. It is written to a temporary
 name (`.epoch-0003.pt.partial`), flushed to disk, and only then renamed: a rename is atomic, so the final name
-only ever names a whole file, and the partial name is never read. Loading also checks the file: a truncated or
-corrupt one (a copy cut short, a full disk) is skipped with a warning in favour of the one before it.
+only ever names a whole file, and the partial name is never read; a save removes the partial files an earlier
+crash left behind. Loading also checks the file: a truncated or corrupt one (a copy cut short, a full disk) is
+skipped with a warning in favour of the one before it.
+
+A checkpoint is data, never code: it holds only tensors and plain Python values (the NumPy and Python random
+states as lists and numbers: `rng_state`, `set_rng_state`) and is loaded with `torch.load(weights_only=True)`,
+which refuses any other pickled object. A file that needs more (a crafted `epoch-0009.pt` whose pickle would
+run a command on resume) is treated as an unreadable one: named in the warning, skipped in favour of the one
+before it, and named in the error when no good one is left. Its code never runs.
+
+SIGTERM is held while a checkpoint is written, and the training loop holds it from an epoch's metrics line to its
+checkpoint (`deferred_sigterm`): an interruption after an epoch has finished still saves that epoch, and the
+restart goes on with the next one.
 
 A checkpoint made with another network, image size, optimizer, schedule or set of classes cannot continue: that is
 an error that says what differs, never a silent fresh start. Other changes (more epochs, another patience) are
@@ -24,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,13 +44,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bumped when the file's layout changes; another version is incompatible
+FORMAT = 2  # bumped when the file's layout changes; another version is incompatible (2: plain random states)
 KEEP = 2  # complete checkpoints kept: the newest and, in case it turns out unreadable, the one before
 # The fields whose change makes the saved state meaningless for the new run (its tensors' shapes, its optimizer's
 # or schedule's state, the preprocessing the weights learned on).
@@ -110,6 +123,8 @@ def save(
             os.fsync(fh.fileno())
         os.replace(partial, final)
         _fsync_directory(directory)
+    for stale in directory.glob(".epoch-*.pt.partial"):  # left by a write a crash (SIGKILL, power) cut short
+        stale.unlink(missing_ok=True)
     for _, old in list_checkpoints(directory)[KEEP:]:
         old.unlink(missing_ok=True)
     return final
@@ -144,9 +159,9 @@ def restore(
     problems = []
     for _, path in candidates:
         try:
-            document = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated zip, pickle error, I/O error: try the one before
-            problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+            document = torch.load(path, map_location="cpu", weights_only=True)  # data only, no code
+        except Exception as exc:  # truncated zip, pickle error, I/O error, not plain data: try the one before
+            problems.append(f"{path.name}: unreadable ({_reason(exc)})")
             log.warning("checkpoint %s is unreadable (%s); trying the one before it", path, type(exc).__name__)
             continue
         if not isinstance(document, dict) or document.get("format") != FORMAT or "state" not in document:
@@ -183,6 +198,37 @@ def _check_compatible(path: Path, document: Mapping[str, Any], config: TrainConf
     changed = [f"{name}={mine[name]} (was {theirs[name]})" for name in mine if mine[name] != theirs[name]]
     if changed:
         log.info("going on from %s with changed hyperparameters: %s", path.name, ", ".join(changed))
+
+
+def _reason(exc: Exception) -> str:
+    """One line on why a file did not load; a pickle that weights_only refused says so, without torch's advice."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        return "not a plain checkpoint, refused unrun: " + (detail[0] if detail else "objects other than tensors")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def rng_state() -> dict[str, Any]:
+    """The PyTorch, NumPy and Python random states as a tensor and plain values (loadable with weights_only=True)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
+                  float(cached_gaussian)],
+        "python": [int(version), [int(v) for v in internal], None if gauss_next is None else float(gauss_next)],
+    }
+
+
+def set_rng_state(saved: Mapping[str, Any]) -> None:
+    """Restore exactly what `rng_state` returned."""
+    torch.set_rng_state(saved["torch"])
+    name, keys, position, has_gauss, cached_gaussian = saved["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), position, has_gauss,
+                         cached_gaussian))
+    version, internal, gauss_next = saved["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 @contextlib.contextmanager

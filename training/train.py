@@ -146,7 +146,7 @@ class TrainState:
             "best_weights": self.best_weights,
             "history": self.history,
             "stopped": self.stopped,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": checkpoint.rng_state(),  # plain values: the file loads with weights_only=True
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -159,9 +159,7 @@ class TrainState:
         self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         self.best_weights, self.history = state["best_weights"], list(state["history"])
         self.stopped = bool(state.get("stopped", False))
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        checkpoint.set_rng_state(state["rng"])
 
 
 @dataclass
@@ -428,30 +426,31 @@ def _epochs(
             outputs.probabilities, outputs.labels, threshold=config.threshold, positive=positive
         )
         state.epoch = epoch
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": outputs.loss,
-            "val_accuracy": scores["accuracy"],
-            "val_auc": scores["auc"],
-            "images_per_second": images_per_second,
-        }
-        if world.rank == 0:
-            print(format_line(row), flush=True)
-        state.history.append(row)
-        improved = state.observe(selection_score(row, epoch), min_delta=config.min_delta)
-        if not improved and config.patience and epoch - state.best_epoch >= config.patience:
-            log.info(
-                "stopping early: no better validation AUC for %d epochs (best: epoch %d)",
-                config.patience,
-                state.best_epoch,
-            )
-            state.stopped = True
-        if checkpoint_dir is not None:
-            written = checkpoint.save(
-                checkpoint_dir, state=state.state_dict(), config=config, classes=data.classes, job=job
-            )
-            log.info("checkpoint %s", written)
+        with checkpoint.deferred_sigterm():  # SIGTERM after the metrics line waits for this epoch's checkpoint
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": outputs.loss,
+                "val_accuracy": scores["accuracy"],
+                "val_auc": scores["auc"],
+                "images_per_second": images_per_second,
+            }
+            if world.rank == 0:
+                print(format_line(row), flush=True)
+            state.history.append(row)
+            improved = state.observe(selection_score(row, epoch), min_delta=config.min_delta)
+            if not improved and config.patience and epoch - state.best_epoch >= config.patience:
+                log.info(
+                    "stopping early: no better validation AUC for %d epochs (best: epoch %d)",
+                    config.patience,
+                    state.best_epoch,
+                )
+                state.stopped = True
+            if checkpoint_dir is not None:
+                written = checkpoint.save(
+                    checkpoint_dir, state=state.state_dict(), config=config, classes=data.classes, job=job
+                )
+                log.info("checkpoint %s", written)
 
 
 def _restore(
