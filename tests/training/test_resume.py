@@ -1,7 +1,8 @@
 """Spot interruptions, for real: the job runs as a process, is stopped with SIGTERM (what SageMaker sends) or killed
 in the middle of writing a checkpoint, and is started again with the same command, as SageMaker restarts a spot job.
 The faults come at an exact moment (hooks/faults/sitecustomize.py, loaded by the job's process), not by a race
-against the clock: SIGTERM right after epoch 2's checkpoint, SIGKILL half-way through writing epoch 3's.
+against the clock: SIGTERM right after epoch 2's checkpoint, SIGTERM right after epoch 2's metrics line (before its
+checkpoint is written), SIGKILL half-way through writing epoch 3's.
 
 One uninterrupted run with the same seed is the reference. With one thread and fp32 the job's arithmetic is
 deterministic, so a resumed run must reproduce the reference exactly: the same losses, accuracies and AUCs in every
@@ -105,6 +106,26 @@ def test_sigterm_after_epoch_2_then_a_restart_resumes_at_epoch_3_and_ends_as_an_
     assert _epochs(again) == [3, 4]  # an interruption costs at most the epoch it hit
     assert _metrics(tmp_path) == reference  # exactly: every epoch's metrics, the best epoch and the test report
     assert (tmp_path / "model" / "models" / "model.pt").is_file()
+
+
+def test_sigterm_right_after_an_epochs_metrics_line_still_saves_that_epoch_and_a_restart_goes_on_with_the_next(
+    channels: dict[str, Path], reference: dict[str, Any], tmp_path: Path
+) -> None:
+    process = _start(tmp_path, channels, "first.log", fault={"SIGTERM_AFTER_METRICS_EPOCH": "2"})
+    assert process.wait(timeout=600) == 128 + signal.SIGTERM
+    first = (tmp_path / "first.log").read_text()
+    assert "stopped: received signal SIGTERM" in first
+    assert _epochs(first) == [1, 2]
+    checkpoints = tmp_path / "checkpoints"
+    assert [epoch for epoch, _ in list_checkpoints(checkpoints)] == [2, 1]  # the finished epoch was saved
+    stale = checkpoints / ".epoch-0007.pt.partial"  # a name this run never writes: only the cleanup removes it
+    stale.write_bytes(b"half a file an earlier crash left")
+
+    again = _finish(tmp_path, channels, "restart.log")
+    assert f"going on from {checkpoints / 'epoch-0002.pt'}" in again and "continuing at epoch 3" in again
+    assert _epochs(again) == [3, 4]
+    assert _metrics(tmp_path) == reference
+    assert not stale.exists() and not list(checkpoints.glob(".*.partial"))
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_to_resume_from(

@@ -3,6 +3,8 @@
 Faults at a chosen moment, so that the tests are exact rather than races against the clock:
 - SIGTERM_AFTER_CHECKPOINT_EPOCH=N: once the checkpoint of epoch N has its final name, the process sends itself
   SIGTERM, as SageMaker does when it interrupts a spot job; the job's own handler takes it from there.
+- SIGTERM_AFTER_METRICS_EPOCH=N: as soon as epoch N's metrics line is written to stdout (the epoch has finished,
+  its checkpoint is not yet written), the process sends itself SIGTERM.
 - CRASH_IN_CHECKPOINT_EPOCH=N: the write of epoch N's checkpoint stops half-way through and the process is killed
   with SIGKILL (no handler runs, nothing is flushed or renamed), as when the machine dies or the power goes.
 """
@@ -15,6 +17,30 @@ import signal
 
 _TERM = os.environ.get("SIGTERM_AFTER_CHECKPOINT_EPOCH")
 _CRASH = os.environ.get("CRASH_IN_CHECKPOINT_EPOCH")
+_METRICS = os.environ.get("SIGTERM_AFTER_METRICS_EPOCH")
+
+if _METRICS:
+    import sys
+
+    _line = f"epoch={int(_METRICS)} "
+
+    class _TerminatingStdout:
+        """stdout, sending SIGTERM right after the metrics line of the chosen epoch."""
+
+        def __init__(self, stream):  # type: ignore[no-untyped-def]
+            self._stream = stream
+
+        def write(self, text):  # type: ignore[no-untyped-def]
+            written = self._stream.write(text)
+            if text.startswith(_line):
+                self._stream.flush()
+                os.kill(os.getpid(), signal.SIGTERM)
+            return written
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self._stream, name)
+
+    sys.stdout = _TerminatingStdout(sys.stdout)
 
 if _TERM:
     _replace = os.replace
