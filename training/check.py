@@ -1,9 +1,9 @@
 """Check a DICOM data set before training: discovery and validation alone, no model.
 
-    python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0] [--salt SALT]
+    python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0] [--pseudonym-key-file PATH]
         [--window CENTER WIDTH] [--workers 2] [--label-attribute NAME] [--json]
 
-Prints the label format of each channel, the classes with their counts, the patients (by salted hash), the
+Prints the label format of each channel, the classes with their counts, the patients (by keyed pseudonym), the
 planned train/validation split and every bad file with its reason. It runs the training job's own data layer
 (training/data.py) with on_bad_file='skip' at a small resolution, so what it reports is what training will see.
 
@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.data import DEFAULT_SALT, DataError, DataOptions, prepare
+from training.data import DataError, DataOptions, prepare
+from training.pseudonym_key import resolve_key
 
 CHECK_IMAGE_SIZE = (32, 32)  # decoding is the check; a small cache keeps it light on memory
 PATIENTS_SHOWN = 20  # the full list is in --json
@@ -43,7 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", type=Path, default=None, help="a test channel directory")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="held out when no validation channel")
     parser.add_argument("--seed", type=int, default=0, help="seeds the planned split (default 0)")
-    parser.add_argument("--salt", default=DEFAULT_SALT, help="salt of the patient hashes (default: the project's)")
+    parser.add_argument("--pseudonym-key-file", type=Path, default=None, metavar="PATH",
+                        help="the pseudonym key (default: the local key, training/pseudonym_key.py); use the job's")
     parser.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"))
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--label-attribute", default=None, help="Ground Truth label attribute, if several")
@@ -73,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
             window=tuple(args.window) if args.window else None,
             val_fraction=args.val_fraction,
             seed=args.seed,
-            salt=args.salt,
+            pseudonym_key=resolve_key(args.pseudonym_key_file, data_dirs=list(channels.values())),
             workers=args.workers,
             label_attribute=args.label_attribute,
         )
@@ -127,7 +129,7 @@ def report(manifest: dict[str, Any]) -> str:
     per_patient: dict[str, Counter[str]] = {}
     for entry in manifest["files"]:
         per_patient.setdefault(entry["patient"], Counter())[entry["split"]] += 1
-    lines.append(f"patients (salted hash: images): {len(per_patient)}")
+    lines.append(f"patients (pseudonym: images): {len(per_patient)}")
     for patient, counts in sorted(per_patient.items())[:PATIENTS_SHOWN]:
         lines.append(f"  {patient}: " + ", ".join(f"{side} {n}" for side, n in sorted(counts.items())))
     if len(per_patient) > PATIENTS_SHOWN:

@@ -75,7 +75,6 @@ class TrainConfig:
     cache_memory_mb: int = 2048  # decoded uint8 images held in memory (~230,000 at 96x96); beyond it, on disk
     cache_dir: str = ""  # where a cache beyond cache_memory_mb spills (a memmap); "": the system's temp directory
     workers: int = 2  # decoding processes: the smallest training instances have 2 cores
-    salt: str = ""  # salts patient hashes; "": the data layer's public default; set a secret one for real data
     label_attribute: str = ""  # Ground Truth manifests with several label attributes: which one; "": the only one
 
     def __post_init__(self) -> None:

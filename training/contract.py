@@ -15,6 +15,9 @@ Checkpoints (training/checkpoint.py): under SageMaker /opt/ml/checkpoints when t
 (SageMaker creates the directory then, and syncs it with S3); locally `--checkpoint-dir DIR`, none by default. A
 checkpoint to start a new job from: `--resume-from PATH` (a file or a directory of them), or a channel `resume`.
 
+The pseudonym key (training/pseudonym_key.py): `--pseudonym-key-file PATH`, else under SageMaker the file
+channel `pseudonym-key` (SM_CHANNEL_PSEUDONYM_KEY, a directory holding one file), else the local key.
+
 Other variables read here (set by the image, the launcher or torchrun; all optional):
     TRAINING_IMAGE_*      the image's identity (e.g. TRAINING_IMAGE_VERSION), copied into the bundle's lineage
     TRAINING_CODE_COMMIT  the git commit of the shipped code (a SageMaker job's code has no .git to ask)
@@ -35,6 +38,7 @@ from training.config import json_to_string
 DATA_CHANNELS = ("train", "validation", "test")  # what the job trains, selects and reports on
 MANIFEST_CHANNEL = "manifest"  # optional: the launcher's record of S3 objects and version ids (training/lineage.py)
 RESUME_CHANNEL = "resume"  # optional: checkpoints of an earlier job to start from
+PSEUDONYM_KEY_CHANNEL = "pseudonym-key"  # optional: one file, the secret key of the patient pseudonyms
 LOCAL_MODEL_DIR = Path("model")  # local defaults mirror /opt/ml/model and /opt/ml/output/data
 LOCAL_OUTPUT_DIR = Path("output")
 # Hyperparameters SageMaker's own tooling may add (SDK v2 estimators, the toolkit): accepted and ignored.
@@ -61,6 +65,8 @@ class JobContext:
         code_commit: TRAINING_CODE_COMMIT when set.
         checkpoint_dir: where this job writes its checkpoints and, after a restart, finds them; None: no checkpoints.
         resume_from: a checkpoint (file or directory) a new job starts from; None: a fresh start.
+        pseudonym_key_file: the pseudonym key's file; None: the local key (training/pseudonym_key.py).
+        pseudonym_key_from_channel: the file came from the `pseudonym-key` channel (its mode is the platform's).
     """
 
     channels: dict[str, Path]
@@ -81,6 +87,8 @@ class JobContext:
     code_commit: str | None = None
     checkpoint_dir: Path | None = None
     resume_from: Path | None = None
+    pseudonym_key_file: Path | None = None
+    pseudonym_key_from_channel: bool = False
 
     @property
     def is_main_process(self) -> bool:
@@ -104,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="DIR", help="write a checkpoint every epoch here; a rerun goes on from the newest")
     group.add_argument("--resume-from", "--resume_from", dest="resume_from", type=Path, default=None,
                        metavar="PATH", help="start from this checkpoint (file, or directory of checkpoints)")
+    group.add_argument("--pseudonym-key-file", "--pseudonym_key_file", dest="pseudonym_key_file", type=Path,
+                       default=None, metavar="PATH", help="the patient pseudonyms' secret key (32 bytes, mode 0600)")
 
 
 def read_context(
@@ -147,6 +157,18 @@ def read_context(
     resume_from = getattr(namespace, "resume_from", None)
     if resume_from is None and env.get(f"SM_CHANNEL_{RESUME_CHANNEL.upper()}"):
         resume_from = Path(env[f"SM_CHANNEL_{RESUME_CHANNEL.upper()}"])
+    key_file = getattr(namespace, "pseudonym_key_file", None)
+    key_channel = env.get("SM_CHANNEL_" + PSEUDONYM_KEY_CHANNEL.upper().replace("-", "_")) or env.get(
+        "SM_CHANNEL_" + PSEUDONYM_KEY_CHANNEL.upper()
+    )
+    key_dir = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "input" / "data" / PSEUDONYM_KEY_CHANNEL
+    if not key_channel and on_sagemaker and key_dir.is_dir():
+        key_channel = str(key_dir)
+    from_channel = key_file is None and bool(key_channel)
+    if from_channel:
+        from training.pseudonym_key import channel_key_file
+
+        key_file = channel_key_file(key_channel)
     return JobContext(
         channels=channels,
         manifest=manifest,
@@ -166,6 +188,8 @@ def read_context(
         code_commit=env.get("TRAINING_CODE_COMMIT") or None,
         checkpoint_dir=checkpoint_dir,
         resume_from=resume_from,
+        pseudonym_key_file=key_file,
+        pseudonym_key_from_channel=from_channel,
     )
 
 

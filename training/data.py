@@ -26,16 +26,17 @@ their sizes differ by at most one (more where 'skip' drops files of one shard). 
 summed across ranks; a distributed loop must cope with ranks having different numbers of batches (for example
 by using the smallest count, obtained with an all-reduce).
 
-Privacy: files are named by their path inside the channel, patients by a salted SHA-256 hash
-(`patient_hash`). PatientID and PatientName never reach a log, an error, the manifest or bad_files.json.
-The default salt is a fixed project constant (DEFAULT_SALT) so that hashes agree between `python -m
-training.check` and training runs; being public, it does not stop someone from hashing guessed IDs to find a
-patient: set your own secret `salt` for real data. The salt itself is never written out.
+Privacy: files are named by their path inside the channel, patients by a keyed pseudonym (`patient_hash`:
+HMAC-SHA256 with a secret 32-byte key, training/pseudonym_key.py). PatientID and PatientName never reach a log,
+an error, the manifest or bad_files.json, and without the key nobody can hash guessed IDs to find a patient. The
+key (`DataOptions.pseudonym_key`; None: the local key of the user's configuration folder) is never written out;
+the same key gives the same pseudonyms in `python -m training.check` and in training runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -52,12 +53,12 @@ from training.data_cache import allocate, decode_into, read_headers
 from training.data_labels import LABEL_FORMATS, ChannelListing, DataError, LabeledFile, list_channel
 from training.data_loader import BatchLoader
 from training.dicom import DICOMDIR_SOP_CLASS, DicomHeader
+from training.pseudonym_key import local_key
 
 __all__ = [
     "BatchLoader",
     "DataError",
     "DataOptions",
-    "DEFAULT_SALT",
     "LABEL_FORMATS",
     "PreparedData",
     "Split",
@@ -67,7 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SALT = "monai-dicom-sagemaker/patient-hash/v1"  # public: set a secret salt for real data (module docstring)
 CHANNELS = ("train", "validation", "test")
 BAD_FILES_JSON = "bad_files.json"
 _SIDES = ("train", "validation", "test")
@@ -86,7 +86,8 @@ class DataOptions:
         val_fraction: share of the train channel's images held out for validation when no validation channel is
             given; 0.2 is the usual compromise for small medical sets.
         seed: seeds the train/validation split.
-        salt: salts the patient hashes; the default is public (see the module docstring).
+        pseudonym_key: the 32-byte secret key of the patient pseudonyms; None: the local key
+            (training/pseudonym_key.py). Never written out.
         cache_memory_mb: MiB the image cache may take in memory; beyond it the cache is a memmap on disk.
             2048 MiB holds about 230,000 images at 96x96.
         cache_dir: where a disk cache goes; None: the system's temporary directory.
@@ -101,7 +102,7 @@ class DataOptions:
     window: tuple[float, float] | None = None
     val_fraction: float = 0.2
     seed: int = 0
-    salt: str = DEFAULT_SALT
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     cache_memory_mb: int = 2048
     cache_dir: Path | None = None
     workers: int = 2
@@ -118,8 +119,8 @@ class DataOptions:
             raise ValueError(f"window must be (center, width) with width > 0, e.g. (40, 400); got {self.window}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
-        if not self.salt:
-            raise ValueError("salt must not be empty; leave the default or set a secret string")
+        if self.pseudonym_key is not None and len(self.pseudonym_key) != 32:
+            raise ValueError("pseudonym_key must be 32 bytes (training/pseudonym_key.py)")
         if self.cache_memory_mb < 0:
             raise ValueError(f"cache_memory_mb must be >= 0; got {self.cache_memory_mb}")
         if self.workers < 1:
@@ -136,7 +137,7 @@ class Split:
         images: uint8 N x 1 x H x W (a view of the cache; memmap-backed when the cache is on disk).
         labels: int64 N class indices.
         files: paths inside the channel.
-        patients: salted patient hashes.
+        patients: patient pseudonyms (keyed hashes).
     """
 
     images: torch.Tensor
@@ -179,7 +180,7 @@ class _Record:
     header: DicomHeader | None = None
     kind: str = ""  # what groups it: PatientID, patient_id column, StudyInstanceUID or file
     key: str = ""  # the raw grouping value: in memory only, never written
-    patient: str = ""  # the salted hash
+    patient: str = ""  # the keyed pseudonym
     side: str = ""
     owner: int = 0  # the rank that decodes and caches it
 
@@ -192,18 +193,18 @@ class _Record:
         return self.item.label
 
 
-def patient_hash(kind: str, value: str, salt: str) -> str:
+def patient_hash(kind: str, value: str, key: bytes) -> str:
     """The name a patient goes by in logs, errors and the manifest.
 
     Args:
         kind: 'patient', 'study' or 'file': what the value identifies (so equal strings of different kinds differ).
         value: the raw identifier.
-        salt: the salt (DataOptions.salt).
+        key: the secret 32-byte key (DataOptions.pseudonym_key).
 
     Returns:
-        'p-' and 16 hex digits of SHA-256(salt, kind, value).
+        'p-' and 16 hex digits of HMAC-SHA256(key, kind \x1f value).
     """
-    digest = hashlib.sha256(f"{salt}\x1f{kind}\x1f{value}".encode()).hexdigest()
+    digest = hmac.new(key, f"{kind}\x1f{value}".encode(), hashlib.sha256).hexdigest()
     return f"p-{digest[:16]}"
 
 
@@ -249,7 +250,10 @@ def prepare(
     ]
     records = _drop_unknown_labels(records, classes, bad)
     records = _read_headers(records, options.workers, bad)
-    split_key = _assign_patients(records, options.salt)
+    key = options.pseudonym_key
+    if key is None:
+        key = local_key(data_dirs=[Path(d) for d in channels.values()])
+    split_key = _assign_patients(records, key)
     _check_overlap(records, split_key["split_key"])
     _assign_sides(records, options, has_validation="validation" in listings)
     _assign_shards(records, options.world_size)
@@ -321,7 +325,7 @@ def _read_headers(records: list[_Record], workers: int, bad: list[dict[str, str]
     return keep
 
 
-def _assign_patients(records: list[_Record], salt: str) -> dict[str, Any]:
+def _assign_patients(records: list[_Record], key: bytes) -> dict[str, Any]:
     """Choose each file's grouping key (module docstring, step 4) and hash it; report what was used."""
 
     def usable(values: list[str]) -> set[str]:
@@ -343,7 +347,7 @@ def _assign_patients(records: list[_Record], salt: str) -> dict[str, Any]:
             record.kind, group, record.key = "StudyInstanceUID", "study", header.study_uid
         else:
             record.kind, group, record.key = "file", "file", f"{record.channel}/{record.file}"
-        record.patient = patient_hash(group, record.key, salt)
+        record.patient = patient_hash(group, record.key, key)
         record.key = f"{group}\x1f{record.key}"
     counts = Counter(record.kind for record in records)
     notes = []
@@ -381,7 +385,7 @@ def _check_overlap(records: list[_Record], split_key: str) -> None:
             clashes.append(f"  patient {hashes[key]} in {where}")
     if clashes:
         raise DataError(
-            f"{len(clashes)} patient(s) appear in more than one channel (grouped by {split_key}, named by salted "
+            f"{len(clashes)} patient(s) appear in more than one channel (grouped by {split_key}, named by keyed "
             "hash), so evaluation would see patients the model trained on:\n"
             + "\n".join(clashes)
             + "\nMove each patient's images into one channel."
@@ -513,7 +517,7 @@ def _manifest(
     }
     patients = {side: len({r.patient for r in used if r.side == side}) for side in _SIDES}
     settings = asdict(options)
-    settings["salt"] = "default" if options.salt == DEFAULT_SALT else "custom (not recorded)"
+    settings.pop("pseudonym_key", None)  # the secret is never written out
     settings["cache_dir"] = str(options.cache_dir) if options.cache_dir is not None else None
     return {
         "version": 1,

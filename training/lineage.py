@@ -115,12 +115,11 @@ def job_lineage(*, config: TrainConfig, context: JobContext, data: Mapping[str, 
     """Everything the bundle records about how it was made.
 
     Args:
-        config: the hyperparameters (a custom salt is not recorded: it would let readers hash guessed IDs).
+        config: the hyperparameters (the pseudonym key is none of them: training/pseudonym_key.py).
         context: the job's context.
         data: from `data_lineage`.
     """
     hyperparameters = config.hyperparameters()
-    hyperparameters["salt"] = "custom (not recorded)" if config.salt else "default"
     return {
         "data": data,
         "code": code_identity(context.code_commit),

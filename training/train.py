@@ -710,7 +710,11 @@ def pick_device(context: JobContext) -> torch.device:
 
 def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
     """The data layer's options from the hyperparameters and this process's rank."""
-    extra: dict[str, Any] = {"salt": config.salt} if config.salt else {}
+    from training.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
+
+    key_file, from_channel = context.pseudonym_key_file, context.pseudonym_key_from_channel
+    extra: dict[str, Any] = {"pseudonym_key": resolve_key(key_file, from_channel=from_channel,
+                                                          data_dirs=list(context.channels.values()))}
     return DataOptions(
         image_size=config.image_size,
         on_bad_file=config.on_bad_file,

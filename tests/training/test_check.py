@@ -30,7 +30,7 @@ def test_a_clean_set_passes_with_a_full_report(dataset: Path, capsys: pytest.Cap
         "classes: abnormal, normal",
         "split by: PatientID (PatientID 24 files)",
         "planned split: train ",
-        "patients (salted hash: images): 6",
+        "patients (pseudonym: images): 6",
         "bad files: 0",
         "result: every labeled file is usable",
     ):

@@ -80,7 +80,7 @@ def test_parse_pair_rejects_three_numbers() -> None:
 
 
 def test_round_trip_through_hyperparameter_strings() -> None:
-    config = TrainConfig(epochs=3, image_size=(64, 80), window=(40.0, 400.0), class_weighting=False, salt="s")
+    config = TrainConfig(epochs=3, image_size=(64, 80), window=(40.0, 400.0), class_weighting=False)
     strings = config.hyperparameters()
     assert all(isinstance(v, str) for v in strings.values())
     assert strings["class_weighting"] == "false"

@@ -17,7 +17,7 @@ from tests.training.dicom_builders import (
     write_labels_csv,
     write_structured_report,
 )
-from training.data import DEFAULT_SALT, DataError, DataOptions, patient_hash, prepare
+from training.data import DataError, DataOptions, patient_hash, prepare
 from training.synthetic import generate
 
 SMALL = DataOptions(image_size=(32, 32), workers=1)
@@ -45,7 +45,7 @@ def test_synthetic_set_is_split_by_patient(dataset: Path) -> None:
     labels = dict(read_labels_csv(dataset))
     assert {(f["file"], f["label"]) for f in manifest["files"]} == set(labels.items())
     assert all(f["patient"].startswith("p-") for f in manifest["files"])
-    assert manifest["options"]["salt"] == "default"
+    assert "salt" not in manifest["options"] and "pseudonym_key" not in manifest["options"]
 
 
 def test_split_is_deterministic_per_seed(dataset: Path) -> None:
@@ -72,8 +72,8 @@ def test_a_patient_in_two_channels_is_an_error_even_when_skipping(tmp_path: Path
     generate(tmp_path / "validation", count=4, size=64, seed=5)  # SYN-0001 again
     channels = {"train": tmp_path / "train", "validation": tmp_path / "validation"}
     with pytest.raises(DataError, match="patient.* appear in more than one channel") as caught:
-        prepare(channels, DataOptions(image_size=(32, 32), on_bad_file="skip"))
-    hashed = patient_hash("patient", "SYN-0001", DEFAULT_SALT)
+        prepare(channels, DataOptions(image_size=(32, 32), on_bad_file="skip", pseudonym_key=b"k" * 32))
+    hashed = patient_hash("patient", "SYN-0001", b"k" * 32)
     assert hashed in str(caught.value) and "SYN-0001" not in str(caught.value)
     assert "train: 4 file(s), e.g. images/study-000/img-00000.dcm" in str(caught.value)
 
@@ -224,7 +224,7 @@ def test_channel_names_are_checked(dataset: Path) -> None:
         ({"window": (40.0, -1.0)}, "window"),
         ({"rank": 2, "world_size": 2}, "rank"),
         ({"workers": 0}, "workers"),
-        ({"salt": ""}, "salt"),
+        ({"pseudonym_key": b"short"}, "pseudonym_key"),
         ({"cache_memory_mb": -1}, "cache_memory_mb"),
     ],
 )

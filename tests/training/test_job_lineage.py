@@ -65,9 +65,12 @@ def test_code_identity_asks_git_in_a_checkout() -> None:
         assert isinstance(identity["dirty"], bool)
 
 
-def test_job_lineage_keeps_a_custom_salt_out(tmp_path: Path) -> None:
-    context = JobContext(channels={"train": tmp_path}, model_dir=tmp_path, output_dir=tmp_path, image={"version": "1"})
-    record = lineage.job_lineage(config=TrainConfig(salt="secret"), context=context, data={"files": []})
-    assert record["hyperparameters"]["salt"] == "custom (not recorded)"
-    assert "secret" not in json.dumps(record)
+def test_job_lineage_keeps_the_pseudonym_key_out(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"k" * 32)
+    context = JobContext(channels={"train": tmp_path}, model_dir=tmp_path, output_dir=tmp_path, image={"version": "1"},
+                         pseudonym_key_file=key_file)
+    record = lineage.job_lineage(config=TrainConfig(), context=context, data={"files": []})
+    assert "salt" not in record["hyperparameters"] and "pseudonym_key" not in record["hyperparameters"]
+    assert "k" * 32 not in json.dumps(record)
     assert record["image"] == {"version": "1"} and record["job"]["on_sagemaker"] is False
