@@ -175,6 +175,7 @@ def start_training(
         resume_from=resume_from,
     )
     chosen = _runner(runner if runner is not None else settings.runner)
+    request.channels[PSEUDONYM_KEY_CHANNEL] = ensure_pseudonym_key(settings)
     job = chosen.start(request)
     log.info("started training job %s (%s)", job.name, chosen.name)
     return job
@@ -259,7 +260,35 @@ def build_request(
     )
 
 
-_FILE_CHANNELS = (job_contract.MANIFEST_CHANNEL, job_contract.RESUME_CHANNEL)  # read whole before the job starts
+PSEUDONYM_KEY_CHANNEL = "pseudonym-key"  # training/contract.py: one file, the secret key of the patient pseudonyms
+PSEUDONYM_KEY_OBJECT = "secrets/pseudonym-key"  # in the stack's bucket; made on first launch, never rewritten
+_FILE_CHANNELS = (job_contract.MANIFEST_CHANNEL, job_contract.RESUME_CHANNEL, PSEUDONYM_KEY_CHANNEL)
+
+
+def ensure_pseudonym_key(settings: Settings, s3: Any = None) -> str:
+    """The S3 URI of the deployment's pseudonym key (training/pseudonym_key.py), made with 32 random bytes on first use.
+
+    The object is encrypted with the stack's key and written with IfNoneMatch='*' after a HEAD, so that two
+    launchers never replace each other's key (which would rename every patient).
+    """
+    import secrets
+
+    from botocore.exceptions import ClientError
+
+    s3 = s3 or settings.boto_session().client("s3")
+    bucket, key = settings.bucket, PSEUDONYM_KEY_OBJECT
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=secrets.token_bytes(32), IfNoneMatch="*",
+                          ServerSideEncryption="aws:kms", SSEKMSKeyId=settings.data_key_arn)
+        except ClientError as race:  # another launcher made it first: theirs is the key
+            if race.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+    return f"s3://{bucket}/{key}"
 
 
 def _checkpoints_of(source: TrainingJob | str, bucket: str) -> str:

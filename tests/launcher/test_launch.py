@@ -278,3 +278,23 @@ def test_resume_from_is_checked_before_anything_starts(stack: Stack, dataset: Da
     with pytest.raises(ValueError, match=f"resume_from must be a job's checkpoint location under s3://{BUCKET}/"):
         start_training(stack.settings, dataset=dataset, resume_from="s3://elsewhere/checkpoints/x/")
     assert recording.calls("CreateTrainingJob") == []
+
+
+def test_the_pseudonym_key_is_made_once_and_sent_as_a_file_channel(stack: Stack, dataset: DatasetManifest,
+                                                                     recording: Recording) -> None:
+    from launcher.launch import PSEUDONYM_KEY_CHANNEL, PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
+
+    s3 = boto3.Session().client("s3")
+    start_training(stack.settings, dataset=dataset)
+    channels = {c["ChannelName"]: c for c in created(recording)["InputDataConfig"]}
+    key_channel = channels[PSEUDONYM_KEY_CHANNEL]
+    assert key_channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/{PSEUDONYM_KEY_OBJECT}"
+    assert key_channel["InputMode"] == "File"
+    first = s3.get_object(Bucket=BUCKET, Key=PSEUDONYM_KEY_OBJECT)
+    assert (first["ServerSideEncryption"], first["SSEKMSKeyId"]) == ("aws:kms", stack.settings.data_key_arn)
+    key = first["Body"].read()
+    assert len(key) == 32
+    ensure_pseudonym_key(stack.settings)  # a second launcher keeps the key
+    assert s3.get_object(Bucket=BUCKET, Key=PSEUDONYM_KEY_OBJECT)["Body"].read() == key
+    request = json.dumps(created(recording))
+    assert key.hex() not in request and "pseudonym_key" not in json.dumps(created(recording)["HyperParameters"])
