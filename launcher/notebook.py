@@ -104,11 +104,37 @@ def check_kernel(
     return f"Kernel ready: packages installed into {env or here} (log: {log})."
 
 
-def check_dataset(data_dir: str | os.PathLike[str]) -> int:
+def fetch_pseudonym_key(settings: Any, path: str | os.PathLike[str] | None = None) -> Path:
+    """Download the deployment's pseudonym key (launcher/launch.py, made on first use) to a 0600 file.
+
+    Args:
+        settings: the stack's launcher.settings.Settings.
+        path: where it goes; default the local key path (training/pseudonym_key.py), which then gives the job's
+            pseudonyms to every local check.
+    """
+    from launcher.launch import PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
+    from training.pseudonym_key import default_key_path, load_key
+
+    s3 = settings.boto_session().client("s3")
+    ensure_pseudonym_key(settings, s3)
+    body = s3.get_object(Bucket=settings.bucket, Key=PSEUDONYM_KEY_OBJECT)["Body"].read()
+    target = Path(path) if path is not None else default_key_path()
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(body)
+    os.chmod(target, 0o600)
+    load_key(target)  # 32 bytes, 0600
+    return target
+
+
+def check_dataset(data_dir: str | os.PathLike[str], settings: Any = None) -> int:
     """Run the job's data check (`python -m training.check`) on a local dataset's channels, here in the kernel.
 
     Args:
         data_dir: a folder with train/ (validation/, test/), or the train channel itself (as upload_dataset reads it).
+        settings: the stack's Settings: check with the deployment's pseudonym key, so that the patients go by the
+            names the training jobs give them; None: the local key.
 
     Returns:
         training.check's exit status: 0 every labeled file is usable, 1 some files are bad, 2 unusable.
@@ -118,6 +144,8 @@ def check_dataset(data_dir: str | os.PathLike[str]) -> int:
 
     channels = local_channels(Path(data_dir))
     argv = [str(channels.pop("train"))] + [f"--{name}={path}" for name, path in channels.items()]
+    if settings is not None:
+        argv.append(f"--pseudonym-key-file={fetch_pseudonym_key(settings)}")
     print("python -m training.check " + " ".join(argv))
     return check.main(check.parse_args(argv))
 

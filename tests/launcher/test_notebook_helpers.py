@@ -202,3 +202,20 @@ def test_the_package_imports_without_its_dependencies(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Not on a SageMaker notebook instance")
     assert lines[1].startswith("ImportError: launcher.start_training is not available: boto3 is being installed")
+
+
+def test_the_notebook_checks_with_the_deployment_s_pseudonym_key(stack: Stack, demo_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import boto3
+
+    from launcher.launch import PSEUDONYM_KEY_OBJECT
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    path = notebook.fetch_pseudonym_key(stack.settings)
+    assert path == tmp_path / "config" / "monai-dicom-sagemaker" / "pseudonym-key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    stored = boto3.Session().client("s3").get_object(Bucket=stack.settings.bucket, Key=PSEUDONYM_KEY_OBJECT)
+    assert path.read_bytes() == stored["Body"].read()
+    assert notebook.check_dataset(demo_data, stack.settings) == 0
+    assert f"--pseudonym-key-file={path}" in capsys.readouterr().out
