@@ -16,6 +16,7 @@ from infra.constructs.storage import (
     DATASETS_PREFIX,
     INFERENCE_PREFIX,
     JOBS_PREFIX,
+    PSEUDONYM_KEY_OBJECT,
     DataStorage,
 )
 from infra.constructs.training_image import TrainingImage
@@ -59,6 +60,7 @@ class MonaiDicomStack(Stack):
         bucket.grant_read(training.role, f"{CODE_PREFIX}*")
         bucket.grant_read_write(training.role, f"{JOBS_PREFIX}*")
         bucket.grant_read_write(training.role, f"{CHECKPOINTS_PREFIX}*")
+        bucket.grant_read(training.role, PSEUDONYM_KEY_OBJECT)  # the pseudonym-key channel; the model role never
         image.grant_pull(training.role)
         # The trained model (launcher/inference.py) reads model.tar.gz under jobs/, and transform input and writes
         # transform output under inference/; no dataset.

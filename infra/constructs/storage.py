@@ -17,6 +17,7 @@ CODE_PREFIX = "code/"  # the training package the SDK stages per job (read by jo
 JOBS_PREFIX = "jobs/"  # model artifacts and output data (written by jobs)
 CHECKPOINTS_PREFIX = "checkpoints/"  # spot-safe checkpoints (read and written by jobs)
 INFERENCE_PREFIX = "inference/"  # batch transform input (read) and output (written) of the served model
+PSEUDONYM_KEY_OBJECT = "secrets/pseudonym-key"  # the patient pseudonyms' secret key (read by jobs; not the model)
 
 
 class DataStorage(Construct):
