@@ -100,3 +100,11 @@ def test_the_model_role_is_an_output_and_a_value_of_the_notebook(synth):
     s = synth.get("default")
     model = role_id(s.doc, "ModelRole")
     assert s.doc["Outputs"]["ModelRoleArn"]["Value"] == {"Fn::GetAtt": [model, "Arn"]}
+
+
+def test_the_training_role_reads_the_pseudonym_key_and_the_model_role_does_not(roles):
+    s, model, _, _, bucket = roles
+    training = role_statements(s.doc, role_id(s.doc, "TrainingRole"))
+    assert allows(training, "s3:GetObject", resource=_objects(bucket, "secrets/pseudonym-key"))
+    assert not allows(training, "s3:PutObject", resource=_objects(bucket, "secrets/pseudonym-key"))
+    assert not allows(model, "s3:GetObject", resource=_objects(bucket, "secrets/pseudonym-key"))
