@@ -260,7 +260,7 @@ def build_request(
     )
 
 
-PSEUDONYM_KEY_CHANNEL = "pseudonym-key"  # training/contract.py: one file, the secret key of the patient pseudonyms
+PSEUDONYM_KEY_CHANNEL = "pseudonym_key"  # one file, the key (training/contract.py); no hyphen: sm_train.sh exports it
 PSEUDONYM_KEY_OBJECT = "secrets/pseudonym-key"  # in the stack's bucket; made on first launch, never rewritten
 _FILE_CHANNELS = (job_contract.MANIFEST_CHANNEL, job_contract.RESUME_CHANNEL, PSEUDONYM_KEY_CHANNEL)
 

@@ -16,7 +16,7 @@ Checkpoints (training/checkpoint.py): under SageMaker /opt/ml/checkpoints when t
 checkpoint to start a new job from: `--resume-from PATH` (a file or a directory of them), or a channel `resume`.
 
 The pseudonym key (training/pseudonym_key.py): `--pseudonym-key-file PATH`, else under SageMaker the file
-channel `pseudonym-key` (SM_CHANNEL_PSEUDONYM_KEY, a directory holding one file), else the local key.
+channel `pseudonym_key` (SM_CHANNEL_PSEUDONYM_KEY, a directory holding one file), else the local key.
 
 Other variables read here (set by the image, the launcher or torchrun; all optional):
     TRAINING_IMAGE_*      the image's identity (e.g. TRAINING_IMAGE_VERSION), copied into the bundle's lineage
@@ -38,7 +38,7 @@ from training.config import json_to_string
 DATA_CHANNELS = ("train", "validation", "test")  # what the job trains, selects and reports on
 MANIFEST_CHANNEL = "manifest"  # optional: the launcher's record of S3 objects and version ids (training/lineage.py)
 RESUME_CHANNEL = "resume"  # optional: checkpoints of an earlier job to start from
-PSEUDONYM_KEY_CHANNEL = "pseudonym-key"  # optional: one file, the secret key of the patient pseudonyms
+PSEUDONYM_KEY_CHANNEL = "pseudonym_key"  # optional: one file, the secret key of the patient pseudonyms
 LOCAL_MODEL_DIR = Path("model")  # local defaults mirror /opt/ml/model and /opt/ml/output/data
 LOCAL_OUTPUT_DIR = Path("output")
 # Hyperparameters SageMaker's own tooling may add (SDK v2 estimators, the toolkit): accepted and ignored.
@@ -66,7 +66,7 @@ class JobContext:
         checkpoint_dir: where this job writes its checkpoints and, after a restart, finds them; None: no checkpoints.
         resume_from: a checkpoint (file or directory) a new job starts from; None: a fresh start.
         pseudonym_key_file: the pseudonym key's file; None: the local key (training/pseudonym_key.py).
-        pseudonym_key_from_channel: the file came from the `pseudonym-key` channel (its mode is the platform's).
+        pseudonym_key_from_channel: the file came from the `pseudonym_key` channel (its mode is the platform's).
     """
 
     channels: dict[str, Path]

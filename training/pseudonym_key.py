@@ -3,7 +3,7 @@
 Where the key comes from, first found wins:
 
 1. an explicit file: `--pseudonym-key-file PATH` (the job, `python -m training.check`);
-2. under SageMaker, the file input channel `pseudonym-key` (training/contract.py reads its directory, which holds
+2. under SageMaker, the file input channel `pseudonym_key` (training/contract.py reads its directory, which holds
    one file: the launcher's `secrets/pseudonym-key` object in the stack's bucket);
 3. locally, `${XDG_CONFIG_HOME:-~/.config}/monai-dicom-sagemaker/pseudonym-key`, created on first use with
    `secrets.token_bytes(32)` and mode 0600.
@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["KEY_BYTES", "PseudonymKeyError", "default_key_path", "load_key", "local_key", "resolve_key"]
 
 KEY_BYTES = 32
-CHANNEL = "pseudonym-key"  # the SageMaker file input channel that carries the key
+CHANNEL = "pseudonym_key"  # the SageMaker file input channel that carries the key
 
 
 class PseudonymKeyError(ValueError):
@@ -97,7 +97,7 @@ def local_key(environ: Mapping[str, str] | None = None, *, data_dirs: Iterable[P
 
 
 def channel_key_file(channel_dir: str | Path) -> Path:
-    """The one file of the `pseudonym-key` channel directory."""
+    """The one file of the `pseudonym_key` channel directory."""
     channel_dir = Path(channel_dir)
     files = sorted(p for p in channel_dir.rglob("*") if p.is_file()) if channel_dir.is_dir() else []
     if len(files) != 1:

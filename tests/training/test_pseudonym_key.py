@@ -104,3 +104,21 @@ def test_the_local_key_is_made_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "config" / "monai-dicom-sagemaker" / "pseudonym-key"
     assert len(first) == 32 and os.stat(path).st_mode & 0o777 == 0o600
     assert local_key(environ) == first
+
+
+def test_the_job_reads_the_key_from_its_channel(tmp_path: Path) -> None:
+    import argparse
+
+    from training import contract
+
+    (tmp_path / "train").mkdir()
+    key_dir = tmp_path / "input" / "data" / "pseudonym_key"
+    key_dir.mkdir(parents=True)
+    _key(key_dir / "pseudonym-key", b"f", mode=0o644)  # the platform's mode: accepted for a channel
+    parser = argparse.ArgumentParser()
+    contract.add_arguments(parser)
+    namespace = parser.parse_args(["--train", str(tmp_path / "train")])
+    context = contract.read_context(namespace, {"SM_TRAINING_ENV": "{}", "SM_CHANNEL_PSEUDONYM_KEY": str(key_dir)})
+    assert context.pseudonym_key_file == key_dir / "pseudonym-key" and context.pseudonym_key_from_channel
+    options = train.data_options(train.TrainConfig(), context)
+    assert options.pseudonym_key == b"f" * 32 and "f" * 32 not in repr(options)
