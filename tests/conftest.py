@@ -22,7 +22,10 @@ and servers the tests start), so two trainings side by side do not oversubscribe
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,3 +36,9 @@ os.environ.setdefault("CDK_DISABLE_CLI_TELEMETRY", "true")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+# The local pseudonym key (training/pseudonym_key.py) lives in the user's configuration folder: tests make theirs in a
+# folder of their own, never in the real ~/.config.
+if "XDG_CONFIG_HOME" not in os.environ:
+    _config = tempfile.mkdtemp(prefix="monai-dicom-test-config-")
+    atexit.register(shutil.rmtree, _config, ignore_errors=True)
+    os.environ["XDG_CONFIG_HOME"] = _config
