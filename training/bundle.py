@@ -9,15 +9,21 @@
 
 Nothing here touches the network: the metadata's "schema" URL is recorded as the specification asks, but never
 fetched (tests validate against a stored copy of the schema).
+
+Trust boundary: inference.json is MONAI config syntax (`_target_`, `$expression`) for MONAI's own tools. Our loaders
+never evaluate it: `read_bundle` reads named plain fields as data and checks each, `load_network` builds the network
+from training.model and loads model.pt with weights_only=True. models/model.ts (TorchScript is code) is never loaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,8 @@ import monai
 import numpy as np
 import torch
 
-from training.config import TrainConfig
-from training.model import network_spec
+from training.config import NETWORKS, TrainConfig
+from training.model import build_network, network_spec
 
 log = logging.getLogger(__name__)
 
@@ -257,19 +263,183 @@ def export_torchscript(model_dir: Path, *, image_size: Sequence[int]) -> Path:
     return path
 
 
-def load_network(bundle_dir: str | os.PathLike[str], *, device: str = "cpu") -> torch.nn.Module:
-    """A fresh MONAI network with the bundle's weights, from model.pt (no TorchScript, no config parsing).
+MAX_CLASSES = 1000
+MAX_CLASS_NAME = 64
+IMAGE_SIZE_RANGE = (8, 4096)  # as TrainConfig allows
+
+
+class BundleError(ValueError):
+    """A bundle our loaders refuse: a field of its configs (or its weights) fails its type or range.
+
+    Attributes:
+        file: the bundle file.
+        field: the field (dotted for nested ones).
+    """
+
+    def __init__(self, file: Path, field: str, problem: str) -> None:
+        self.file = file
+        self.field = field
+        super().__init__(f"bundle file {file}: field {field!r} {problem}")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What our loaders take from a bundle: named plain fields, read as data and validated (nothing evaluated).
+
+    Attributes:
+        root: the bundle.
+        network: a name in training.config.NETWORKS (metadata.json "network").
+        class_names: by output index (inference.json "class_names").
+        image_size: (H, W) (inference.json "image_size").
+        window: (center, width) or None (inference.json "window").
+        threshold: in [0, 1] (inference.json "threshold").
+        positive_index: 0 <= i < classes (inference.json "positive_index").
+    """
+
+    root: Path
+    network: str
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    window: tuple[float, float] | None
+    threshold: float
+    positive_index: int
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "models" / "model.pt"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(path, "(file)", "is missing: a bundle holds configs/inference.json and configs/metadata.json") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(path, "(file)", f"is not readable JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise BundleError(path, "(file)", "must hold a JSON object")
+    return document
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
+    """Read a bundle's plain fields as data (json, no MONAI ConfigParser, no `_target_`, no `$` expression) and check
+    each by type and range.
+
+    Raises:
+        BundleError: (a ValueError) naming the file, the field and what is allowed.
+    """
+    root = Path(bundle_dir)
+    config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
+    config, meta = _read_json(config_file), _read_json(meta_file)
+
+    network = meta.get("network")
+    if not isinstance(network, str) or network not in NETWORKS:
+        raise BundleError(meta_file, "network", f"must be one of {', '.join(NETWORKS)}; got {network!r}")
+
+    names = config.get("class_names")
+    if (
+        not isinstance(names, list)
+        or not 2 <= len(names) <= MAX_CLASSES
+        or not all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME and n.isprintable() and n.strip() for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise BundleError(
+            config_file, "class_names",
+            f"must be a list of 2 to {MAX_CLASSES} distinct printable names of 1 to {MAX_CLASS_NAME} characters; "
+            f"got {str(names)[:200]}",
+        )
+
+    low, high = IMAGE_SIZE_RANGE
+    size = config.get("image_size")
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and low <= v <= high for v in size):
+        raise BundleError(config_file, "image_size", f"must be [H, W], integers from {low} to {high}; got {str(size)[:200]}")
+
+    window = config.get("window")
+    if window is not None and (
+        not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window) or not window[1] > 0
+    ):
+        raise BundleError(
+            config_file, "window", f"must be null or [center, width], finite numbers, width > 0; got {str(window)[:200]}"
+        )
+
+    threshold = config.get("threshold")
+    if not _is_number(threshold) or not 0 <= threshold <= 1:
+        raise BundleError(config_file, "threshold", f"must be a finite number between 0 and 1; got {str(threshold)[:200]}")
+
+    positive = config.get("positive_index")
+    if not _is_int(positive) or not 0 <= positive < len(names):
+        raise BundleError(
+            config_file, "positive_index", f"must be an integer from 0 to {len(names) - 1}; got {str(positive)[:200]}"
+        )
+
+    _check_network_def(config_file, config.get("network_def"), network, len(names))
+    return BundleSpec(
+        root=root,
+        network=network,
+        class_names=tuple(names),
+        image_size=(size[0], size[1]),
+        window=(float(window[0]), float(window[1])) if window is not None else None,
+        threshold=float(threshold),
+        positive_index=positive,
+    )
+
+
+def _check_network_def(config_file: Path, network_def: Any, network: str, num_classes: int) -> None:
+    """inference.json's network_def must be exactly what we would write for the network (MONAI's tools build it)."""
+    target, kwargs = network_spec(network, num_classes=num_classes)
+    if not isinstance(network_def, dict):
+        raise BundleError(config_file, "network_def", f"must be an object {{'_target_': {target!r}, ...}}")
+    if network_def.get("_target_") != target:
+        raise BundleError(
+            config_file, "network_def._target_",
+            f"must be {target!r} for network {network!r}; got {str(network_def.get('_target_'))[:200]!r}",
+        )
+    for key, value in network_def.items():
+        if key == "_target_":
+            continue
+        if key not in kwargs:
+            raise BundleError(config_file, f"network_def.{key}", f"is not an argument of {network}: allowed {', '.join(kwargs)}")
+        expected = kwargs[key]
+        if type(value) is not type(expected) or value != expected:
+            raise BundleError(config_file, f"network_def.{key}", f"must be {expected!r}; got {str(value)[:200]!r}")
+    missing = [k for k in kwargs if k not in network_def]
+    if missing:
+        raise BundleError(config_file, f"network_def.{missing[0]}", f"is missing: must be {kwargs[missing[0]]!r}")
+
+
+def load_network(bundle: str | os.PathLike[str] | BundleSpec, *, device: str = "cpu") -> torch.nn.Module:
+    """A fresh network from our own factory (training.model) with the bundle's weights (models/model.pt, loaded with
+    weights_only=True): no `_target_`, no config parsing, no TorchScript.
 
     Args:
-        bundle_dir: the bundle.
+        bundle: the bundle, or what read_bundle read from it.
         device: where to put it.
-    """
-    from monai.utils import instantiate
 
-    root = Path(bundle_dir)
-    spec = dict(json.loads((root / "configs" / "inference.json").read_text(encoding="utf-8"))["network_def"])
-    network: torch.nn.Module = instantiate(spec.pop("_target_"), "default", **spec)
-    network.load_state_dict(torch.load(root / "models" / "model.pt", map_location=device, weights_only=True))
+    Raises:
+        BundleError: a field fails its check (read_bundle), or model.pt is not a plain state dict of this network.
+    """
+    spec = bundle if isinstance(bundle, BundleSpec) else read_bundle(bundle)
+    network = build_network(spec.network, num_classes=len(spec.class_names))
+    try:
+        state = torch.load(spec.weights, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise BundleError(spec.weights, "(file)", "is missing: the weights, a plain state dict") from None
+    except Exception as exc:  # weights_only refuses anything but tensors and plain containers
+        raise BundleError(spec.weights, "(file)", f"is not a plain state dict ({str(exc)[:300]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise BundleError(spec.weights, "(file)", "must hold a dict of parameter names to tensors")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BundleError(spec.weights, "(file)", f"does not fit {spec.network} ({str(exc)[:300]})") from None
     return network.to(device).eval()
 
 

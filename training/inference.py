@@ -8,8 +8,9 @@ or in Python:
     predictor = Predictor.from_bundle("MODEL")
     for p in predictor.predict(["a.dcm", "b.dcm"]): print(p.file, p.label, p.probabilities)
 
-Both read configs/inference.json with MONAI's ConfigParser and load models/model.pt, the plain state dict, into a
-fresh MONAI network: no TorchScript, so a PyTorch older than the one that trained the model (the notebook kernel's)
+The first is MONAI's tool and evaluates the config (run it on bundles you trust); from_bundle (and model_fn) read
+the bundle's plain fields as data (training.bundle.read_bundle), never evaluating it, and load models/model.pt, the
+plain state dict (weights_only=True), into a fresh MONAI network from training.model: no TorchScript, so a PyTorch older than the one that trained the model (the notebook kernel's)
 loads it too. Preprocessing is training.dicom.load_image (through training.dicom_transforms), the one
 definition training used.
 """
@@ -93,23 +94,29 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None) -> Predictor:
-        """Build the predictor a bundle's configs/inference.json defines (its `evaluator`).
+        """The predictor a bundle describes: training.bundle.read_bundle's checked fields, our own network and
+        preprocessing; the bundle's configs are read as data, never evaluated (its MONAI `evaluator` is not built).
 
         Args:
             bundle_dir: the bundle (the job's model directory, or model.tar.gz extracted).
-            device: "cpu", "cuda", ...; default: the config's (a GPU when there is one).
-        """
-        from monai.bundle import ConfigParser  # the bundle's parser; MONAI is needed only here
+            device: "cpu", "cuda", ...; default: a GPU when there is one.
 
-        root = Path(bundle_dir).resolve()
-        parser = ConfigParser()
-        parser.read_config(str(root / "configs" / "inference.json"))
-        parser.read_meta(str(root / "configs" / "metadata.json"))
-        parser["bundle_root"] = str(root)
-        if device is not None:
-            parser["device"] = f"$torch.device({device!r})"
-        predictor: Predictor = parser.get_parsed_content("evaluator")
-        return predictor
+        Raises:
+            training.bundle.BundleError: a field of the bundle fails its check (a ValueError naming file and field).
+        """
+        from training.bundle import load_network, read_bundle  # MONAI is needed only here
+        from training.dicom_transforms import LoadDicomImage
+
+        spec = read_bundle(Path(bundle_dir).resolve())  # plain fields as data: nothing in the bundle is evaluated
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(
+            network=load_network(spec, device=device),
+            preprocessing=LoadDicomImage(spec.image_size, spec.window),
+            class_names=spec.class_names,
+            threshold=spec.threshold,
+            positive_index=spec.positive_index,
+            device=device,
+        )
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
@@ -237,8 +244,9 @@ class DicomInput:
 def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
     """Load the bundle SageMaker extracted (model.tar.gz) into /opt/ml/model: its `evaluator` Predictor.
 
-    The preprocessing (image size, window) and decision rule come from the bundle's configs/inference.json, i.e.
-    training.dicom.load_image with the values the model was trained with.
+    The preprocessing (image size, window) and decision rule come from the bundle's configs/inference.json, read as
+    data and checked (training.bundle.read_bundle: a BundleError refuses a bad field), i.e. training.dicom.load_image
+    with the values the model was trained with.
     """
     root = Path(model_dir)
     if not (root / "configs" / "inference.json").is_file():

@@ -4,7 +4,8 @@
 
 MODEL is the bundle (the job's model directory, or its model.tar.gz extracted). Directories are searched at any depth
 for DICOM files (by the 'DICM' marker, not the suffix). The output is training.inference's output_fn JSON, with
-each file named by its path; a file that cannot be classified stops the run with its reason (exit status 2).
+each file named by its path; a file that cannot be classified, or a bundle refused (training.bundle.BundleError),
+stops the run with its reason (exit status 2).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from training import inference
+from training.bundle import BundleError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         print(predict_json(args.model, args.sources))
-    except (inference.InvalidInput, FileNotFoundError) as exc:
+    except (inference.InvalidInput, BundleError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
