@@ -313,7 +313,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BundleError(path, "(file)", "is missing: a bundle holds configs/inference.json and configs/metadata.json") from None
+        raise BundleError(
+            path, "(file)", "is missing: a bundle holds configs/inference.json and configs/metadata.json"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BundleError(path, "(file)", f"is not readable JSON ({exc})") from None
     if not isinstance(document, dict):
@@ -352,7 +354,8 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
         or len(set(names)) != len(names)
     ):
         raise BundleError(
-            config_file, "class_names",
+            config_file,
+            "class_names",
             f"must be a list of 2 to {MAX_CLASSES} distinct printable names of 1 to {MAX_CLASS_NAME} characters; "
             f"got {str(names)[:200]}",
         )
@@ -360,19 +363,25 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
     low, high = IMAGE_SIZE_RANGE
     size = config.get("image_size")
     if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and low <= v <= high for v in size):
-        raise BundleError(config_file, "image_size", f"must be [H, W], integers from {low} to {high}; got {str(size)[:200]}")
+        raise BundleError(
+            config_file, "image_size", f"must be [H, W], integers from {low} to {high}; got {str(size)[:200]}"
+        )
 
     window = config.get("window")
     if window is not None and (
         not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window) or not window[1] > 0
     ):
         raise BundleError(
-            config_file, "window", f"must be null or [center, width], finite numbers, width > 0; got {str(window)[:200]}"
+            config_file,
+            "window",
+            f"must be null or [center, width], finite numbers, width > 0; got {str(window)[:200]}",
         )
 
     threshold = config.get("threshold")
     if not _is_number(threshold) or not 0 <= threshold <= 1:
-        raise BundleError(config_file, "threshold", f"must be a finite number between 0 and 1; got {str(threshold)[:200]}")
+        raise BundleError(
+            config_file, "threshold", f"must be a finite number between 0 and 1; got {str(threshold)[:200]}"
+        )
 
     positive = config.get("positive_index")
     if not _is_int(positive) or not 0 <= positive < len(names):
@@ -399,14 +408,17 @@ def _check_network_def(config_file: Path, network_def: Any, network: str, num_cl
         raise BundleError(config_file, "network_def", f"must be an object {{'_target_': {target!r}, ...}}")
     if network_def.get("_target_") != target:
         raise BundleError(
-            config_file, "network_def._target_",
+            config_file,
+            "network_def._target_",
             f"must be {target!r} for network {network!r}; got {str(network_def.get('_target_'))[:200]!r}",
         )
     for key, value in network_def.items():
         if key == "_target_":
             continue
         if key not in kwargs:
-            raise BundleError(config_file, f"network_def.{key}", f"is not an argument of {network}: allowed {', '.join(kwargs)}")
+            raise BundleError(
+                config_file, f"network_def.{key}", f"is not an argument of {network}: allowed {', '.join(kwargs)}"
+            )
         expected = kwargs[key]
         if type(value) is not type(expected) or value != expected:
             raise BundleError(config_file, f"network_def.{key}", f"must be {expected!r}; got {str(value)[:200]!r}")
@@ -434,7 +446,9 @@ def load_network(bundle: str | os.PathLike[str] | BundleSpec, *, device: str = "
         raise BundleError(spec.weights, "(file)", "is missing: the weights, a plain state dict") from None
     except Exception as exc:  # weights_only refuses anything but tensors and plain containers
         raise BundleError(spec.weights, "(file)", f"is not a plain state dict ({str(exc)[:300]})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise BundleError(spec.weights, "(file)", "must hold a dict of parameter names to tensors")
     try:
         network.load_state_dict(state)

@@ -10,8 +10,9 @@ or in Python:
 
 The first is MONAI's tool and evaluates the config (run it on bundles you trust); from_bundle (and model_fn) read
 the bundle's plain fields as data (training.bundle.read_bundle), never evaluating it, and load models/model.pt, the
-plain state dict (weights_only=True), into a fresh MONAI network from training.model: no TorchScript, so a PyTorch older than the one that trained the model (the notebook kernel's)
-loads it too. Preprocessing is training.dicom.load_image (through training.dicom_transforms), the one
+plain state dict (weights_only=True), into a fresh MONAI network from training.model: no TorchScript, so a PyTorch
+older than the one that trained the model (the notebook kernel's) loads it too. Preprocessing is
+training.dicom.load_image (through training.dicom_transforms), the one
 definition training used.
 """
 

@@ -1,4 +1,4 @@
-"""The trust boundary of a bundle: our loaders read it as data and evaluate nothing in it (docs DESIGN "Trust boundary").
+"""A bundle's trust boundary: our loaders read it as data and evaluate nothing in it (DESIGN.md "Trust boundary").
 
 A bundle is what a training job left in S3 or what someone handed over: its configs/inference.json is MONAI config
 syntax, where `_target_` names any callable and `$...` is Python. `Predictor.from_bundle`, `model_fn` and
@@ -78,7 +78,11 @@ def test_loading_a_bundle_runs_none_of_its_code(job_bundle: Path, tmp_path: Path
 def test_a_changed_network_target_is_refused_naming_the_field(job_bundle: Path, tmp_path: Path) -> None:
     bundle = _copy(job_bundle, tmp_path)
     marker = tmp_path / "marker"
-    _edit(bundle, "inference.json", lambda c: c.update(network_def={"_target_": "pathlib.Path.touch", "self": str(marker)}))
+    _edit(
+        bundle,
+        "inference.json",
+        lambda c: c.update(network_def={"_target_": "pathlib.Path.touch", "self": str(marker)}),
+    )
     with pytest.raises(BundleError, match=r"inference\.json.*network_def\._target_"):
         read_bundle(bundle)
 
@@ -143,7 +147,9 @@ def test_network_arguments_are_checked(job_bundle: Path, tmp_path: Path, key: st
 
 def test_weights_that_are_not_a_plain_state_dict_are_refused(job_bundle: Path, tmp_path: Path) -> None:
     bundle = _copy(job_bundle, tmp_path)
-    torch.save({"state": np.random.default_rng(0).bit_generator.state, "x": np.arange(3)}, bundle / "models" / "model.pt")
+    torch.save(
+        {"state": np.random.default_rng(0).bit_generator.state, "x": np.arange(3)}, bundle / "models" / "model.pt"
+    )
     with pytest.raises(BundleError, match=r"model\.pt"):
         load_network(bundle)
 
