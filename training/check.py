@@ -1,7 +1,7 @@
 """Check a DICOM data set before training: discovery and validation alone, no model.
 
-    python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0] [--pseudonym-key-file PATH]
-        [--window CENTER WIDTH] [--workers 2] [--label-attribute NAME] [--json]
+    python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0]
+        [--pseudonym-key-file PATH] [--window CENTER WIDTH] [--workers 2] [--label-attribute NAME] [--json]
 
 Prints the label format of each channel, the classes with their counts, the patients (by keyed pseudonym), the
 planned train/validation split and every bad file with its reason. It runs the training job's own data layer

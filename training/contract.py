@@ -168,7 +168,7 @@ def read_context(
     if from_channel:
         from training.pseudonym_key import channel_key_file
 
-        key_file = channel_key_file(key_channel)
+        key_file = channel_key_file(str(key_channel))
     return JobContext(
         channels=channels,
         manifest=manifest,
