@@ -56,14 +56,14 @@ def demo_size() -> JourneySize:
 
 
 def small_size() -> JourneySize:
-    """The tests: the demo's settings on half the images at 64x64, 3 epochs, no TorchScript, fewer bootstrap samples.
+    """The tests: the demo's settings on half the images at 32x32, 3 epochs, no TorchScript, fewer bootstrap samples.
 
     200 training images leave 40 for validation: the demo's 95% validation accuracy then allows two mistakes, which
     keeps the check meaningful on a set this small (runs on a busy CPU are not bit-identical).
     """
     from training.local_demo import DEMO_HYPERPARAMETERS
 
-    hyperparameters = {**DEMO_HYPERPARAMETERS, "image_size": "64,64", "epochs": "3", "bootstrap_samples": "200",
+    hyperparameters = {**DEMO_HYPERPARAMETERS, "image_size": "32,32", "epochs": "3", "bootstrap_samples": "200",
                        "torchscript": "false"}
     return JourneySize(200, 40, hyperparameters)
 

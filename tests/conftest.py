@@ -33,12 +33,47 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CDK_DISABLE_CLI_TELEMETRY", "true")
 # Before anything imports torch: PyTorch's default is one thread per core in every process, and two xdist workers
 # training at once then spin on four threads over two cores.
+# xdist sets PYTEST_XDIST_WORKER_COUNT in a worker before it loads this file. A worker always takes its share, even
+# where OMP_NUM_THREADS is already set: the controlling process loads this file too (as a run of one) and its
+# environment, a whole machine's worth of threads, is what the workers inherit. With OpenMP's spinning threads two
+# oversubscribed trainings slow each other tenfold, not twofold.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 # The local pseudonym key (training/pseudonym_key.py) lives in the user's configuration folder: tests make theirs in a
 # folder of their own, never in the real ~/.config.
 if "XDG_CONFIG_HOME" not in os.environ:
     _config = tempfile.mkdtemp(prefix="monai-dicom-test-config-")
     atexit.register(shutil.rmtree, _config, ignore_errors=True)
     os.environ["XDG_CONFIG_HOME"] = _config
+
+
+# The files that cost most, slowest first (seconds of one worker in a `make test` of 2026-12-06 on 2 busy cores).
+# `make test` runs `--dist loadfile --no-loadscope-reorder`: xdist hands each worker the next whole file when it is
+# nearly idle, so starting the long files first keeps a long one from landing last on one worker while the other
+# idles (longest-first scheduling). The second file starts the shared trained job (tests/training/conftest.py), so
+# the job's other users, further down, find it ready; the first keeps the other worker busy meanwhile. Files not
+# listed keep their collection order after these. A file that grows slow belongs here: `make test` prints the
+# slowest tests.
+SLOW_FILES_FIRST = (
+    "tests/e2e/test_notebook.py",  # 174: the notebook journey, its own CDK deploy and job
+    "tests/training/test_bundle_trust.py",  # 113: mostly the shared full-size job it starts
+    "tests/training/test_resume.py",  # spot interruptions: seven job processes
+    "tests/training/test_distributed.py",  # one process against two under torchrun
+    "tests/launcher/test_local_runner.py",  # a job through the local runner and the SDK
+    "tests/training/test_serve.py",  # gunicorn serving the shared bundle
+    "tests/e2e/test_emulator_stack.py",  # two CDK CLI deploys and destroys
+    "tests/training/test_job_loop.py",
+    "tests/launcher/test_inference.py",
+    "tests/bench/test_bench_smoke.py",
+    "tests/infra/test_nag_and_lint.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {path: number for number, path in enumerate(SLOW_FILES_FIRST)}
+    position = {item.nodeid.split("::")[0]: number for number, item in reversed(list(enumerate(items)))}
+    items.sort(key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), position[item.nodeid.split("::")[0]]))

@@ -1,6 +1,6 @@
 """The notebook, every cell, executed headless (nbclient) against the stack deployed on the emulator.
 
-What `make demo` does, on a smaller run (demo/notebook.py small_size: 200 + 40 images at 64x64, 3 epochs): the
+What `make demo` does, on a smaller run (demo/notebook.py small_size: 200 + 40 images at 32x32, 3 epochs): the
 stack is deployed with the real CDK CLI, the notebook runs on this Python's kernel with the local runner (the batch
 transform and the endpoint served here by training.serve), and the tests read what its cells printed and displayed,
 and what the emulator holds afterwards.

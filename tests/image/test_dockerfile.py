@@ -4,11 +4,9 @@ base's training toolkit runs the job with no code channel and no network."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -30,8 +28,7 @@ from tests.image.dockerfile import (
 )
 from training.container.verify import DECLARED_VERSIONS, read_pins
 
-CHECKOV_VERSION = "3.3.30"  # pins boto3==1.35.49 and packaging<24: it cannot share the project's venv
-TOOLS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai-dicom-sagemaker" / "tools"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_hadolint_finds_nothing():
@@ -42,15 +39,9 @@ def test_hadolint_finds_nothing():
 
 @pytest.fixture(scope="session")
 def checkov() -> Path:
-    """checkov in a virtual environment of its own, outside the repository (created once per machine, ~1 minute)."""
-    home = TOOLS_DIR / f"checkov-{CHECKOV_VERSION}"
-    executable = home / "bin" / "checkov"
-    if not executable.exists():
-        shutil.rmtree(home, ignore_errors=True)
-        venv.create(home, with_pip=True)
-        done = subprocess.run([str(home / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                               f"checkov=={CHECKOV_VERSION}"], capture_output=True, text=True, timeout=900, check=False)
-        assert done.returncode == 0, f"pip install checkov=={CHECKOV_VERSION} failed: {done.stderr[-3000:]}"
+    """checkov from the venv of its own that `make setup` installs (requirements-checkov.txt)."""
+    executable = ROOT / ".venv-checkov" / "bin" / "checkov"
+    assert executable.exists(), f"{executable} is missing: run `make setup` (it installs requirements-checkov.txt)"
     return executable
 
 
