@@ -155,7 +155,8 @@ def start_training(
         input_mode: "File" (copy the data to the volume first) or "FastFile" (stream it); default File, FastFile
             for datasets over 50 GiB.
         volume_size_gb: default 30 GB, more for File mode with a large dataset.
-        network_isolation: cut the container off the network (channels and outputs still work); on by default.
+        network_isolation: cut the container off the network (channels and outputs still work); on by default, and
+            the stack's notebook role may create no job without it (infra/constructs/roles.py ISOLATED).
         resume_from: start from an earlier job's newest checkpoint (that job, or its checkpoint S3 URI in the
             stack's bucket): it continues that job's training, e.g. with more epochs, instead of starting afresh.
         runner: a runner, or a registered runner's name; default Settings.runner.

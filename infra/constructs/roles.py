@@ -17,14 +17,20 @@ TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TRANSFORM_LOG_GROUP = "/aws/sagemaker/TransformJobs"
 ENDPOINT_LOG_GROUPS = "/aws/sagemaker/Endpoints/*"  # one group per endpoint, named after it
 # What the notebook does with a trained model (launcher/inference.py), on this account's and region's resources.
+# CreateModel is granted on its own, with network isolation required (ISOLATED).
 INFERENCE_ACTIONS = (
-    "sagemaker:CreateModel", "sagemaker:DeleteModel",
+    "sagemaker:DeleteModel",
     "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
     "sagemaker:CreateEndpointConfig", "sagemaker:DeleteEndpointConfig",
     "sagemaker:CreateEndpoint", "sagemaker:DescribeEndpoint", "sagemaker:DeleteEndpoint",
     "sagemaker:InvokeEndpoint",
 )
 INFERENCE_RESOURCES = ("model", "transform-job", "endpoint-config", "endpoint")
+# A training job or model the notebook creates must run network-isolated (the launcher's default and only way): its
+# container then has no network, so a compromised job or bundle cannot send data out, nor reach the notebook's
+# credentials. The condition key is in the request of CreateTrainingJob and CreateModel only (CreateTransformJob has
+# none: a transform runs its model, isolated as the model was created). A request without the key is denied too.
+ISOLATED = {"Bool": {"sagemaker:NetworkIsolation": "true"}}
 
 # What the SageMaker SDK v3 requires of every training role (sagemaker.core.helper.iam_policies, checked by
 # simulating these actions without resources when a ModelTrainer is built); tests hold this list against the SDK.
@@ -176,12 +182,16 @@ class NotebookRole(Construct):
             description="Role of the MONAI DICOM notebook instance",
         )
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
+        self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:CreateTrainingJob"], resources=[jobs],
+                                                    conditions=ISOLATED))
         self.role.add_to_policy(iam.PolicyStatement(
-            actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
-                     "sagemaker:AddTags", "sagemaker:ListTags"],
+            actions=["sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:AddTags",
+                     "sagemaker:ListTags"],
             resources=[jobs],
         ))
         inference = [stack.format_arn(service="sagemaker", resource=r, resource_name="*") for r in INFERENCE_RESOURCES]
+        self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:CreateModel"], resources=[inference[0]],
+                                                    conditions=ISOLATED))
         self.role.add_to_policy(iam.PolicyStatement(actions=list(INFERENCE_ACTIONS), resources=inference))
         # List actions take no resource ARN.
         self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:ListTrainingJobs"], resources=["*"]))

@@ -187,6 +187,21 @@ def test_clean_up_deletes_the_endpoint_and_model_stops_nothing_that_ended_and_sa
 
 
 
+def test_no_output_names_a_patient_or_holds_a_guessable_pseudonym(journey: Journey) -> None:
+    from tests.pseudonyms import guessable
+    from training.dicom import read_header
+
+    ids = sorted({read_header(path).patient_id for path in (journey.workdir / "synthetic").rglob("img-*")})
+    assert len(ids) >= SIZE.train_images // 8  # about 4 images a patient
+    shown = (journey.workdir / "executed.ipynb").read_text(encoding="utf-8")  # every cell's output, as saved
+    collected = [p for p in (journey.workdir / "results").rglob("*") if p.is_file()]  # bundle, metrics, figures
+    assert any(p.name == "metrics.json" for p in collected)
+    written = shown + "\n".join(p.read_bytes().decode("latin-1") for p in collected)
+    assert [value for value in ids if value in written] == []
+    assert [value for value in guessable(ids) if value in written] == []
+    assert re.search(r"\bp-[0-9a-f]{16}\b", written)  # patients are named, by keyed pseudonyms
+
+
 def test_nothing_is_left_running(journey: Journey) -> None:
     deadline = time.monotonic() + 10  # one caught mid-exit has a few seconds to finish
     while still_running(journey.processes_after) and time.monotonic() < deadline:

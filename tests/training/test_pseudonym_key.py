@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from tests.pseudonyms import guessable
 from training import check, train
 from training.data import DataOptions, patient_hash, prepare
 from training.pseudonym_key import PseudonymKeyError, load_key, local_key
 from training.synthetic import generate
-
-OLD_SALT = "monai-dicom-sagemaker/patient-hash/v1"
 
 
 def _key(path: Path, byte: bytes, mode: int = 0o600) -> Path:
     path.write_bytes(byte * 32)
     path.chmod(mode)
     return path
-
-
-def _guessable(patient_ids: list[str]) -> list[str]:
-    """What the old scheme and plain SHA-256 make of the IDs: anyone can compute these."""
-    out = []
-    for value in patient_ids:
-        for kind in ("patient", "study", "file"):
-            out.append("p-" + hashlib.sha256(f"{OLD_SALT}\x1f{kind}\x1f{value}".encode()).hexdigest()[:16])
-        digest = hashlib.sha256(value.encode()).hexdigest()
-        out += [digest, digest[:16]]
-    return out
 
 
 def _outputs(root: Path) -> str:
@@ -49,7 +36,7 @@ def test_a_run_writes_keyed_pseudonyms_only(tmp_path: Path, capfd: pytest.Captur
     written = _outputs(model) + _outputs(output) + capfd.readouterr().out
     ids = sorted({image.patient_id for image in images})
     assert ids and not any(value in written for value in ids)
-    assert not any(value in written for value in _guessable(ids))
+    assert not any(value in written for value in guessable(ids))
     assert (b"\x07" * 32).hex() not in written and (b"\x07" * 32).decode("latin-1") not in written
     assert patient_hash("patient", ids[0], b"\x07" * 32) in written  # the manifest names patients by the key
 
