@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.conftest import THREADS
+from tests.conftest import THREADS, shared_dir
 from tests.training.job_sagemaker import ROOT, SageMakerRun, make_tree, run_driver
 from training.local_demo import DEMO_HYPERPARAMETERS, make_demo_data
 
@@ -37,16 +37,10 @@ def _git_head() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def _shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """A directory all xdist workers of this session share (this session's own base directory)."""
-    base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
-
-
 @pytest.fixture(scope="session")
 def job_sagemaker_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[SageMakerRun]:
     """The demo job (5 epochs, 96x96, train + test channels + S3 manifest) run through SageMaker's SDK v3 driver."""
-    shared = _shared_dir(tmp_path_factory, worker_id)
+    shared = shared_dir(tmp_path_factory, worker_id)
     base = shared / "job-opt-ml"
     record = shared / "job-run.json"
     with FileLock(str(shared / "job-run.lock")):
