@@ -94,10 +94,10 @@ def pytest_collection_modifyitems(items: list) -> None:
     items.sort(key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), position[item.nodeid.split("::")[0]]))
 
 
-def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory all xdist workers of this session share (this session's own base directory)."""
     base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,13 @@ class TinyJob:
 
 
 @pytest.fixture(scope="session")
-def tiny_job(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinyJob:
+def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
     """The real job (training.train.main) on 24 + 8 synthetic images at 32x32, one epoch: a bundle and checkpoints
     for tests where their size is not the point. Copy before changing."""
     from training import train
     from training.local_demo import make_demo_data
 
-    shared = shared_dir(tmp_path_factory, worker_id)
+    shared = shared_dir(tmp_path_factory)
     root = shared / "tiny-job"
     with FileLock(str(shared / "tiny-job.lock")):
         if not (root / "done").exists():

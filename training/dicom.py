@@ -5,12 +5,14 @@
 1. Read with pydicom (`dcmread`). The file must be DICOM Part 10: the 'DICM' marker at byte 128. Compressed transfer
    syntaxes decode through pydicom's plugins: pylibjpeg (+ libjpeg, openjpeg, rle) and python-gdcm where installed.
 2. One frame per file. Multi-frame files give their middle frame, index `NumberOfFrames // 2` (0-based); only that
-   frame is decoded.
+   frame is decoded, and only when the header's Rows x Columns x SamplesPerPixel is at most MAX_FRAME_PIXELS (a
+   larger claim is refused before any pixel is decoded).
 3. Grayscale (MONOCHROME1/2): the Modality LUT: RescaleSlope/RescaleIntercept (from the frame's functional groups
    in enhanced multi-frame files), or the Modality LUT Sequence. Then the intensity window maps values to [0, 1]:
    the `window` argument (center, width) when given, else the file's first WindowCenter/WindowWidth pair with its
    VOILUTFunction (LINEAR, LINEAR_EXACT or SIGMOID), else robust scaling between the 0.5th and 99.5th
-   percentiles. A VOI LUT Sequence is not applied: such files get the percentile scaling. MONOCHROME1 is inverted
+   percentiles. A VOI LUT Sequence is not applied: such files get the percentile scaling. A NaN or infinite
+   rescale or window value is refused, naming the attribute. MONOCHROME1 is inverted
    after windowing (1 - v), so that bright always means dense.
 4. Colour (RGB, YBR_* as pydicom converts them to RGB, PALETTE COLOR through its lookup table): converted to gray
    by the ITU-R BT.601 luma rule, 0.299 R + 0.587 G + 0.114 B, divided by the largest value a sample can hold
@@ -33,6 +35,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import os
 import re
 import warnings
@@ -56,6 +59,11 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of the Y in DI
 PERCENTILES = (0.5, 99.5)  # robust scaling when no window is known: ignores a few extreme pixels
 _PERCENTILE_SAMPLE = 256 * 256  # pixels sampled for the percentiles: exact enough, and fast on 2,000^2 images
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The largest frame that is decoded, checked from the header (Rows x Columns x SamplesPerPixel) before any pixel is:
+# 40 megapixels hold a full-field mammogram (about 4,100 x 5,400) or a 3-sample 3,600^2 photograph with room, and
+# decode into at most 320 MB (8 bytes a sample). A claim beyond it is refused unread: an 18 KB JPEG 2000 file can
+# claim 16,000 x 16,000 pixels, which takes 4 GB and 15 s to decode. Only one frame of a multi-frame file is decoded.
+MAX_FRAME_PIXELS = 40_000_000
 _HEADER_TAGS = ["PatientID", "PatientName", "StudyInstanceUID", "SOPClassUID"]
 
 # Privacy: pydicom's warnings quote element values (a malformed PatientName, say); its records stop here instead
@@ -332,6 +340,7 @@ def _gray_unit_frame(ds: Dataset, window: Window | None, name: str) -> np.ndarra
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
         raise DicomReadError(name, f"it has no pixel data{kind}: it is not an image; remove it or its label")
+    _check_frame_pixels(ds, name)
     index = middle_frame_index(ds)
     frame = pixel_array(ds, index=index) if index is not None else ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -343,27 +352,56 @@ def _gray_unit_frame(ds: Dataset, window: Window | None, name: str) -> np.ndarra
         return _luma(frame) / _max_sample_value(ds, frame)
     if frame.ndim != 2:
         raise DicomReadError(name, f"its frame has shape {frame.shape}; expected rows x columns")
-    values = _modality_values(ds, frame, index)
+    values = _modality_values(ds, frame, index, name)
     if window is not None:
         unit = apply_window(values, float(window[0]), float(window[1]))
     else:
-        file_window = _file_window(ds, index)
+        file_window = _file_window(ds, index, name)
         unit = apply_window(values, *file_window) if file_window else percentile_scale(values)
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
     return unit
 
 
-def _modality_values(ds: Dataset, frame: np.ndarray, index: int | None) -> np.ndarray:
+def _check_frame_pixels(ds: Dataset, name: str) -> None:
+    """Refuse a frame larger than MAX_FRAME_PIXELS before decoding it (the header's claim is all that is read)."""
+    rows, columns = _header_int(ds, "Rows", name), _header_int(ds, "Columns", name)
+    samples = _header_int(ds, "SamplesPerPixel", name, default=1)
+    if rows * columns * samples > MAX_FRAME_PIXELS:
+        raise DicomReadError(
+            name, f"its header claims frames of {rows} x {columns} pixels x {samples} sample(s), "
+                  f"{rows * columns * samples} in all; at most {MAX_FRAME_PIXELS} are decoded "
+                  "(training.dicom.MAX_FRAME_PIXELS)")
+
+
+def _header_int(ds: Dataset, keyword: str, name: str, default: int = 0) -> int:
+    value = ds.get(keyword, default)
+    try:
+        number = int(value if value is not None else default)
+    except (TypeError, ValueError):
+        raise DicomReadError(name, f"its {keyword} is not a number") from None
+    if number < 0:
+        raise DicomReadError(name, f"its {keyword} is negative ({number})")
+    return number
+
+
+def _finite(value: float, keyword: str, name: str) -> float:
+    """A value from the file that the image is computed with: NaN or infinity would make every pixel NaN."""
+    if not math.isfinite(value):
+        raise DicomReadError(name, f"its {keyword} is {value}, not a finite number")
+    return value
+
+
+def _modality_values(ds: Dataset, frame: np.ndarray, index: int | None, name: str) -> np.ndarray:
     """Apply the Modality LUT: rescale (per frame where the file says so) or the Modality LUT Sequence."""
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
     values = frame.astype(np.float32)
     rescale = _frame_item(ds, index, "PixelValueTransformationSequence")
-    slope = _number(rescale.get("RescaleSlope") if rescale is not None else None, ds.get("RescaleSlope"), 1.0)
-    intercept = _number(
-        rescale.get("RescaleIntercept") if rescale is not None else None, ds.get("RescaleIntercept"), 0.0
-    )
+    slope = _finite(_number(rescale.get("RescaleSlope") if rescale is not None else None,
+                            ds.get("RescaleSlope"), 1.0), "RescaleSlope", name)
+    intercept = _finite(_number(rescale.get("RescaleIntercept") if rescale is not None else None,
+                                ds.get("RescaleIntercept"), 0.0), "RescaleIntercept", name)
     if slope != 1.0:
         values *= np.float32(slope)
     if intercept != 0.0:
@@ -371,13 +409,17 @@ def _modality_values(ds: Dataset, frame: np.ndarray, index: int | None) -> np.nd
     return values
 
 
-def _file_window(ds: Dataset, index: int | None) -> tuple[float, float, str] | None:
+def _file_window(ds: Dataset, index: int | None, name: str) -> tuple[float, float, str] | None:
     """The file's first window (center, width, function), from the frame's functional groups or the top level."""
     voi = _frame_item(ds, index, "FrameVOILUTSequence")
     source = voi if voi is not None and "WindowCenter" in voi else ds
     center = _first(source.get("WindowCenter"))
     width = _first(source.get("WindowWidth"))
-    if center is None or width is None or width <= 0:
+    if center is None or width is None:
+        return None
+    _finite(center, "WindowCenter", name)
+    _finite(width, "WindowWidth", name)
+    if width <= 0:
         return None
     function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
@@ -479,8 +521,10 @@ def _check_window(window: Window | None) -> None:
     """Validate a (center, width) window."""
     if window is None:
         return
-    if len(window) != 2 or not float(window[1]) > 0:
-        raise ValueError(f"window must be (center, width) with width > 0, e.g. (40, 400) for CT; got {window}")
+    if len(window) != 2 or not math.isfinite(float(window[0])) or not (math.isfinite(float(window[1]))
+                                                                       and float(window[1]) > 0):
+        raise ValueError(f"window must be (center, width), finite numbers with width > 0, e.g. (40, 400) for CT; "
+                         f"got {window}")
 
 
 def _identifiers(ds: Dataset) -> list[str]:

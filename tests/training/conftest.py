@@ -38,9 +38,9 @@ def _git_head() -> str:
 
 
 @pytest.fixture(scope="session")
-def job_sagemaker_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[SageMakerRun]:
+def job_sagemaker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SageMakerRun]:
     """The demo job (5 epochs, 96x96, train + test channels + S3 manifest) run through SageMaker's SDK v3 driver."""
-    shared = shared_dir(tmp_path_factory, worker_id)
+    shared = shared_dir(tmp_path_factory)
     base = shared / "job-opt-ml"
     record = shared / "job-run.json"
     with FileLock(str(shared / "job-run.lock")):
