@@ -218,13 +218,22 @@ class InvalidInput(ValueError):
 
     Attributes:
         status: the HTTP status: 400 bad body, 406 unsupported Accept, 415 unsupported Content-Type.
-        reason: one sentence saying what was wrong and what is accepted.
+        reason: one sentence saying what was wrong and what is accepted, for the client (names it sent, escaped).
+        logged: the same without anything the client chose (file names, headers): what the server logs. Zip member
+            names often carry patient names, and a newline in one would forge log lines.
     """
 
-    def __init__(self, reason: str, *, status: int = 400) -> None:
+    def __init__(self, reason: str, *, status: int = 400, logged: str | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.logged = reason if logged is None else logged
         super().__init__(reason)
+
+
+def shown(name: str, limit: int = 120) -> str:
+    """A client-chosen name as an answer may quote it: control characters escaped, at most `limit` characters."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -270,13 +279,20 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind not in (DICOM, ZIP):
         raise InvalidInput(
-            f"Content-Type {content_type!r} is not supported: send {DICOM} (one file) or {ZIP}", status=415
+            f"Content-Type {shown(repr(content_type))} is not supported: send {DICOM} (one file) or {ZIP}",
+            status=415, logged=f"the Content-Type is not supported: {DICOM} or {ZIP} are",
         )
     data = bytes(body)
     if not data:
         raise InvalidInput(f"the request body is empty: send a DICOM file as {DICOM}, or a zip as {ZIP}")
     members = [("body", data)] if kind == DICOM else _zip_members(data)
-    return [DicomInput(name, content, _sop_instance_uid(name, content)) for name, content in members]
+    return [DicomInput(name, content, _sop_instance_uid(name, content, _position(number, len(members))))
+            for number, (name, content) in enumerate(members)]
+
+
+def _position(number: int, count: int) -> str:
+    """How the log names a request's file: its place, never its client-chosen name."""
+    return "the body" if count == 1 else f"file {number + 1} of {count}"
 
 
 def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, Any]]:
@@ -288,7 +304,9 @@ def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, A
     try:
         predictions = model.predict([d.data for d in data], names=[d.name for d in data])
     except DicomReadError as exc:
-        raise InvalidInput(str(exc)) from None
+        number = next((n for n, d in enumerate(data) if d.name == exc.file), 0)
+        raise InvalidInput(f"{shown(exc.file)}: {exc.reason}",
+                           logged=f"{_position(number, len(data))}: {exc.reason}") from None
     return [
         {"file": d.name, "SOPInstanceUID": d.sop_instance_uid, "label": p.label, "probabilities": p.probabilities}
         for d, p in zip(data, predictions, strict=True)
@@ -303,7 +321,8 @@ def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tu
     """
     accepted = [a.split(";", 1)[0].strip().lower() for a in (accept or "").split(",") if a.strip()]
     if accepted and not {JSON, "*/*", "application/*"} & set(accepted):
-        raise InvalidInput(f"Accept {accept!r} cannot be served: the model answers {JSON}", status=406)
+        raise InvalidInput(f"Accept {shown(repr(accept))} cannot be served: the model answers {JSON}", status=406,
+                           logged=f"the Accept header cannot be served: the model answers {JSON}")
     return json.dumps({"predictions": list(prediction)}, allow_nan=False).encode("utf-8"), JSON
 
 
@@ -313,23 +332,25 @@ def _zip_members(data: bytes) -> list[tuple[str, bytes]]:
     except (zipfile.BadZipFile, ValueError) as exc:
         raise InvalidInput(f"the body is not a readable zip file ({exc})") from None
     with archive:
-        infos = [i for i in archive.infolist() if not i.is_dir() and not _ignored(i.filename)]
+        # In name order, the order of the answers: a refusal's place ("file 2 of 5") is the same however it is found.
+        infos = sorted((i for i in archive.infolist() if not i.is_dir() and not _ignored(i.filename)),
+                       key=lambda i: i.filename)
         if len(infos) > MAX_ZIP_MEMBERS:
             raise InvalidInput(f"the zip holds {len(infos)} files; at most {MAX_ZIP_MEMBERS} per request")
         total = sum(i.file_size for i in infos)
         if total > MAX_ZIP_BYTES:
             raise InvalidInput(f"the zip inflates to {total} bytes; at most {MAX_ZIP_BYTES} per request")
         members = []
-        for info in infos:
+        for number, info in enumerate(infos):
+            place = _position(number, len(infos))
             try:
                 content = archive.read(info)
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
-                raise InvalidInput(f"{info.filename}: the zip member cannot be read ({exc})") from None
+                reason = f"the zip member cannot be read ({type(exc).__name__})"
+                raise InvalidInput(f"{shown(info.filename)}: {reason}", logged=f"{place}: {reason}") from None
             if content[DICM_OFFSET : DICM_OFFSET + 4] != b"DICM":
-                raise InvalidInput(
-                    f"{info.filename}: not a DICOM Part 10 file (no 'DICM' marker at byte 128); "
-                    f"the zip must hold DICOM files only"
-                )
+                reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128); the zip must hold DICOM files only"
+                raise InvalidInput(f"{shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
             members.append((info.filename, content))
     if not members:
         raise InvalidInput("the zip holds no files: put the DICOM files in it")
@@ -341,14 +362,17 @@ def _ignored(member: str) -> bool:
     return member.startswith(_IGNORED_MEMBERS[0]) or base in _IGNORED_MEMBERS[1:] or base.startswith("._")
 
 
-def _sop_instance_uid(name: str, data: bytes) -> str:
-    """The header's SOPInstanceUID (pixels not read); a body that is not DICOM Part 10 is refused here."""
+def _sop_instance_uid(name: str, data: bytes, place: str) -> str:
+    """The header's SOPInstanceUID (pixels not read); a body that is not DICOM Part 10 is refused here, named by
+    `name` to the client and by `place` in the log."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's validation warnings quote values (training/dicom.py)
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
     except InvalidDicomError:
-        raise InvalidInput(f"{name}: not a DICOM Part 10 file (no 'DICM' marker at byte 128)") from None
+        reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128)"
+        raise InvalidInput(f"{shown(name)}: {reason}", logged=f"{place}: {reason}") from None
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise InvalidInput(f"{name}: its DICOM header cannot be read ({type(exc).__name__})") from None
+        reason = f"its DICOM header cannot be read ({type(exc).__name__})"
+        raise InvalidInput(f"{shown(name)}: {reason}", logged=f"{place}: {reason}") from None
     return str(ds.get("SOPInstanceUID", "") or "")

@@ -97,7 +97,7 @@ class InferenceApp:
             prediction = h.predict_fn(data, self.model)
             payload, content_type = h.output_fn(prediction, environ.get("HTTP_ACCEPT"))
         except h.InvalidInput as exc:
-            log.info("refused a request: %s %s", exc.status, exc.reason)
+            log.info("refused a request: %s %s", exc.status, exc.logged)  # nothing the client chose
             return _error(start_response, exc.status, exc.reason)
         except Exception:
             log.exception("inference failed")  # reasons of training/dicom.py carry no patient identifiers

@@ -1,5 +1,7 @@
-"""Every DICOM input is bounded before its pixels are decoded (issue 18 item 1, in part), and values that would make
-every pixel NaN are refused: the files here are hostile, made by the test.
+"""The inference request's boundary (issue 18 items 1 and 2, in part): every DICOM input is bounded before its pixels
+are decoded, values that would make every pixel NaN are refused, and refusals log nothing the client chose (zip
+member names carry patient names; a newline in one would forge log lines). The inputs here are hostile, made by the
+test.
 
 An 18 KB JPEG 2000 file can claim 16,000 x 16,000 pixels (4 GB and 15 s to decode, ../shared/FACTS.md): the header's
 claim is checked against training.dicom.MAX_FRAME_PIXELS first, and a spy on pydicom's decoding shows that nothing
@@ -13,6 +15,7 @@ import io
 import json
 import logging
 import warnings
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,9 +118,9 @@ def app(tiny_job: TinyJob) -> Any:
     return InferenceApp(tiny_job.model_dir)
 
 
-def _post(app: Any, body: bytes) -> tuple[str, dict[str, Any]]:
+def _post(app: Any, body: bytes, content_type: str = "application/dicom") -> tuple[str, dict[str, Any]]:
     status: list[str] = []
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "CONTENT_TYPE": "application/dicom",
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "CONTENT_TYPE": content_type,
                "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
     answer = b"".join(app(environ, lambda s, headers: status.append(s)))
     return status[0], json.loads(answer)
@@ -137,3 +140,40 @@ def test_the_server_answers_a_json_400_naming_the_limit_and_logs_no_identifier(
         assert decodes == []
     logged = caplog.text + json.dumps(answer)
     assert named in caplog.text and not any(value in logged for value in PATIENT)
+
+
+FORGED = "DOE^JOHN MRN-998877\nINFO refused nothing: all is well"
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bad", ["not dicom", "oversized", "NaN slope"])
+def test_a_refused_zip_member_is_named_escaped_to_the_client_and_by_its_place_in_the_log(
+    app: Any, caplog: pytest.LogCaptureFixture, bad: str
+) -> None:
+    content = {"not dicom": b"PK but no DICOM header here", "oversized": _file(16_000, 16_000),
+               "NaN slope": _file(16, 16, compressed=False, RescaleSlope="NaN")}[bad]
+    members = {"a/ok.dcm": _file(16, 16, compressed=False), f"{FORGED}/img.dcm": content}
+    place = f"file {sorted(members).index(f'{FORGED}/img.dcm') + 1} of 2"  # answers come in name order
+    body = _zip(members)
+    with caplog.at_level(logging.DEBUG):
+        status, answer = _post(app, body, "application/zip")
+    assert status.startswith("400")
+    assert answer["error"].startswith("DOE^JOHN MRN-998877\\nINFO")  # the client's own name, escaped: one line
+    assert "\n" not in answer["error"]
+    (refusal,) = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    assert place in refusal and "\n" not in refusal
+    assert not any(value in caplog.text for value in (*PATIENT, "all is well"))
+
+
+def test_a_client_chosen_content_type_is_not_logged(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        status, answer = _post(app, b"x", "text/DOE^JOHN\nINFO forged")
+    assert status.startswith("415") and "DOE^JOHN" in answer["error"] and "\n" not in answer["error"]
+    assert "DOE^JOHN" not in caplog.text and "forged" not in caplog.text
