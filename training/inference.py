@@ -230,7 +230,7 @@ class InvalidInput(ValueError):
         super().__init__(reason)
 
 
-def shown(name: str, limit: int = 120) -> str:
+def _shown(name: str, limit: int = 120) -> str:
     """A client-chosen name as an answer may quote it: control characters escaped, at most `limit` characters."""
     escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "\u2026"
@@ -279,7 +279,7 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind not in (DICOM, ZIP):
         raise InvalidInput(
-            f"Content-Type {shown(repr(content_type))} is not supported: send {DICOM} (one file) or {ZIP}",
+            f"Content-Type {_shown(repr(content_type))} is not supported: send {DICOM} (one file) or {ZIP}",
             status=415, logged=f"the Content-Type is not supported: {DICOM} or {ZIP} are",
         )
     data = bytes(body)
@@ -292,7 +292,7 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
 
 def _position(number: int, count: int) -> str:
     """How the log names a request's file: its place, never its client-chosen name."""
-    return "the body" if count == 1 else f"file {number + 1} of {count}"
+    return f"file {number + 1} of {count}"
 
 
 def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, Any]]:
@@ -305,7 +305,7 @@ def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, A
         predictions = model.predict([d.data for d in data], names=[d.name for d in data])
     except DicomReadError as exc:
         number = next((n for n, d in enumerate(data) if d.name == exc.file), 0)
-        raise InvalidInput(f"{shown(exc.file)}: {exc.reason}",
+        raise InvalidInput(f"{_shown(exc.file)}: {exc.reason}",
                            logged=f"{_position(number, len(data))}: {exc.reason}") from None
     return [
         {"file": d.name, "SOPInstanceUID": d.sop_instance_uid, "label": p.label, "probabilities": p.probabilities}
@@ -321,7 +321,7 @@ def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tu
     """
     accepted = [a.split(";", 1)[0].strip().lower() for a in (accept or "").split(",") if a.strip()]
     if accepted and not {JSON, "*/*", "application/*"} & set(accepted):
-        raise InvalidInput(f"Accept {shown(repr(accept))} cannot be served: the model answers {JSON}", status=406,
+        raise InvalidInput(f"Accept {_shown(repr(accept))} cannot be served: the model answers {JSON}", status=406,
                            logged=f"the Accept header cannot be served: the model answers {JSON}")
     return json.dumps({"predictions": list(prediction)}, allow_nan=False).encode("utf-8"), JSON
 
@@ -347,10 +347,10 @@ def _zip_members(data: bytes) -> list[tuple[str, bytes]]:
                 content = archive.read(info)
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
                 reason = f"the zip member cannot be read ({type(exc).__name__})"
-                raise InvalidInput(f"{shown(info.filename)}: {reason}", logged=f"{place}: {reason}") from None
+                raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}") from None
             if content[DICM_OFFSET : DICM_OFFSET + 4] != b"DICM":
                 reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128); the zip must hold DICOM files only"
-                raise InvalidInput(f"{shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
+                raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
             members.append((info.filename, content))
     if not members:
         raise InvalidInput("the zip holds no files: put the DICOM files in it")
@@ -371,8 +371,8 @@ def _sop_instance_uid(name: str, data: bytes, place: str) -> str:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
     except InvalidDicomError:
         reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128)"
-        raise InvalidInput(f"{shown(name)}: {reason}", logged=f"{place}: {reason}") from None
+        raise InvalidInput(f"{_shown(name)}: {reason}", logged=f"{place}: {reason}") from None
     except Exception as exc:  # pydicom raises many types on damaged files
         reason = f"its DICOM header cannot be read ({type(exc).__name__})"
-        raise InvalidInput(f"{shown(name)}: {reason}", logged=f"{place}: {reason}") from None
+        raise InvalidInput(f"{_shown(name)}: {reason}", logged=f"{place}: {reason}") from None
     return str(ds.get("SOPInstanceUID", "") or "")
