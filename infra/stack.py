@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from aws_cdk import CfnOutput, Fn, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.config import InfraConfig
@@ -23,8 +25,17 @@ from infra.constructs.training_image import TrainingImage
 from infra.lint import drop_redundant_provider_dependencies
 from infra.nag import acknowledge, as_finding
 
-S3_GRANT_WILDCARDS = ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*",
-                      "Action::s3:DeleteObject*", "Action::s3:Abort*")
+S3_GRANT_WILDCARDS = ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*", "Action::s3:Abort*")
+
+
+def _grant_read_write(bucket: s3.IBucket, grantee: iam.IRole, pattern: str = "*") -> None:
+    """grant_read and grant_put, and s3:DeleteObject alone on the same objects. grant_read_write's s3:DeleteObject*
+    would include s3:DeleteObjectVersion: the bucket's versions are the data's last line of defence, and no role
+    of this stack may remove one (a plain delete only adds a delete marker)."""
+    bucket.grant_read(grantee, pattern)
+    bucket.grant_put(grantee, pattern)
+    grantee.add_to_principal_policy(iam.PolicyStatement(actions=["s3:DeleteObject"],
+                                                        resources=[bucket.arn_for_objects(pattern)]))
 
 
 class MonaiDicomStack(Stack):
@@ -58,17 +69,17 @@ class MonaiDicomStack(Stack):
         # Jobs read data and the per-job code, write artifacts, and read and write checkpoints (to resume).
         bucket.grant_read(training.role, f"{DATASETS_PREFIX}*")
         bucket.grant_read(training.role, f"{CODE_PREFIX}*")
-        bucket.grant_read_write(training.role, f"{JOBS_PREFIX}*")
-        bucket.grant_read_write(training.role, f"{CHECKPOINTS_PREFIX}*")
+        _grant_read_write(bucket, training.role, f"{JOBS_PREFIX}*")
+        _grant_read_write(bucket, training.role, f"{CHECKPOINTS_PREFIX}*")
         bucket.grant_read(training.role, PSEUDONYM_KEY_OBJECT)  # the pseudonym-key channel; the model role never
         image.grant_pull(training.role)
         # The trained model (launcher/inference.py) reads model.tar.gz under jobs/, and transform input and writes
         # transform output under inference/; no dataset.
         bucket.grant_read(model.role, f"{JOBS_PREFIX}*")
-        bucket.grant_read_write(model.role, f"{INFERENCE_PREFIX}*")
+        _grant_read_write(bucket, model.role, f"{INFERENCE_PREFIX}*")
         image.grant_pull(model.role)
         # The notebook uploads datasets, stages code and reads results: the whole bucket.
-        bucket.grant_read_write(notebook_role.role)
+        _grant_read_write(bucket, notebook_role.role)
         training.grant_pass_to_sagemaker(notebook_role.role)
         model.grant_pass_to_sagemaker(notebook_role.role)
         arn = as_finding(self, bucket.bucket_arn)
