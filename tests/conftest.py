@@ -47,17 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CDK_DISABLE_CLI_TELEMETRY", "true")
 # Before anything imports torch: PyTorch's default is one thread per core in every process, and two xdist workers
-# training at once then spin on four threads over two cores.
-# xdist sets PYTEST_XDIST_WORKER_COUNT in a worker before it loads this file. A worker always takes its share, even
-# where OMP_NUM_THREADS is already set: the controlling process loads this file too (as a run of one) and its
-# environment, a whole machine's worth of threads, is what the workers inherit. With OpenMP's spinning threads two
-# oversubscribed trainings slow each other tenfold, not twofold.
+# training at once then spin on four threads over two cores (OpenMP's spinning threads slow two oversubscribed
+# trainings tenfold, not twofold). xdist sets PYTEST_XDIST_WORKER(_COUNT) in a worker before it loads this file. A
+# worker always takes its share, even where OMP_NUM_THREADS is set: the controlling process loads this file too, as a
+# run of one, and its value, a whole machine's worth, is what the workers inherit.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
-if "PYTEST_XDIST_WORKER" in os.environ:
+if "PYTEST_XDIST_WORKER" in os.environ or "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-else:
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 # The local pseudonym key (training/pseudonym_key.py) lives in the user's configuration folder: tests make theirs in a
 # folder of their own, never in the real ~/.config.
 if "XDG_CONFIG_HOME" not in os.environ:
@@ -88,10 +85,11 @@ SLOW_FILES_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """SLOW_FILES_FIRST first, in its order; every other file after them, in collection order; tests within a file
+    keep theirs (the sort is stable)."""
     rank = {path: number for number, path in enumerate(SLOW_FILES_FIRST)}
-    position = {item.nodeid.split("::")[0]: number for number, item in reversed(list(enumerate(items)))}
-    items.sort(key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), position[item.nodeid.split("::")[0]]))
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

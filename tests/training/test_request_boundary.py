@@ -34,7 +34,7 @@ PATIENT = ("DOE^JOHN", "MRN-998877")
 
 def _file(rows: int, columns: int, *, compressed: bool = True, **attributes: Any) -> bytes:
     """A CT image whose header claims rows x columns 16-bit pixels; its pixel data is 18 KB of JPEG 2000 junk when
-    compressed, else real zeros (then rows x columns must be small)."""
+    compressed, else a real uncompressed ramp (then rows x columns must be small)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless if compressed else ExplicitVRLittleEndian
