@@ -38,6 +38,29 @@ def _grant_read_write(bucket: s3.IBucket, grantee: iam.IRole, pattern: str = "*"
                                                         resources=[bucket.arn_for_objects(pattern)]))
 
 
+def _grant_prefixes(bucket: s3.IBucket, role: iam.IRole, *, read: tuple[str, ...], read_write: tuple[str, ...]) -> None:
+    """What an execution role needs of the bucket, prefix by prefix (a prefix ending in "/" covers the objects below
+    it; one that does not is one object):
+
+    - s3:ListBucket only where s3:prefix starts with one of them: SageMaker lists a channel's prefix, the checkpoint
+      prefix and a transform's input prefix, while the rest of the bucket's keys (dataset and job names) stay unseen;
+    - s3:GetObject on all of them; s3:PutObject, s3:AbortMultipartUpload and s3:DeleteObject on `read_write` (no
+      s3:DeleteObjectVersion: the bucket's versions are the data's last line of defence);
+    - s3:GetBucketLocation, which SageMaker's S3 client may ask before it reads.
+
+    The bucket's key is granted with the role (infra/constructs/roles.py)."""
+    def objects(prefixes: tuple[str, ...]) -> list[str]:
+        return [bucket.arn_for_objects(p + "*" if p.endswith("/") else p) for p in prefixes]
+
+    listed = [p + "*" if p.endswith("/") else p for p in (*read, *read_write)]
+    role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
+                                                     conditions={"StringLike": {"s3:prefix": listed}}))
+    role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetBucketLocation"], resources=[bucket.bucket_arn]))
+    role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=objects((*read, *read_write))))
+    role.add_to_principal_policy(iam.PolicyStatement(
+        actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"], resources=objects(read_write)))
+
+
 class MonaiDicomStack(Stack):
     """KMS key, data bucket, roles, training image and notebook for MONAI training on DICOM."""
 
@@ -62,21 +85,21 @@ class MonaiDicomStack(Stack):
         image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
         training = TrainingRole(self, "TrainingRole", key=key)
         model = ModelRole(self, "ModelRole", key=key)
-        notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role)
         network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data) if config.vpc else None
+        subnet_ids = [subnet.subnet_id for subnet in network.subnets] if network else []
+        security_group_ids = [network.security_group.security_group_id] if network else []
+        notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role,
+                                     subnet_ids=subnet_ids, security_group_ids=security_group_ids)
 
         bucket = storage.bucket
-        # Jobs read data and the per-job code, write artifacts, and read and write checkpoints (to resume).
-        bucket.grant_read(training.role, f"{DATASETS_PREFIX}*")
-        bucket.grant_read(training.role, f"{CODE_PREFIX}*")
-        _grant_read_write(bucket, training.role, f"{JOBS_PREFIX}*")
-        _grant_read_write(bucket, training.role, f"{CHECKPOINTS_PREFIX}*")
-        bucket.grant_read(training.role, PSEUDONYM_KEY_OBJECT)  # the pseudonym-key channel; the model role never
+        # Jobs read data, the per-job code and the pseudonym key (its channel; the model role never), write
+        # artifacts, and read and write checkpoints (to resume). They list those prefixes only.
+        _grant_prefixes(bucket, training.role, read=(DATASETS_PREFIX, CODE_PREFIX, PSEUDONYM_KEY_OBJECT),
+                        read_write=(JOBS_PREFIX, CHECKPOINTS_PREFIX))
         image.grant_pull(training.role)
         # The trained model (launcher/inference.py) reads model.tar.gz under jobs/, and transform input and writes
-        # transform output under inference/; no dataset.
-        bucket.grant_read(model.role, f"{JOBS_PREFIX}*")
-        _grant_read_write(bucket, model.role, f"{INFERENCE_PREFIX}*")
+        # transform output under inference/; no dataset, and no listing of the bucket beyond those two prefixes.
+        _grant_prefixes(bucket, model.role, read=(JOBS_PREFIX,), read_write=(INFERENCE_PREFIX,))
         image.grant_pull(model.role)
         # The notebook uploads datasets, stages code and reads results: the whole bucket.
         _grant_read_write(bucket, notebook_role.role)
@@ -86,19 +109,16 @@ class MonaiDicomStack(Stack):
         acknowledge(training.role, "AwsSolutions-IAM5",
                     "Jobs read and write only their prefixes of the data bucket; object keys below them are chosen "
                     "per dataset and job.",
-                    [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in
-                                            (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX))])
+                    [f"Resource::{arn}/{p}*" for p in (DATASETS_PREFIX, CODE_PREFIX, JOBS_PREFIX, CHECKPOINTS_PREFIX)])
         acknowledge(model.role, "AwsSolutions-IAM5",
                     "The model reads model artifacts under jobs/ and reads and writes batch transform files under "
                     "inference/; object keys below them are chosen per job and run.",
-                    [*S3_GRANT_WILDCARDS, *(f"Resource::{arn}/{p}*" for p in (JOBS_PREFIX, INFERENCE_PREFIX))])
+                    [f"Resource::{arn}/{p}*" for p in (JOBS_PREFIX, INFERENCE_PREFIX)])
         acknowledge(notebook_role.role, "AwsSolutions-IAM5",
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
 
         image_variant = "" if config.image.image_uri else config.image.variant  # a given image: unknown
-        subnet_ids = [subnet.subnet_id for subnet in network.subnets] if network else []
-        security_group_ids = [network.security_group.security_group_id] if network else []
         notebook = NotebookInstance(
             self, "Notebook", role=notebook_role.role, key=key,
             instance_type=nb.instance_type, volume_gb=nb.volume_gb, root_access=nb.root_access,

@@ -3,6 +3,9 @@ Resource access is granted by the stack with grant_*."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -17,11 +20,11 @@ TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TRANSFORM_LOG_GROUP = "/aws/sagemaker/TransformJobs"
 ENDPOINT_LOG_GROUPS = "/aws/sagemaker/Endpoints/*"  # one group per endpoint, named after it
 # What the notebook does with a trained model (launcher/inference.py), on this account's and region's resources.
-# CreateModel is granted on its own, with network isolation required (ISOLATED).
+# The four create calls that start containers are granted on their own, with conditions (`create_conditions`).
 INFERENCE_ACTIONS = (
     "sagemaker:DeleteModel",
-    "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
-    "sagemaker:CreateEndpointConfig", "sagemaker:DeleteEndpointConfig",
+    "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob",
+    "sagemaker:DeleteEndpointConfig",
     "sagemaker:CreateEndpoint", "sagemaker:DescribeEndpoint", "sagemaker:DeleteEndpoint",
     "sagemaker:InvokeEndpoint",
 )
@@ -31,6 +34,40 @@ INFERENCE_RESOURCES = ("model", "transform-job", "endpoint-config", "endpoint")
 # credentials. The condition key is in the request of CreateTrainingJob and CreateModel only (CreateTransformJob has
 # none: a transform runs its model, isolated as the model was created). A request without the key is denied too.
 ISOLATED = {"Bool": {"sagemaker:NetworkIsolation": "true"}}
+
+
+def create_conditions(action: str, *, key_arn: str, subnet_ids: Sequence[str] = (),
+                      security_group_ids: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """The IAM conditions on the notebook's `action` (a SageMaker create call whose containers touch data).
+
+    - network isolation (ISOLATED) where the request carries it: CreateTrainingJob, CreateModel;
+    - the stack's key on every volume and output the request names: the job's and the transform's volume and output
+      (sagemaker:VolumeKmsKeyArn, sagemaker:OutputKmsKeyArn), the endpoint config's volume. ArnEquals on a key the
+      request lacks fails, so a request without the key is denied;
+    - with a VPC (`subnet_ids`), the stack's subnets and security groups, and no request without them (Null false:
+      ForAllValues alone would pass a request that names none): CreateTrainingJob, CreateModel. A transform job or an
+      endpoint runs its model's VPC configuration.
+
+    Args:
+        action: "sagemaker:CreateTrainingJob", "sagemaker:CreateModel", "sagemaker:CreateTransformJob" or
+            "sagemaker:CreateEndpointConfig".
+        key_arn: the stack's KMS key.
+        subnet_ids: the stack's private subnets; empty without a VPC.
+        security_group_ids: the workloads' security group; empty without a VPC.
+    """
+    isolated, vpc = action in ("sagemaker:CreateTrainingJob", "sagemaker:CreateModel"), bool(subnet_ids)
+    keys = {"sagemaker:CreateTrainingJob": ("sagemaker:VolumeKmsKeyArn", "sagemaker:OutputKmsKeyArn"),
+            "sagemaker:CreateModel": (),
+            "sagemaker:CreateTransformJob": ("sagemaker:VolumeKmsKeyArn", "sagemaker:OutputKmsKeyArn"),
+            "sagemaker:CreateEndpointConfig": ("sagemaker:VolumeKmsKeyArn",)}[action]
+    conditions: dict[str, dict[str, Any]] = dict(ISOLATED) if isolated else {}
+    if keys:
+        conditions["ArnEquals"] = {k: key_arn for k in keys}
+    if vpc and isolated:
+        conditions["ForAllValues:StringEquals"] = {"sagemaker:VpcSubnets": list(subnet_ids),
+                                                   "sagemaker:VpcSecurityGroupIds": list(security_group_ids)}
+        conditions["Null"] = {"sagemaker:VpcSubnets": "false", "sagemaker:VpcSecurityGroupIds": "false"}
+    return conditions
 
 # What the SageMaker SDK v3 requires of every training role (sagemaker.core.helper.iam_policies, checked by
 # simulating these actions without resources when a ModelTrainer is built); tests hold this list against the SDK.
@@ -165,7 +202,8 @@ class NotebookRole(Construct):
         role: the IAM role of the notebook instance.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey, training_role: iam.IRole) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey, training_role: iam.IRole,
+                 subnet_ids: Sequence[str] = (), security_group_ids: Sequence[str] = ()) -> None:
         """Create the role.
 
         Args:
@@ -173,6 +211,8 @@ class NotebookRole(Construct):
             construct_id: construct id.
             key: the stack's KMS key (uploads, downloads, job volumes).
             training_role: the role whose permissions the SDK checks before it launches a job.
+            subnet_ids: with a VPC, the subnets every job and model must run in (`create_conditions`).
+            security_group_ids: with a VPC, the security groups every job and model must use.
         """
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -182,16 +222,22 @@ class NotebookRole(Construct):
             description="Role of the MONAI DICOM notebook instance",
         )
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
-        self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:CreateTrainingJob"], resources=[jobs],
-                                                    conditions=ISOLATED))
+        def create(action: str, resource: str) -> None:
+            self.role.add_to_policy(iam.PolicyStatement(
+                actions=[action], resources=[resource],
+                conditions=create_conditions(action, key_arn=key.key_arn, subnet_ids=subnet_ids,
+                                             security_group_ids=security_group_ids)))
+
+        create("sagemaker:CreateTrainingJob", jobs)
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:AddTags",
                      "sagemaker:ListTags"],
             resources=[jobs],
         ))
         inference = [stack.format_arn(service="sagemaker", resource=r, resource_name="*") for r in INFERENCE_RESOURCES]
-        self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:CreateModel"], resources=[inference[0]],
-                                                    conditions=ISOLATED))
+        for action, resource in zip(("sagemaker:CreateModel", "sagemaker:CreateTransformJob",
+                                     "sagemaker:CreateEndpointConfig"), inference[:3], strict=True):
+            create(action, resource)
         self.role.add_to_policy(iam.PolicyStatement(actions=list(INFERENCE_ACTIONS), resources=inference))
         # List actions take no resource ARN.
         self.role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:ListTrainingJobs"], resources=["*"]))
