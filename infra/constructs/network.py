@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, RemovalPolicy, Stack
+from aws_cdk import RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -54,16 +53,7 @@ class Network(Construct):
                 ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=22),
             ],
         )
-        stack = Stack.of(self)
-        # CloudWatch Logs encrypts the group with the stack key; the key policy lets it, for this account's groups.
-        key.add_to_resource_policy(iam.PolicyStatement(
-            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
-            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
-            resources=["*"],
-            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
-                                    stack.format_arn(service="logs", resource="log-group", resource_name="*",
-                                                     arn_format=ArnFormat.COLON_RESOURCE_NAME)}},
-        ))
+        # CloudWatch Logs encrypts the group with the stack key (its policy lets it: infra/constructs/encryption.py).
         flow_logs = logs.LogGroup(
             self, "FlowLogs", encryption_key=key, retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=RemovalPolicy.DESTROY if destroy_data else RemovalPolicy.RETAIN,

@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from infra.constructs.encryption import role_path
 from infra.nag import acknowledge, as_finding
 
 KMS_GRANT_WILDCARDS = ("Action::kms:GenerateDataKey*", "Action::kms:ReEncrypt*")
@@ -109,7 +110,8 @@ def _execution_role(scope: Construct, *, key: kms.IKey, description: str, log_gr
     """A role SageMaker assumes to run containers of this stack: the SDK's required actions (image pull, metrics,
     network interfaces), its log groups, and the stack key for data and volumes."""
     stack = Stack.of(scope)
-    role = iam.Role(scope, "Role", assumed_by=_sagemaker_principal(stack), description=description)
+    role = iam.Role(scope, "Role", assumed_by=_sagemaker_principal(stack), description=description,
+                    path=role_path(stack))
     role.add_to_policy(iam.PolicyStatement(actions=list(SDK_TRAINING_ROLE_ACTIONS), resources=["*"]))
     role.add_to_policy(iam.PolicyStatement(
         actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
@@ -220,6 +222,7 @@ class NotebookRole(Construct):
             self, "Role",
             assumed_by=_sagemaker_principal(stack),
             description="Role of the MONAI DICOM notebook instance",
+            path=role_path(stack),  # the key policy lets roles under it use the key
         )
         jobs = stack.format_arn(service="sagemaker", resource="training-job", resource_name="*")
         def create(action: str, resource: str) -> None:

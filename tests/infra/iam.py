@@ -95,15 +95,30 @@ class Call:
         return f"{self.action} {self.resource}" + (f" [{keys}]" if keys else "")
 
 
-def decide(policies: list[dict[str, Any]], calls: list[Call], *, principal: str) -> list[str]:
+def decide(policies: list[dict[str, Any]], calls: list[Call], *, principal: str,
+           resource_policy: dict[str, Any] | None = None) -> list[str]:
     """The evaluator's decision for each call ('Allowed', 'ImplicitlyDenied', 'ExplicitlyDenied'; 'Error' with the
-    evaluator's reasons raises)."""
-    cases = [{"principal": principal, "action": c.action, "resource": c.resource, "account": ACCOUNT,
-              "context": c.context, "identityPolicies": policies} for c in calls]
+    evaluator's reasons raises), with the principal's identity `policies` and the resource's policy if any (a key
+    policy, a bucket policy)."""
+    return decide_each([(principal, policies, call) for call in calls], resource_policy=resource_policy)
+
+
+def decide_each(requests: list[tuple[str, list[dict[str, Any]], Call]], *,
+                resource_policy: dict[str, Any] | None = None) -> list[str]:
+    """`decide` for requests of several principals, each (principal, its identity policies, call), in one run."""
+    extra = {"resourcePolicy": resource_policy} if resource_policy is not None else {}
+    cases = []
+    for principal, policies, c in requests:
+        # What AWS puts in every request by an IAM principal (the evaluator takes context keys as given).
+        implied = {"aws:PrincipalArn": principal, "aws:PrincipalAccount": principal.split(":")[4]} \
+            if principal.startswith("arn:") else {}
+        cases.append({"principal": principal, "action": c.action, "resource": c.resource, "account": ACCOUNT,
+                      "context": {**implied, **c.context}, "identityPolicies": policies, **extra})
     done = subprocess.run(["node", str(SIMULATE)], input=json.dumps({"cases": cases}), capture_output=True, text=True,
                           cwd=ROOT, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
-    errors = [(str(c), r["errors"]) for c, r in zip(calls, results, strict=True) if r["decision"] == "Error"]
+    errors = [(p, str(c), r["errors"]) for (p, _, c), r in zip(requests, results, strict=True)
+              if r["decision"] == "Error"]
     assert not errors, errors
     return [r["decision"] for r in results]
