@@ -85,7 +85,8 @@ class MonaiDicomStack(Stack):
         image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
         training = TrainingRole(self, "TrainingRole", key=key)
         model = ModelRole(self, "ModelRole", key=key)
-        network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data) if config.vpc else None
+        network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data,
+                          bucket=storage.bucket) if config.vpc else None
         subnet_ids = [subnet.subnet_id for subnet in network.subnets] if network else []
         security_group_ids = [network.security_group.security_group_id] if network else []
         notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.nag import acknowledge
@@ -22,6 +24,18 @@ INTERFACE_ENDPOINTS = {
 }
 
 
+# The AWS-owned buckets that the workloads in the VPC read through the S3 gateway endpoint, beside the stack's data
+# bucket; the endpoint's policy allows nothing else, so no role, session or package in the VPC can write to, or read
+# from, any other bucket (an exfiltration path the NAT does not offer for S3 in this region). {region} is the stack's.
+S3_ENDPOINT_AWS_BUCKETS = {
+    # ECR keeps image layers in S3: pulling the training image (jobs, models) in the VPC reads them.
+    "prod-{region}-starport-layer-bucket": "ECR image layers (docs.aws.amazon.com/AmazonECR/latest/userguide/"
+                                          "vpc-endpoints.html)",
+    # The notebook instance runs Amazon Linux 2023, whose dnf repositories are S3 buckets in each region.
+    "al2023-repos-{region}-de612dc2": "Amazon Linux 2023 package repositories (dnf on the notebook instance)",
+}
+
+
 class Network(Construct):
     """A two-AZ VPC with one NAT gateway, VPC endpoints and flow logs, and the security group of the workloads.
 
@@ -32,13 +46,15 @@ class Network(Construct):
             instances of a distributed training job talk to each other).
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey, destroy_data: bool) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey, destroy_data: bool,
+                 bucket: s3.IBucket) -> None:
         """Create the network.
 
         Args:
             scope: parent construct.
             construct_id: construct id.
             key: encrypts the flow-log group.
+            bucket: the data bucket, the one bucket of this account the S3 endpoint lets through.
             destroy_data: False keeps the flow logs (an audit record) when the stack is destroyed.
         """
         super().__init__(scope, construct_id)
@@ -59,7 +75,15 @@ class Network(Construct):
             removal_policy=RemovalPolicy.DESTROY if destroy_data else RemovalPolicy.RETAIN,
         )
         self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs))
-        self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        s3_endpoint = self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        stack = Stack.of(self)
+        s3_endpoint.add_to_policy(iam.PolicyStatement(
+            sid="TheStackDataBucket", principals=[iam.StarPrincipal()], actions=["s3:*"],
+            resources=[bucket.bucket_arn, bucket.arn_for_objects("*")]))
+        s3_endpoint.add_to_policy(iam.PolicyStatement(
+            sid="AwsOwnedBuckets", principals=[iam.StarPrincipal()], actions=["s3:GetObject"],
+            resources=[stack.format_arn(service="s3", region="", account="", resource=name.format(region=stack.region),
+                                        resource_name="*") for name in S3_ENDPOINT_AWS_BUCKETS]))
         self.subnets = self.vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS).subnets
         self.security_group = ec2.SecurityGroup(
             self, "Workloads", vpc=self.vpc, description="Notebook instance and training jobs",

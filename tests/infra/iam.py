@@ -104,9 +104,13 @@ def decide(policies: list[dict[str, Any]], calls: list[Call], *, principal: str,
 
 
 def decide_each(requests: list[tuple[str, list[dict[str, Any]], Call]], *,
-                resource_policy: dict[str, Any] | None = None) -> list[str]:
-    """`decide` for requests of several principals, each (principal, its identity policies, call), in one run."""
-    extra = {"resourcePolicy": resource_policy} if resource_policy is not None else {}
+                resource_policy: dict[str, Any] | None = None,
+                endpoint_policy: dict[str, Any] | None = None) -> list[str]:
+    """`decide` for requests of several principals, each (principal, its identity policies, call), in one run; with
+    `endpoint_policy`, through a VPC endpoint of that policy."""
+    extra: dict[str, Any] = {"resourcePolicy": resource_policy} if resource_policy is not None else {}
+    if endpoint_policy is not None:
+        extra["endpointPolicy"] = endpoint_policy
     cases = []
     for principal, policies, c in requests:
         # What AWS puts in every request by an IAM principal (the evaluator takes context keys as given).

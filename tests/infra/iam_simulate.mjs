@@ -1,5 +1,6 @@
 // IAM decisions by a real policy evaluator (@cloud-copilot/iam-simulate): reads {"cases": [...]} on stdin, each
-// {"principal", "action", "resource", "account", "context", "identityPolicies", "resourcePolicy"?}, and prints one
+// {"principal", "action", "resource", "account", "context", "identityPolicies", "resourcePolicy"?,
+// "endpointPolicy"? (a VPC endpoint's policy the request passes through)}, and prints one
 // {"decision", "errors"?} per case as a JSON list. Called by tests/infra/iam.py; node_modules comes from make setup.
 import { runSimulation } from '@cloud-copilot/iam-simulate'
 
@@ -19,6 +20,7 @@ for (const c of cases) {
     serviceControlPolicies: [],
     resourceControlPolicies: [],
     resourcePolicy: c.resourcePolicy,
+    vpcEndpointPolicies: c.endpointPolicy ? [{ name: 'endpoint', policy: c.endpointPolicy }] : undefined,
   }
   const out = await runSimulation(simulation, {})
   results.push(out.resultType === 'error'
