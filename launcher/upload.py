@@ -9,13 +9,21 @@ training job receives that record as its `manifest` channel and copies it into t
 
 A local folder holding `train/` (and optionally `validation/`, `test/`) is uploaded channel by channel; any other
 folder is the train channel (the job then holds out validation images by patient). Hidden files and folders
-(.DS_Store, .ipynb_checkpoints) are not uploaded; the job ignores them too.
+(.DS_Store, .ipynb_checkpoints) are not uploaded; the job ignores them too. Symbolic links are followed only inside
+the folder: a link to a file or folder inside it is uploaded as what it points to, at the link's path; a link that
+leads out of the folder (or nowhere) refuses the whole upload, so that nothing beyond the folder the caller named
+reaches the bucket; a link back to a folder that contains it (a loop) is not followed.
 
 Every object is written with SSE-KMS under the stack's key and a SHA-256 checksum that S3 verifies. An object that
 already holds the file is not sent again: S3's own checksum is compared with the file's (launcher/checksums.py), so a
-second upload of the same folder transfers nothing. Objects under the dataset's prefix that the folder no longer has
-stop the upload (the job would read them as data) unless `delete_extra=True`; the bucket is versioned, so a deleted
-object stays recoverable as a noncurrent version until the stack's lifecycle rule expires it.
+second upload of the same folder transfers nothing.
+
+A dataset is its set of (channel, path, SHA-256): a folder that differs from the dataset already under the name (files
+added, removed or changed, against manifest.json and against the objects under the prefix) is refused before anything
+is written, unless `replace=True`; then the changed files are sent and the objects the folder no longer has are
+deleted. The bucket is versioned, so a replaced or deleted object stays recoverable as a noncurrent version until the
+stack's lifecycle rule expires it. A prefix holding objects but no manifest.json (an upload that stopped half-way) is
+resumed by the same folder: its objects must hold the folder's files, and missing files are sent.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path, PurePosixPath
+from dataclasses import asdict, dataclass, field
+from dataclasses import replace as with_fields
+from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -195,20 +204,24 @@ def upload_dataset(
     local_dir: str | os.PathLike[str],
     name: str,
     *,
-    delete_extra: bool = False,
+    replace: bool = False,
     transfer_config: TransferConfig | None = None,
     progress: bool = True,
 ) -> DatasetManifest:
     """Upload a DICOM folder with its labels as dataset `name`, sending only what S3 does not hold yet.
 
+    Uploading the folder the dataset was made from again sends nothing. A folder that differs from it (files added,
+    removed or changed) is refused before anything is written, unless `replace=True`.
+
     Args:
         settings: the stack's values.
         local_dir: a folder with train/ (validation/, test/) channel folders, or one folder of DICOM files and labels
             (the train channel). Labels in any format the job reads (labels.csv, a Ground Truth manifest,
-            meta-data.json, or one folder per class).
+            meta-data.json, or one folder per class). Symbolic links must stay inside it.
         name: the dataset's name in the bucket (see dataset_prefix).
-        delete_extra: delete objects under the dataset's prefix that the folder does not have (they stay
-            recoverable as noncurrent versions); False stops with a list of them instead.
+        replace: make the dataset this folder when it differs from what the name holds: changed files are sent and
+            objects the folder does not have are deleted (both stay recoverable as noncurrent versions). False
+            refuses a different folder, saying how many files differ.
         transfer_config: multipart threshold, part size and concurrency; default DEFAULT_TRANSFER_CONFIG.
         progress: show progress bars.
 
@@ -216,8 +229,8 @@ def upload_dataset(
         The dataset's manifest, as written to `datasets/<name>/manifest.json`.
 
     Raises:
-        ValueError: a bad name, or a folder that does not exist or holds no files.
-        UploadError: the prefix holds other objects (and not delete_extra), or S3 reports a different checksum.
+        ValueError: a bad name, a folder that does not exist or holds no files, or a symbolic link out of it.
+        UploadError: the name holds a different dataset (and not replace), or S3 reports a different checksum.
     """
     prefix = dataset_prefix(name)
     files = list_local_files(Path(local_dir))
@@ -225,17 +238,11 @@ def upload_dataset(
     workers = max(1, int(config.max_concurrency or 1))
     s3 = settings.boto_session().client("s3")
     bucket = settings.bucket
+    manifest_key = f"{prefix}{MANIFEST_NAME}"
     keys = {f"{prefix}{channel}/{rel}": (channel, rel, path) for channel, rel, path in files}
 
     remote = _list_objects(s3, bucket, prefix)
-    extra = sorted(k for k in remote if k not in keys and k != f"{prefix}{MANIFEST_NAME}")
-    if extra and not delete_extra:
-        shown = "\n  ".join(extra[:10]) + ("\n  ..." if len(extra) > 10 else "")
-        raise UploadError(
-            f"s3://{bucket}/{prefix} holds {len(extra)} object(s) that {local_dir} does not have, and a job would read "
-            f"them as data:\n  {shown}\nupload under a new dataset name, or pass delete_extra=True to delete them "
-            "(the versioned bucket keeps them as noncurrent versions)"
-        )
+    recorded = _recorded_sha256(s3, bucket, manifest_key) if remote.pop(manifest_key, None) is not None else None
 
     def check(key: str, bar: Any) -> tuple[bytes, dict[str, Any] | None]:
         """The file's SHA-256, and the object's HeadObject response when it holds the file already."""
@@ -250,6 +257,17 @@ def upload_dataset(
         checked = dict(zip(keys, pool.map(lambda k: check(k, bar), keys), strict=True))
     digests = {k: digest for k, (digest, _) in checked.items()}
     present: dict[str, dict[str, Any]] = {k: head for k, (_, head) in checked.items() if head is not None}
+    difference = _Difference.of(digests, present, remote, recorded)
+    if difference and not replace:
+        raise UploadError(
+            f"dataset {name!r} (s3://{bucket}/{prefix}) holds other files than {local_dir}: {difference}. Nothing was "
+            f"uploaded or deleted. Upload this folder under another dataset name, or pass replace=True to make "
+            f"{name!r} this folder (replaced and removed objects stay recoverable as noncurrent versions until the "
+            "bucket's lifecycle rule expires them; jobs trained on the old files keep their versions in their lineage)"
+        )
+    if difference:
+        log.warning("replacing dataset %r: %s", name, difference)
+    extra = sorted(k for k in remote if k not in keys)
     to_send = [k for k in keys if k not in present]
     sent_bytes = sum(keys[k][2].stat().st_size for k in to_send)
     extra_args = {"ChecksumAlgorithm": "SHA256", "ServerSideEncryption": "aws:kms",
@@ -265,11 +283,12 @@ def upload_dataset(
                 future.result()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             sent = list(pool.map(lambda k: _matching_head(s3, bucket, k, keys[k][2], digests[k]), to_send))
-        for key, head in zip(to_send, sent, strict=True):
-            if head is None:
-                raise UploadError(f"s3://{bucket}/{key} does not hold the SHA-256 of {keys[key][2]} after its upload "
-                                  "(the file changed while uploading, or another writer replaced it): upload again")
-            present[key] = head
+        unmatched = sum(head is None for head in sent)
+        if unmatched:
+            raise UploadError(f"{unmatched} of the {len(to_send)} objects sent to s3://{bucket}/{prefix} do not hold "
+                              "their file's SHA-256 after the upload (a file changed while uploading, or another "
+                              "writer replaced the object): upload again")
+        present.update({key: head for key, head in zip(to_send, sent, strict=True) if head is not None})
     else:
         log.info("all %d files of %s are in s3://%s/%s already; nothing sent", len(keys), local_dir, bucket, prefix)
     if extra:
@@ -283,7 +302,7 @@ def upload_dataset(
     )
     manifest = DatasetManifest(name=name, bucket=bucket, objects=objects, transferred_files=len(to_send),
                                transferred_bytes=sent_bytes)
-    return replace(manifest, manifest_version_id=_put_manifest(s3, manifest, settings.data_key_arn))
+    return with_fields(manifest, manifest_version_id=_put_manifest(s3, manifest, settings.data_key_arn))
 
 
 def read_manifest(settings: Settings, name: str) -> DatasetManifest:
@@ -324,32 +343,101 @@ def local_channels(root: Path) -> dict[str, Path]:
 
 
 def list_local_files(root: Path) -> list[tuple[str, str, Path]]:
-    """The files to upload, as (channel, path inside the channel, local path), sorted.
+    """The files to upload, as (channel, path inside the channel, local file to read), sorted.
+
+    A symbolic link to a file or folder inside `root` stands for what it points to, at the link's path (the file to
+    read is the link's target); a link back to a folder that contains it is not followed (a loop).
 
     Args:
         root: a folder with channel folders (train/ required), or the train channel itself.
 
     Raises:
-        ValueError: the folder does not exist or holds no files.
+        ValueError: the folder does not exist or holds no files, a symbolic link in it leads out of it or nowhere,
+            or a folder in it cannot be listed.
     """
     channels = local_channels(root)
     if (root / "train").is_dir():
-        others = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in channels)
+        others = [p for p in root.iterdir() if not p.name.startswith(".") and p.name not in channels]
         if others:
-            log.warning("%s has channel folders; these entries are not uploaded: %s", root, ", ".join(others))
-    files = [(channel, rel, path) for channel, folder in channels.items() for rel, path in _walk(folder)]
+            log.warning("%s has channel folders; %d other entries beside them are not uploaded", root, len(others))
+    walks = {channel: _walk(root.resolve(), folder) for channel, folder in channels.items()}
+    outside = sum(w.outside for w in walks.values())
+    if outside:
+        raise ValueError(
+            f"{root} holds {outside} symbolic link(s) that lead out of it (or nowhere): nothing was uploaded, so that "
+            "no file beyond the folder you named reaches the bucket. Copy what they point to into the folder (e.g. "
+            f"`cp -rL`), or remove them; `find {root} -type l` lists the links"
+        )
+    unreadable = sum(w.unreadable for w in walks.values())
+    if unreadable:
+        raise ValueError(f"{unreadable} folder(s) inside {root} cannot be listed (no permission): nothing was "
+                         f"uploaded; give yourself read access (`chmod -R u+rX {root}`) or move them out of the folder")
+    loops, special = sum(w.loops for w in walks.values()), sum(w.special for w in walks.values())
+    if loops:
+        log.warning("%s: %d symbolic link(s) to a folder that contains them (a loop) were not followed", root, loops)
+    if special:
+        log.warning("%s: %d entries that are neither files nor folders (pipes, sockets, devices) are not uploaded",
+                    root, special)
+    files = [(channel, rel, path) for channel, walk in walks.items() for rel, path in walk.files]
     if not files:
         raise ValueError(f"{root} holds no files to upload (hidden files and folders are skipped)")
     return sorted(files)
 
 
-def _walk(folder: Path) -> Iterable[tuple[str, Path]]:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if not filename.startswith("."):
-                path = Path(dirpath) / filename
-                yield PurePosixPath(*path.relative_to(folder).parts).as_posix(), path
+@dataclass
+class _Walk:
+    """What one channel folder holds: (path inside it, real file) pairs, and the counts of what was left out."""
+
+    files: list[tuple[str, Path]] = field(default_factory=list)
+    outside: int = 0  # symbolic links out of the dataset's folder, or broken
+    loops: int = 0  # symbolic links to a folder that contains them
+    special: int = 0  # pipes, sockets, devices: reading a pipe would wait forever
+    unreadable: int = 0  # folders this user may not list
+
+
+def _walk(root: Path, folder: Path) -> _Walk:
+    """Walk a channel folder by real paths, following symbolic links only while they stay inside `root` (resolved).
+
+    Directories are walked by their real path, and each walk carries the real folders above it, so a link to one of
+    them (a loop) is seen at once, and a file is read through its real path (a link changed after the walk cannot
+    redirect the upload).
+    """
+    walk = _Walk()
+    top = folder.resolve()
+    if not top.is_relative_to(root):
+        walk.outside += 1  # the channel folder itself is a link out of the dataset's folder
+        return walk
+    pending: list[tuple[tuple[str, ...], Path, frozenset[Path]]] = [
+        ((), top, frozenset(p for p in (top, *top.parents) if p.is_relative_to(root)))]
+    while pending:
+        parts, directory, above = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(e.name for e in entries if not e.name.startswith("."))
+        except OSError:  # no permission: its message would carry the folder's name
+            walk.unreadable += 1
+            continue
+        for entry_name in names:
+            path, rel = directory / entry_name, (*parts, entry_name)
+            if path.is_symlink():
+                try:
+                    path = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # a broken link, or links that point at each other
+                    walk.outside += 1
+                    continue
+                if not path.is_relative_to(root):
+                    walk.outside += 1
+                    continue
+                if path in above:
+                    walk.loops += 1
+                    continue
+            if path.is_dir():
+                pending.append((rel, path, above | {path}))
+            elif path.is_file():
+                walk.files.append(("/".join(rel), path))
+            else:
+                walk.special += 1
+    return walk
 
 
 def _list_objects(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
@@ -357,6 +445,50 @@ def _list_objects(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         sizes.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
     return sizes
+
+
+def _recorded_sha256(s3: Any, bucket: str, manifest_key: str) -> dict[str, str]:
+    """Key to SHA-256 (hex) of every object manifest.json records; {} for a manifest this launcher cannot read."""
+    document = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    objects = document.get("objects") if isinstance(document, dict) else None
+    if not isinstance(objects, list):
+        return {}
+    return {str(o["key"]): str(o["sha256"]) for o in objects if isinstance(o, dict) and "key" in o and "sha256" in o}
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """How a local folder differs from the dataset under its name, in counts (file names may be patient names)."""
+
+    added: int
+    removed: int
+    changed: int
+
+    @classmethod
+    def of(cls, digests: Mapping[str, bytes], present: Mapping[str, Any], remote: Mapping[str, int],
+           recorded: Mapping[str, str] | None) -> _Difference:
+        """Compare the folder with the dataset.
+
+        Args:
+            digests: the folder's files, key to SHA-256.
+            present: the keys whose object holds the file already.
+            remote: the objects under the prefix (manifest.json aside), key to size.
+            recorded: manifest.json's key to SHA-256 (hex); None without manifest.json (a first upload, or one that
+                stopped before writing it: files not in S3 yet are then not counted as added).
+        """
+        known = set(remote) | set(recorded or ())
+        changed = sum(1 for key, digest in digests.items()
+                      if (key in remote and key not in present)
+                      or (recorded is not None and key in recorded and recorded[key] != digest.hex()))
+        added = sum(1 for key in digests if key not in known) if recorded is not None else 0
+        return cls(added=added, removed=len(known - set(digests)), changed=changed)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def __str__(self) -> str:
+        return (f"{self.added} file(s) in the folder that it lacks, {self.removed} file(s) it has that the folder "
+                f"lacks, {self.changed} file(s) with other content")
 
 
 def _matching_head(s3: Any, bucket: str, key: str, path: Path, digest: bytes) -> dict[str, Any] | None:
