@@ -3,6 +3,13 @@
 `make destroy CDK_ARGS="..."` runs this. Before destroying, it reads the deployed template (DeletionPolicy Retain) and
 the stack's resources, so that it knows what `cdk destroy` will leave behind; after `npx cdk destroy --force` (with
 the same `-c` settings) it checks which of those still exist and says how to reuse them or delete them by hand.
+
+The SageMaker endpoints and models that the launcher created for the stack (launcher/inference.py) are not part of
+the stack, and an endpoint bills per hour until it is deleted: they are listed before the stack is destroyed, and
+deleted first with `-c deleteEndpoints=true` (a setting of this command, not of the stack); otherwise the report ends
+with the commands that delete them. A model is the stack's when it runs as the stack's model role (ModelRoleArn); an
+endpoint when its configuration serves one of those models or, its model deleted already, is encrypted with the
+stack's key (DataKeyArn) and named as the launcher names endpoints (`<stack>-endpoint-<time>`).
 boto3 honours AWS_ENDPOINT_URL, so this works against the local emulator as well as against AWS.
 """
 
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -26,6 +34,7 @@ from infra.config import SETTINGS
 ROOT = Path(__file__).resolve().parents[1]
 RETAINING_POLICIES = ("Retain", "RetainExceptOnCreate")
 KIND = {"AWS::S3::Bucket": "S3 bucket", "AWS::KMS::Key": "KMS key", "AWS::Logs::LogGroup": "CloudWatch log group"}
+DELETE_ENDPOINTS = "deleteEndpoints"  # this command's own setting: never passed to the CDK app, which rejects it
 
 
 class TeardownError(RuntimeError):
@@ -61,7 +70,8 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], str | None]:
         argv: the command line without the program name.
 
     Returns:
-        The context pairs and the profile (None: the default credentials).
+        The context pairs (deleteEndpoints among them, see delete_endpoints_asked) and the profile (None: the
+        default credentials).
     """
     parser = argparse.ArgumentParser(prog="python -m infra.teardown", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE",
@@ -77,15 +87,32 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], str | None]:
     return context, args.profile
 
 
+def delete_endpoints_asked(context: Mapping[str, str]) -> bool:
+    """Whether `-c deleteEndpoints=true` was given (false when absent).
+
+    Args:
+        context: the `-c` pairs.
+
+    Raises:
+        TeardownError: a value other than true or false.
+    """
+    value = context.get(DELETE_ENDPOINTS, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise TeardownError(f"-c {DELETE_ENDPOINTS}={context[DELETE_ENDPOINTS]!r}: give true (delete the stack's "
+                            "SageMaker endpoints and models before destroying it) or false (the default: list them)")
+    return value == "true"
+
+
 def stack_name(context: dict[str, str]) -> str:
     """The stack name the CDK app uses for this context: `-c stackName`, else cdk.json, else the default.
 
     Args:
         context: the `-c` pairs.
     """
-    unknown = sorted(key for key in context if key not in SETTINGS and not key.startswith("@"))
+    unknown = sorted(key for key in context
+                     if key not in SETTINGS and key != DELETE_ENDPOINTS and not key.startswith("@"))
     if unknown:
-        raise TeardownError(f"unknown context settings {unknown}; known: {sorted(SETTINGS)}")
+        raise TeardownError(f"unknown context settings {unknown}; known: {sorted([*SETTINGS, DELETE_ENDPOINTS])}")
     defaults = json.loads((ROOT / "cdk.json").read_text()).get("context", {})
     return str(context.get("stackName") or defaults.get("stackName") or SETTINGS["stackName"][0]).strip()
 
@@ -149,6 +176,131 @@ def find_holders(session: boto3.Session, name: str) -> tuple[list[Holder], list[
     return holders, untouched
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A SageMaker endpoint of the stack.
+
+    Attributes:
+        name: the endpoint's name.
+        config: its endpoint configuration (the launcher gives it the endpoint's name).
+        status: e.g. InService (billed per instance-hour until deleted, whatever it answers).
+    """
+
+    name: str
+    config: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Inference:
+    """The SageMaker endpoints and models the launcher created for the stack (not part of the stack itself).
+
+    Attributes:
+        endpoints: the endpoints, by name.
+        models: the models (free by themselves; they run as the stack's model role, which the stack deletes).
+    """
+
+    endpoints: tuple[Endpoint, ...] = ()
+    models: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.endpoints or self.models)
+
+    def describe(self) -> list[str]:
+        """One line per endpoint and model."""
+        return ([f"  endpoint {e.name} ({e.status}; billed per hour until deleted)" for e in self.endpoints]
+                + [f"  model {m}" for m in self.models])
+
+
+def find_inference(session: boto3.Session, name: str) -> Inference:
+    """The SageMaker endpoints and models the launcher created for the stack; read before it is destroyed.
+
+    Args:
+        session: credentials and region of the stack.
+        name: the stack name.
+
+    Returns:
+        What was found: models run as the stack's model role (ModelRoleArn); endpoints serve one of them, or, their
+        models gone, are encrypted with the stack's key (DataKeyArn) and named as the launcher names endpoints.
+    """
+    stack = session.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    role, key = outputs.get("ModelRoleArn"), outputs.get("DataKeyArn")
+    if not role:  # a stack from before inference: the launcher cannot have created any
+        return Inference()
+    sagemaker = session.client("sagemaker")
+    since = {"CreationTimeAfter": stack["CreationTime"]} if stack.get("CreationTime") else {}
+    models = []
+    for page in sagemaker.get_paginator("list_models").paginate(**since):
+        for summary in page["Models"]:
+            described = _described(sagemaker.describe_model, ModelName=summary["ModelName"])
+            if described is not None and described.get("ExecutionRoleArn") == role:
+                models.append(summary["ModelName"])
+    launcher_name = re.compile(rf"^{re.escape(name[:40])}-endpoint-\d{{8}}-\d{{6}}$")  # launcher/inference.py _name
+    endpoints = []
+    for page in sagemaker.get_paginator("list_endpoints").paginate(**since):
+        for summary in page["Endpoints"]:
+            endpoint = _described(sagemaker.describe_endpoint, EndpointName=summary["EndpointName"])
+            if endpoint is None:
+                continue
+            config = _described(sagemaker.describe_endpoint_config,
+                                EndpointConfigName=endpoint["EndpointConfigName"]) or {}
+            served = {v.get("ModelName") for v in config.get("ProductionVariants", [])}
+            own_model = bool(served & set(models))
+            orphan = bool(key) and config.get("KmsKeyId") == key and bool(launcher_name.match(endpoint["EndpointName"]))
+            if own_model or (orphan and not served & _existing(sagemaker, served)):
+                endpoints.append(Endpoint(endpoint["EndpointName"], endpoint["EndpointConfigName"],
+                                          str(endpoint.get("EndpointStatus", "unknown"))))
+    return Inference(endpoints=tuple(sorted(endpoints, key=lambda e: e.name)), models=tuple(sorted(models)))
+
+
+def delete_inference(session: boto3.Session, found: Inference) -> list[str]:
+    """Delete the endpoints (with their configurations), then the models; what was deleted, one line each.
+
+    Args:
+        session: credentials and region of the stack.
+        found: find_inference's answer.
+    """
+    sagemaker = session.client("sagemaker")
+    lines = []
+    for endpoint in found.endpoints:
+        _deleted(sagemaker.delete_endpoint, EndpointName=endpoint.name)
+        _deleted(sagemaker.delete_endpoint_config, EndpointConfigName=endpoint.config)
+        lines.append(f"  endpoint {endpoint.name} and its configuration {endpoint.config}")
+    for model in found.models:
+        _deleted(sagemaker.delete_model, ModelName=model)
+        lines.append(f"  model {model}")
+    return lines
+
+
+def _not_found(error: ClientError) -> bool:
+    # SageMaker answers a missing endpoint, configuration or model with a ValidationException "Could not find ...".
+    return "could not find" in str(error).lower() or error.response["Error"]["Code"] == "ResourceNotFound"
+
+
+def _described(call: Any, **name: str) -> dict[str, Any] | None:
+    """A Describe* answer; None when the resource is gone (deleted between listing and describing)."""
+    try:
+        answer: dict[str, Any] = call(**name)
+    except ClientError as error:
+        if _not_found(error):
+            return None
+        raise
+    return answer
+
+
+def _existing(sagemaker: Any, models: set[str | None]) -> set[str | None]:
+    return {m for m in models if m and _described(sagemaker.describe_model, ModelName=m) is not None}
+
+
+def _deleted(call: Any, **name: str) -> None:
+    try:
+        call(**name)
+    except ClientError as error:
+        if not _not_found(error):  # gone already: what was asked is done
+            raise
+
+
 def still_there(session: boto3.Session, holders: list[Holder]) -> tuple[list[Holder], dict[str, str]]:
     """Which of the resources exist now (a KMS key pending deletion counts as deleted).
 
@@ -195,7 +347,8 @@ def _pending_deletion(session: boto3.Session, key_id: str) -> bool:
 
 
 def report(name: str, region: str | None, holders: list[Holder], existing: list[Holder], untouched: list[str],
-           key_arns: Mapping[str, str], context: Mapping[str, str], profile: str | None) -> str:
+           key_arns: Mapping[str, str], context: Mapping[str, str], profile: str | None,
+           inference: Inference = Inference()) -> str:
     """The text printed after the stack is gone: what was kept, how to reuse it, how to delete it by hand.
 
     Args:
@@ -207,7 +360,30 @@ def report(name: str, region: str | None, holders: list[Holder], existing: list[
         key_arns: ARNs of the existing KMS keys by key id.
         context: the `-c` pairs the stack was destroyed with.
         profile: the AWS profile, if one was given.
+        inference: the stack's SageMaker endpoints and models that were not deleted (no deleteEndpoints=true).
     """
+    return "\n".join([_report(name, region, holders, existing, untouched, key_arns, context, profile),
+                      *_inference_report(inference, profile)])
+
+
+def _inference_report(inference: Inference, profile: str | None) -> list[str]:
+    if not inference:
+        return []
+    env = f"AWS_PROFILE={profile} " if profile else ""
+    lines = [f"Not deleted (no -c {DELETE_ENDPOINTS}=true): the stack's SageMaker endpoints and models above; an "
+             "endpoint bills per hour until it is deleted. To delete them by hand:"]
+    for endpoint in inference.endpoints:
+        code = (f"s = boto3.client('sagemaker'); s.delete_endpoint(EndpointName='{endpoint.name}'); "
+                f"s.delete_endpoint_config(EndpointConfigName='{endpoint.config}')")
+        lines.append(f'  {env}.venv/bin/python -c "import boto3; {code}"')
+    for model in inference.models:
+        lines.append(f'  {env}.venv/bin/python -c "import boto3; '
+                     f"boto3.client('sagemaker').delete_model(ModelName='{model}')\"")
+    return lines
+
+
+def _report(name: str, region: str | None, holders: list[Holder], existing: list[Holder], untouched: list[str],
+            key_arns: Mapping[str, str], context: Mapping[str, str], profile: str | None) -> str:
     # Buckets first, the data bucket leading; then keys and log groups.
     existing = sorted(existing, key=lambda h: (h.resource_type != "AWS::S3::Bucket", h.purpose != "data",
                                                h.resource_type))
@@ -271,13 +447,28 @@ def main(argv: list[str] | None = None) -> int:
         if not session.region_name:
             raise TeardownError("no AWS region is configured: set AWS_REGION (or a region in your profile)")
         holders, untouched = find_holders(session, name)
+        delete = delete_endpoints_asked(context)
+        inference = find_inference(session, name)
+        if inference:
+            print(f"SageMaker endpoints and models of stack {name} (created by the launcher, not by the stack):",
+                  *inference.describe(), sep="\n", flush=True)
+        else:
+            print(f"Stack {name} has no SageMaker endpoint or model.", flush=True)
+        if inference and delete:
+            deleted = delete_inference(session, inference)
+            print(f"Deleted ({DELETE_ENDPOINTS}=true):", *deleted, sep="\n", flush=True)
+            inference = Inference()
+        elif inference:
+            print(f"Not deleting them (endpoints keep billing): pass -c {DELETE_ENDPOINTS}=true to delete them with "
+                  "the stack; the report at the end says how to delete them by hand.", flush=True)
         command = ["npx", "cdk", "destroy", "--force", *(["--profile", profile] if profile else [])]
         if os.environ.get("MONAI_DICOM_CDK_OUTPUT"):  # the emulator's own cloud assembly folder (demo/emulator.py)
             command += ["--output", os.environ["MONAI_DICOM_CDK_OUTPUT"]]
         # `cdk destroy` deletes by stack name, but synthesizes the app first: the notebook's clone settings must not
         # stop it where this checkout has no usable origin (they are not used).
         synth_only = {"repoUrl": "https://destroy.invalid/unused.git", "repoRef": "unused"}
-        command += [arg for key, value in {**synth_only, **context}.items() for arg in ("-c", f"{key}={value}")]
+        stack_context = {key: value for key, value in context.items() if key != DELETE_ENDPOINTS}
+        command += [arg for key, value in {**synth_only, **stack_context}.items() for arg in ("-c", f"{key}={value}")]
         print(f"Destroying stack {name} in {session.region_name}: {' '.join(command)}", flush=True)
         status = subprocess.run(command, cwd=ROOT, check=False).returncode
         if status != 0:
@@ -289,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BotoCoreError, ClientError) as error:
         print(f"error: AWS call failed: {error}", file=sys.stderr)
         return 1
-    print(report(name, session.region_name, holders, existing, untouched, key_arns, context, profile))
+    print(report(name, session.region_name, holders, existing, untouched, key_arns, stack_context, profile,
+                 inference))
     return 0
 
 

@@ -1,11 +1,14 @@
 """The stack on the local AWS emulator, driven by the real CDK CLI: deploy creates it, teardown keeps the data.
 
 Each variant is deployed once and torn down once (`python -m infra.teardown`, as `make destroy` runs it); what the
-emulator holds after each step is recorded with boto3 over HTTP, and the tests assert on those records.
+emulator holds after each step is recorded with boto3 over HTTP, and the tests assert on those records. Between the
+two, launcher/inference.py creates SageMaker models and endpoints for the stack, next to look-alikes that are not the
+stack's: the default variant's teardown lists them, the other's deletes them (-c deleteEndpoints=true).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from demo.emulator import (
+    ACCOUNT,
     PUBLIC_IMAGE,
     REGION,
     bootstrap,
@@ -27,6 +31,8 @@ from demo.emulator import (
     run_process,
     start_emulator,
 )
+from launcher import inference
+from launcher.settings import load_settings
 
 # moto warns, from its server thread, about what its CloudFormation skips (bucket policies, CDK metadata); the
 # template tests check those resources.
@@ -50,6 +56,22 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Served:
+    """SageMaker resources made between deploy and teardown.
+
+    Attributes:
+        models: made by launcher/inference.py for the stack.
+        endpoints: made by it too: one serving a model above, one whose model was deleted before (an orphan).
+        foreign: look-alikes the teardown must leave ("model:NAME", "endpoint:NAME"): a model named as the launcher
+            names them, run by another role, and an endpoint so named, encrypted with the stack's key, serving it.
+    """
+
+    models: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    foreign: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Lifecycle:
     """One stack variant taken through deploy and teardown, with what the emulator held after each step."""
 
@@ -60,6 +82,8 @@ class Lifecycle:
     after_teardown: dict[str, bool]
     stack_after_teardown: bool
     teardown: subprocess.CompletedProcess[str]
+    served: Served
+    served_after_teardown: dict[str, bool]  # "model:NAME", "endpoint:NAME" -> exists
 
 
 def _stack_exists(env: dict[str, str], stack: str) -> bool:
@@ -112,6 +136,46 @@ def _exists(env: dict[str, str], resources: Resources) -> dict[str, bool]:
     return found
 
 
+def _serve(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Served:
+    """Create models and endpoints for the stack with launcher/inference.py, and look-alikes with boto3."""
+    with pytest.MonkeyPatch.context() as patch:  # the launcher reaches AWS through this process's environment
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            patch.delenv(key)
+        for key, value in env.items():
+            if key.startswith("AWS_"):
+                patch.setenv(key, value)
+        settings = load_settings(stack, region=REGION)
+        artifact = f"s3://{settings.bucket}/jobs/job-1/output/model.tar.gz"
+        model = inference.create_model(settings, artifact)
+        endpoint = inference.create_endpoint(settings, model)
+        gone = inference.create_model(settings, artifact, name=f"{stack}-model-gone")
+        orphan = inference.create_endpoint(settings, gone, name=f"{stack}-endpoint-20260101-000000")
+        inference.delete_model(settings, gone)  # its endpoint still bills
+    sagemaker = client(env, "sagemaker")
+    foreign_model = f"{stack}-model-20260101-000001"
+    sagemaker.create_model(ModelName=foreign_model, ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/SomeoneElse",
+                           PrimaryContainer={"Image": PUBLIC_IMAGE, "ModelDataUrl": artifact})
+    foreign_endpoint = f"{stack}-endpoint-20260101-000002"
+    sagemaker.create_endpoint_config(EndpointConfigName=foreign_endpoint, KmsKeyId=outputs["DataKeyArn"],
+                                     ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": foreign_model,
+                                                          "InstanceType": "ml.m5.xlarge", "InitialInstanceCount": 1}])
+    sagemaker.create_endpoint(EndpointName=foreign_endpoint, EndpointConfigName=foreign_endpoint)
+    return Served(models=(model,), endpoints=(endpoint, orphan),
+                  foreign=(f"model:{foreign_model}", f"endpoint:{foreign_endpoint}"))
+
+
+def _served_exist(env: dict[str, str], served: Served) -> dict[str, bool]:
+    sagemaker = client(env, "sagemaker")
+    models = {m["ModelName"] for m in sagemaker.list_models()["Models"]}
+    endpoints = {e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]}
+    configs = {c["EndpointConfigName"] for c in sagemaker.list_endpoint_configs()["EndpointConfigs"]}
+    found = {f"model:{m}": m in models for m in served.models}
+    found |= {f"endpoint:{e}": e in endpoints for e in served.endpoints}
+    found |= {f"config:{e}": e in configs for e in served.endpoints}
+    found |= {name: name.partition(":")[2] in (models | endpoints) for name in served.foreign}
+    return found
+
+
 def _resources(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Resources:
     """Find the stack's buckets, key and roles from its resources and outputs."""
     summaries = client(env, "cloudformation").list_stack_resources(StackName=stack)["StackResourceSummaries"]
@@ -132,18 +196,20 @@ def _resources(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Reso
                      lifecycle_config=lifecycle_config.rsplit("/", 1)[-1])
 
 
-def _lifecycle(env: dict[str, str], context: dict[str, Any]) -> Lifecycle:
-    """Deploy with the real CDK CLI, record, tear down with `python -m infra.teardown`, record again."""
+def _lifecycle(env: dict[str, str], context: dict[str, Any], *, teardown_context: dict[str, Any]) -> Lifecycle:
+    """Deploy with the real CDK CLI, record, serve, tear down with `python -m infra.teardown`, record again."""
     stack = str(context.get("stackName", DEFAULT_STACK))
     deploy(env, context)
     described = client(env, "cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     resources = _resources(env, stack, outputs)
     after_deploy = _exists(env, resources)
-    teardown = run_process([sys.executable, "-m", "infra.teardown", *context_args(context)], env, timeout_s=300)
+    served = _serve(env, stack, outputs)
+    teardown = run_process([sys.executable, "-m", "infra.teardown", *context_args({**context, **teardown_context})],
+                           env, timeout_s=300)
     return Lifecycle(stack=stack, outputs=outputs, resources=resources, after_deploy=after_deploy,
                      after_teardown=_exists(env, resources), stack_after_teardown=_stack_exists(env, stack),
-                     teardown=teardown)
+                     teardown=teardown, served=served, served_after_teardown=_served_exist(env, served))
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +224,14 @@ def env() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def default_stack(env: dict[str, str]) -> Lifecycle:
     """The default stack (data kept on destroy)."""
-    return _lifecycle(env, emulator_context())
+    return _lifecycle(env, emulator_context(), teardown_context={})
 
 
 @pytest.fixture(scope="module")
 def destroy_data_stack(env: dict[str, str]) -> Lifecycle:
     """A stack deployed with destroyData=true, under another name."""
-    return _lifecycle(env, emulator_context(stackName=DESTROY_DATA_STACK, destroyData=True))
+    return _lifecycle(env, emulator_context(stackName=DESTROY_DATA_STACK, destroyData=True),
+                      teardown_context={"deleteEndpoints": True})
 
 
 def _all(found: dict[str, bool], prefix: str) -> list[bool]:
@@ -223,3 +290,32 @@ def test_destroy_data_deletes_buckets_and_key_too(destroy_data_stack: Lifecycle)
     assert lifecycle.after_teardown == dict.fromkeys(lifecycle.after_teardown, False)
     assert "Nothing was kept" in lifecycle.teardown.stdout
     assert "Kept (not deleted)" not in lifecycle.teardown.stdout
+
+
+def test_teardown_lists_the_stacks_endpoints_and_models_and_keeps_them_unless_asked(default_stack: Lifecycle) -> None:
+    served, report = default_stack.served, default_stack.teardown.stdout
+    assert default_stack.teardown.returncode == 0, default_stack.teardown.stderr[-3000:]
+    assert default_stack.served_after_teardown == dict.fromkeys(default_stack.served_after_teardown, True)
+    listed = report.split("SageMaker endpoints and models of stack", 1)[1].split("Not deleting them", 1)[0]
+    assert sorted(line.split()[1] for line in listed.splitlines()[1:] if line.strip()) == sorted(
+        [*served.endpoints, *served.models])
+    assert all(name.partition(":")[2] not in report for name in served.foreign)
+    assert "pass -c deleteEndpoints=true" in report and "Not deleted (no -c deleteEndpoints=true)" in report
+    for endpoint in served.endpoints:
+        assert f"s.delete_endpoint(EndpointName='{endpoint}')" in report  # the commands that delete them by hand
+    assert f"delete_model(ModelName='{served.models[0]}')" in report
+
+
+def test_teardown_with_delete_endpoints_deletes_only_the_stacks_endpoints_and_models(
+        destroy_data_stack: Lifecycle) -> None:
+    lifecycle = destroy_data_stack
+    served, after, report = lifecycle.served, lifecycle.served_after_teardown, lifecycle.teardown.stdout
+    assert lifecycle.teardown.returncode == 0, lifecycle.teardown.stderr[-3000:]
+    assert {name: exists for name, exists in after.items() if name not in served.foreign} == dict.fromkeys(
+        (name for name in after if name not in served.foreign), False)
+    assert [after[name] for name in served.foreign] == [True, True]  # another owner's look-alikes stay
+    deleted = report.split("Deleted (deleteEndpoints=true):", 1)[1]
+    for endpoint in served.endpoints:
+        assert f"endpoint {endpoint} and its configuration {endpoint}" in deleted
+    assert f"model {served.models[0]}" in deleted
+    assert "Not deleted (no -c deleteEndpoints=true)" not in report
