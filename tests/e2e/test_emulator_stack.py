@@ -319,3 +319,16 @@ def test_teardown_with_delete_endpoints_deletes_only_the_stacks_endpoints_and_mo
         assert f"endpoint {endpoint} and its configuration {endpoint}" in deleted
     assert f"model {served.models[0]}" in deleted
     assert "Not deleted (no -c deleteEndpoints=true)" not in report
+
+
+@pytest.mark.parametrize(("value", "asked"), [("true", True), ("false", False), (None, False), ("yes", None)])
+def test_delete_endpoints_takes_true_or_false(value: str | None, asked: bool | None) -> None:
+    from infra.teardown import TeardownError, delete_endpoints_asked, stack_name
+
+    context = {"stackName": "Any"} | ({} if value is None else {"deleteEndpoints": value})
+    assert stack_name(context) == "Any"  # a setting of the teardown, which the stack's own settings do not reject
+    if asked is None:
+        with pytest.raises(TeardownError, match=r"-c deleteEndpoints='yes': give true .* or false"):
+            delete_endpoints_asked(context)
+    else:
+        assert delete_endpoints_asked(context) is asked
