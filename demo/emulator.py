@@ -16,7 +16,9 @@ Where moto 5.2.5 differs from AWS, this module adapts the emulator, never the st
 - deploy uses `--method=direct`: moto resolves a stack's Outputs only for CreateStack/UpdateStack, not when it
   executes a change set (the CLI's default);
 - custom resources whose handler does nothing on Create are answered here (NO_OP_ON_CREATE): moto runs Lambda
-  functions only in Docker, and without an answer the stack stays CREATE_IN_PROGRESS forever.
+  functions only in Docker, and without an answer the stack stays CREATE_IN_PROGRESS forever; the stack's own handler
+  (RUN_IN_PROCESS: the SageMaker log groups) runs here instead, with the resource's properties from the template,
+  against the emulator's API, and its answer goes back.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
+from infra.constructs.log_groups import RESOURCE_TYPE as LOG_GROUPS_RESOURCE_TYPE
+from infra.handlers import log_groups
 from infra.lifecycle.render import current_commit, origin_url, validate_repo_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +61,8 @@ OUTPUT_TAIL_CHARS = 4000
 # Custom resources whose handler does nothing on Create (aws-cdk-lib's auto-delete-objects handler returns at once;
 # it empties the bucket on Delete, which moto does not send to custom resources).
 NO_OP_ON_CREATE = frozenset({"Custom::S3AutoDeleteObjects"})
+# The stack's own custom resources, whose handler (standard library and boto3) runs in this process on Create.
+RUN_IN_PROCESS = frozenset({LOG_GROUPS_RESOURCE_TYPE})
 
 
 class CdkError(RuntimeError):
@@ -323,12 +329,18 @@ def _answering_custom_resources(env: Mapping[str, str]) -> Iterator[None]:
             if stack["StackStatus"] != "CREATE_IN_PROGRESS":
                 continue
             stack_id = stack["StackId"]
-            for resource in cfn.list_stack_resources(StackName=stack_id)["StackResourceSummaries"]:
-                logical_id = resource.get("LogicalResourceId", "")
-                if resource.get("ResourceType") not in NO_OP_ON_CREATE or (stack_id, logical_id) in answered:
+            resources = cfn.list_stack_resources(StackName=stack_id)["StackResourceSummaries"]
+            for resource in resources:
+                logical_id, kind = resource.get("LogicalResourceId", ""), resource.get("ResourceType")
+                if kind not in NO_OP_ON_CREATE | RUN_IN_PROCESS or (stack_id, logical_id) in answered:
                     continue
                 body = {"Status": "SUCCESS", "StackId": stack_id, "LogicalResourceId": logical_id,
                         "PhysicalResourceId": resource.get("PhysicalResourceId") or logical_id, "Data": {}}
+                if kind in RUN_IN_PROCESS:
+                    event = {"RequestType": "Create", "StackId": stack_id, "RequestId": "emulator",
+                             "LogicalResourceId": logical_id, "PhysicalResourceId": body["PhysicalResourceId"],
+                             "ResourceProperties": _properties(env, stack_id, logical_id, resources)}
+                    body = log_groups.answer(event, client(env, "logs"))
                 url = f"{endpoint}/cloudformation_{REGION}/cfnresponse?stack={urllib.parse.quote(stack_id)}"
                 request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
                                                  headers={"Content-Type": "application/json"})
@@ -350,6 +362,25 @@ def _answering_custom_resources(env: Mapping[str, str]) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _properties(env: Mapping[str, str], stack_id: str, logical_id: str,
+                resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A custom resource's properties as CloudFormation would send them: the template's, with the key's ARN resolved
+    (Fn::GetAtt KEY.Arn, the only intrinsic the stack's custom resources use)."""
+    template = client(env, "cloudformation").get_template(StackName=stack_id)["TemplateBody"]
+    template = json.loads(template) if isinstance(template, str) else template
+    physical = {r.get("LogicalResourceId"): r.get("PhysicalResourceId") for r in resources}
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
+            # moto 5.2.5 answers DescribeKey with a 500 for a key CloudFormation made with a KeyPolicy (it stores
+            # the policy as a dict, its validator expects a string): build the ARN as CloudFormation gives it.
+            return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{physical[value['Fn::GetAtt'][0]]}"
+        return value
+
+    properties = template["Resources"][logical_id]["Properties"]
+    return {k: resolved(v) for k, v in properties.items() if k != "ServiceToken"}
 
 
 @contextmanager

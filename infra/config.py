@@ -29,7 +29,12 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "repoUrl": ("", "HTTPS URL the notebook clones; default: this checkout's `origin` remote."),
     "repoRef": ("", "Commit, branch or tag the notebook checks out; default: the commit being deployed."),
     "vpc": (False, "true: a VPC with private subnets, endpoints and flow logs; no direct internet access."),
+    "logRetentionDays": (365, "Days SageMaker's log groups (jobs, transforms, notebook) keep events, encrypted with "
+                              "the stack key; a CloudWatch Logs value."),
 }
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
+                      3653)
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
@@ -90,6 +95,7 @@ class StorageConfig:
     existing_bucket_name: str  # "" creates a bucket; a name reuses a kept bucket and creates no log bucket
     existing_key_arn: str  # "" creates a key; an ARN reuses the kept key (needed to read a kept bucket)
     noncurrent_version_expiry_days: int  # versioning protects against overwrites; old versions still cost money
+    log_retention_days: int  # SageMaker's log groups: how long job, transform and notebook logs are kept
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class InfraConfig:
                 noncurrent_version_expiry_days=parse_int(
                     "noncurrentVersionExpiryDays", value("noncurrentVersionExpiryDays"), minimum=1, maximum=3650
                 ),
+                log_retention_days=_log_retention(value("logRetentionDays")),
             ),
             image=ImageConfig(image_uri=str(value("trainingImageUri")).strip(), variant=variant),
             notebook=NotebookConfig(
@@ -177,6 +184,14 @@ class InfraConfig:
         if unknown:
             raise ConfigError(f"unknown context settings {sorted(unknown)}; known: {sorted(SETTINGS)}")
         return cls.from_context(context.get, origin_url=origin_url, head_commit=head_commit)
+
+
+def _log_retention(value: Any) -> int:
+    days = parse_int("logRetentionDays", value, minimum=1, maximum=LOG_RETENTION_DAYS[-1])
+    if days not in LOG_RETENTION_DAYS:
+        raise ConfigError(f"context setting logRetentionDays={days} is not a period CloudWatch Logs keeps: use one "
+                          f"of {', '.join(map(str, LOG_RETENTION_DAYS))}")
+    return days
 
 
 def _repo_url(given: str, origin_url: str) -> str:

@@ -9,6 +9,7 @@ from constructs import Construct
 
 from infra.config import InfraConfig
 from infra.constructs.encryption import DataKey
+from infra.constructs.log_groups import SageMakerLogGroups
 from infra.constructs.network import Network
 from infra.constructs.notebook import NotebookInstance
 from infra.constructs.roles import ModelRole, NotebookRole, TrainingRole
@@ -82,6 +83,8 @@ class MonaiDicomStack(Stack):
             existing_bucket_name=storage_cfg.existing_bucket_name,
             noncurrent_version_expiry_days=storage_cfg.noncurrent_version_expiry_days,
         )
+        SageMakerLogGroups(self, "SageMakerLogGroups", key=key, retention_days=storage_cfg.log_retention_days,
+                           destroy_data=storage_cfg.destroy_data)
         image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
         training = TrainingRole(self, "TrainingRole", key=key)
         model = ModelRole(self, "ModelRole", key=key)

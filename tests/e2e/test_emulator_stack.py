@@ -31,6 +31,7 @@ from demo.emulator import (
     run_process,
     start_emulator,
 )
+from infra.constructs.log_groups import SAGEMAKER_LOG_GROUPS
 from launcher import inference
 from launcher.settings import load_settings
 
@@ -84,6 +85,13 @@ class Lifecycle:
     teardown: subprocess.CompletedProcess[str]
     served: Served
     served_after_teardown: dict[str, bool]  # "model:NAME", "endpoint:NAME" -> exists
+    log_groups: dict[str, dict[str, Any]]  # SageMaker's log groups after deploy: name -> kmsKeyId, retentionInDays
+    log_groups_after_teardown: dict[str, dict[str, Any]]
+
+
+def _log_groups(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    groups = client(env, "logs").describe_log_groups(logGroupNamePrefix="/aws/sagemaker/")["logGroups"]
+    return {g["logGroupName"]: {k: g.get(k) for k in ("kmsKeyId", "retentionInDays")} for g in groups}
 
 
 def _stack_exists(env: dict[str, str], stack: str) -> bool:
@@ -204,12 +212,14 @@ def _lifecycle(env: dict[str, str], context: dict[str, Any], *, teardown_context
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     resources = _resources(env, stack, outputs)
     after_deploy = _exists(env, resources)
+    log_groups = _log_groups(env)
     served = _serve(env, stack, outputs)
     teardown = run_process([sys.executable, "-m", "infra.teardown", *context_args({**context, **teardown_context})],
                            env, timeout_s=300)
     return Lifecycle(stack=stack, outputs=outputs, resources=resources, after_deploy=after_deploy,
                      after_teardown=_exists(env, resources), stack_after_teardown=_stack_exists(env, stack),
-                     teardown=teardown, served=served, served_after_teardown=_served_exist(env, served))
+                     teardown=teardown, served=served, served_after_teardown=_served_exist(env, served),
+                     log_groups=log_groups, log_groups_after_teardown=_log_groups(env))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +239,15 @@ def default_stack(env: dict[str, str]) -> Lifecycle:
 
 @pytest.fixture(scope="module")
 def destroy_data_stack(env: dict[str, str]) -> Lifecycle:
-    """A stack deployed with destroyData=true, under another name."""
+    """A stack deployed with destroyData=true, under another name, in an account whose SageMaker log groups are new
+    again (the default stack's stay, encrypted with its kept key; associating another key with them is AssociateKmsKey,
+    which moto lacks: tests/infra/test_log_groups_handler.py checks that path)."""
+    logs = client(env, "logs")
+    for group in SAGEMAKER_LOG_GROUPS:
+        try:
+            logs.delete_log_group(logGroupName=group)
+        except logs.exceptions.ResourceNotFoundException:
+            pass  # the default stack has not run in this session
     return _lifecycle(env, emulator_context(stackName=DESTROY_DATA_STACK, destroyData=True),
                       teardown_context={"deleteEndpoints": True})
 
@@ -248,6 +266,16 @@ def test_deploy_creates_both_buckets_the_key_and_both_roles(default_stack: Lifec
 def test_deploy_creates_the_notebook_and_its_lifecycle_config(default_stack: Lifecycle) -> None:
     assert _all(default_stack.after_deploy, "notebook:") == [True]
     assert _all(default_stack.after_deploy, "lifecycle:") == [True]
+
+
+def test_deploy_encrypts_sagemaker_s_log_groups_with_the_stack_key_and_sets_their_retention(
+        default_stack: Lifecycle) -> None:
+    """The stack's custom resource ran its handler (infra/handlers/log_groups.py) against the emulator's API: the
+    groups SageMaker writes jobs, transforms and the notebook to exist, encrypted with the stack key, kept 365 days
+    (logRetentionDays' default), and they stay after teardown (other workloads of the account write there too)."""
+    expected = {"kmsKeyId": default_stack.outputs["DataKeyArn"], "retentionInDays": 365}
+    assert default_stack.log_groups == {name: expected for name in SAGEMAKER_LOG_GROUPS}
+    assert default_stack.log_groups_after_teardown == default_stack.log_groups
 
 
 def test_deploy_declares_the_outputs(default_stack: Lifecycle) -> None:
