@@ -5,8 +5,8 @@
 1. Read with pydicom (`dcmread`). The file must be DICOM Part 10: the 'DICM' marker at byte 128. Compressed transfer
    syntaxes decode through pydicom's plugins: pylibjpeg (+ libjpeg, openjpeg, rle) and python-gdcm where installed.
 2. One frame per file. Multi-frame files give their middle frame, index `NumberOfFrames // 2` (0-based); only that
-   frame is decoded, and only when the header's Rows x Columns x SamplesPerPixel is at most MAX_FRAME_PIXELS (a
-   larger claim is refused before any pixel is decoded).
+   frame is decoded, and only when the header's Rows x Columns x SamplesPerPixel is at most MAX_FRAME_PIXELS and
+   that frame decodes into at most MAX_FRAME_BYTES (a larger claim is refused before any pixel is decoded).
 3. Grayscale (MONOCHROME1/2): the Modality LUT: RescaleSlope/RescaleIntercept (from the frame's functional groups
    in enhanced multi-frame files), or the Modality LUT Sequence. Then the intensity window maps values to [0, 1]:
    the `window` argument (center, width) when given, else the file's first WindowCenter/WindowWidth pair with its
@@ -61,9 +61,11 @@ _PERCENTILE_SAMPLE = 256 * 256  # pixels sampled for the percentiles: exact enou
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # The largest frame that is decoded, checked from the header (Rows x Columns x SamplesPerPixel) before any pixel is:
 # 40 megapixels hold a full-field mammogram (about 4,100 x 5,400) or a 3-sample 3,600^2 photograph with room, and
-# decode into at most 320 MB (8 bytes a sample). A claim beyond it is refused unread: an 18 KB JPEG 2000 file can
-# claim 16,000 x 16,000 pixels, which takes 4 GB and 15 s to decode. Only one frame of a multi-frame file is decoded.
+# decode into at most 320 MB (MAX_FRAME_BYTES: 8 bytes a sample). A claim beyond it is refused unread: an 18 KB JPEG
+# 2000 file can claim 16,000 x 16,000 pixels, which takes 4 GB and 15 s to decode. Only one frame of a multi-frame
+# file is decoded (NumberOfFrames does not multiply the work), so the bound is per frame: pixels x bytes a sample.
 MAX_FRAME_PIXELS = 40_000_000
+MAX_FRAME_BYTES = 8 * MAX_FRAME_PIXELS  # the decoded frame: Rows x Columns x SamplesPerPixel x BitsAllocated / 8
 _HEADER_TAGS = ["PatientID", "PatientName", "StudyInstanceUID", "SOPClassUID"]
 
 # Privacy: pydicom's warnings quote element values (a malformed PatientName, say); its records stop here instead
@@ -340,7 +342,7 @@ def _gray_unit_frame(ds: Dataset, window: Window | None, name: str) -> np.ndarra
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
         raise DicomReadError(name, f"it has no pixel data{kind}: it is not an image; remove it or its label")
-    _check_frame_pixels(ds, name)
+    check_frame_size(ds, name)
     index = middle_frame_index(ds)
     frame = pixel_array(ds, index=index) if index is not None else ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -363,15 +365,37 @@ def _gray_unit_frame(ds: Dataset, window: Window | None, name: str) -> np.ndarra
     return unit
 
 
-def _check_frame_pixels(ds: Dataset, name: str) -> None:
-    """Refuse a frame larger than MAX_FRAME_PIXELS before decoding it (the header's claim is all that is read)."""
+def check_frame_size(ds: Dataset, name: str) -> None:
+    """Refuse a frame larger than MAX_FRAME_PIXELS samples or MAX_FRAME_BYTES decoded, from the header alone (Rows,
+    Columns, SamplesPerPixel, BitsAllocated), before any pixel is decoded.
+
+    Args:
+        ds: the dataset (read with or without its pixel data).
+        name: how the error names the file.
+
+    Raises:
+        DicomReadError: a claim beyond either limit, or a size attribute that is not a number; the limit is named.
+    """
     rows, columns = _header_int(ds, "Rows", name), _header_int(ds, "Columns", name)
     samples = _header_int(ds, "SamplesPerPixel", name, default=1)
-    if rows * columns * samples > MAX_FRAME_PIXELS:
+    pixels = rows * columns * samples
+    if pixels > MAX_FRAME_PIXELS:
         raise DicomReadError(
             name, f"its header claims frames of {rows} x {columns} pixels x {samples} sample(s), "
-                  f"{rows * columns * samples} in all; at most {MAX_FRAME_PIXELS} are decoded "
+                  f"{pixels} in all; at most {MAX_FRAME_PIXELS} are decoded "
                   "(training.dicom.MAX_FRAME_PIXELS)")
+    bits = _header_int(ds, "BitsAllocated", name, default=8)
+    decoded = pixels * max(1, -(-bits // 8))
+    if decoded > MAX_FRAME_BYTES:
+        raise DicomReadError(
+            name, f"its header claims frames of {pixels} samples x {bits} bits allocated, {decoded} bytes decoded; "
+                  f"at most {MAX_FRAME_BYTES} (training.dicom.MAX_FRAME_BYTES)")
+
+
+def frame_samples(ds: Dataset, name: str) -> int:
+    """Rows x Columns x SamplesPerPixel of the one frame a file contributes (0 without Rows or Columns)."""
+    return (_header_int(ds, "Rows", name) * _header_int(ds, "Columns", name)
+            * _header_int(ds, "SamplesPerPixel", name, default=1))
 
 
 def _header_int(ds: Dataset, keyword: str, name: str, default: int = 0) -> int:
