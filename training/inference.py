@@ -22,10 +22,11 @@ import csv
 import io
 import json
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,26 @@ def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike
 DICOM = "application/dicom"  # one DICOM Part 10 file (RFC 3240)
 ZIP = "application/zip"  # several files; read from the body alone: hosting may run network-isolated
 JSON = "application/json"
-MAX_ZIP_MEMBERS = 10_000  # more files than any one request should carry; split larger sets into several objects
-MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed total: refuses zip bombs before anything is inflated
+# Request limits, checked before anything is decoded (a zip's from its directory, then each member's header as the
+# member is inflated, one at a time). They are sized so that the largest accepted request ends well inside the
+# server's 120 s worker timeout (training/serve.py TIMEOUT_S) on the smallest instance the README names for serving,
+# ml.m5.xlarge (4 vCPUs: one worker per vCPU, one torch thread each). Measured on this project's 2-core machine, one
+# thread, the default network (DenseNet121 at 96x96) in batches of 32: 18.5 ms a file whatever its size up to 512^2
+# (the forward pass dominates), decoding and preprocessing 6.5 ns a pixel uncompressed and 65 ns a pixel for
+# JPEG 2000, inflating about 300 MB/s (twice: once to check, once to predict). The largest request then costs
+# 1,000 files x 18.5 ms + 128 M pixels x 65 ns + 2 x 512 MiB / 300 MB/s, about 18.5 + 8.3 + 3.6 = 30 s here; a vCPU of
+# an m5 (a hyperthread) is taken as up to twice slower, 60 s: half the worker timeout, and inside SageMaker's
+# 60 s invocation limit of real-time endpoints, whose 6 MB payloads hold far less. A network larger than the default,
+# or a larger image size, costs more a file: split such requests into smaller ones.
+MAX_ZIP_MEMBERS = 1_000  # files (and directories) in a zip's directory: 1,000 x 18.5 ms = 18.5 s (above)
+MAX_ZIP_BYTES = 512 * 1024**2  # the members' declared sizes added up: MAX_REQUEST_PIXELS at 4 bytes a sample
+# A member's declared size over its compressed size. Deflate reaches about 1,030 on zeros (a zip bomb); measured here
+# with zlib: DICOM of pydicom's test files at most 42, pydicom-data's synthetic colour bars 202, our synthetic set 1.8.
+MAX_ZIP_RATIO = 250
+MAX_REQUEST_PIXELS = 128_000_000  # samples a request decodes (one frame a file), from the headers: 488 CT slices 512^2
+_INFLATE_CHUNK = 1024**2  # bytes inflated at a time
 _IGNORED_MEMBERS = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # archivers' extras, not images
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # DICOM PS3.5 9.1: digits and dots, at most 64 characters
 
 
 class InvalidInput(ValueError):
@@ -238,17 +256,24 @@ def _shown(name: str, limit: int = 120) -> str:
 
 @dataclass(frozen=True)
 class DicomInput:
-    """One file of a request.
+    """One file of a request, checked but not yet decoded.
 
     Attributes:
         name: the zip member's path, or 'body' for a single file.
-        data: the file's bytes.
-        sop_instance_uid: its SOPInstanceUID ('' when the file has none).
+        sop_instance_uid: its SOPInstanceUID ('' when the file has none, or when it is not a valid UID: a corrupted
+            length can make it swallow the elements after it, patient names included).
+        load: returns the file's bytes: the body, or the member inflated again (zips are inflated one member at a
+            time, when predict_fn needs it, so a request never holds all its files inflated at once).
     """
 
     name: str
-    data: bytes
     sop_instance_uid: str
+    load: Callable[[], bytes] = field(repr=False, compare=False)
+
+    @property
+    def data(self) -> bytes:
+        """The file's bytes."""
+        return self.load()
 
 
 def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
@@ -265,7 +290,12 @@ def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
 
 
 def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInput]:
-    """The request's DICOM files, with their SOPInstanceUIDs; nothing is decoded yet.
+    """The request's DICOM files, each checked from its header; no pixel is decoded yet.
+
+    Every limit is checked before the work it bounds: a zip's member count, declared sizes and compression ratios
+    from its directory before anything is inflated; then each member, inflated alone and never beyond its declared
+    size, must be DICOM Part 10 with frames within training.dicom's limits and the request's pixel budget
+    (MAX_REQUEST_PIXELS). Its bytes are then dropped: predict_fn inflates members again, a batch at a time.
 
     Args:
         body: the request body.
@@ -274,7 +304,7 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
 
     Raises:
         InvalidInput: 415 for another content type; 400 for an empty body, a damaged zip, a zip without DICOM
-            files, or a file that is not DICOM Part 10 (named).
+            files, a file that is not DICOM Part 10 (named), or a limit exceeded (named, with its value).
     """
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind not in (DICOM, ZIP):
@@ -285,9 +315,10 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
     data = bytes(body)
     if not data:
         raise InvalidInput(f"the request body is empty: send a DICOM file as {DICOM}, or a zip as {ZIP}")
-    members = [("body", data)] if kind == DICOM else _zip_members(data)
-    return [DicomInput(name, content, _sop_instance_uid(name, content, _position(number, len(members))))
-            for number, (name, content) in enumerate(members)]
+    if kind == ZIP:
+        return _zip_inputs(data)
+    uid, _ = _checked_header("body", data, _position(0, 1))
+    return [DicomInput("body", uid, lambda: data)]
 
 
 def _position(number: int, count: int) -> str:
@@ -296,21 +327,26 @@ def _position(number: int, count: int) -> str:
 
 
 def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, Any]]:
-    """Classify the files; one result per file, in request order.
+    """Classify the files; one result per file, in request order. Files are loaded (zip members inflated) a batch
+    of model.batch_size at a time, so a request holds one batch of files in memory, not all of them.
 
     Raises:
         InvalidInput: a file cannot become an image (no pixel data, undecodable); the reason names it.
     """
-    try:
-        predictions = model.predict([d.data for d in data], names=[d.name for d in data])
-    except DicomReadError as exc:
-        number = next((n for n, d in enumerate(data) if d.name == exc.file), 0)
-        raise InvalidInput(f"{_shown(exc.file)}: {exc.reason}",
-                           logged=f"{_position(number, len(data))}: {exc.reason}") from None
-    return [
-        {"file": d.name, "SOPInstanceUID": d.sop_instance_uid, "label": p.label, "probabilities": p.probabilities}
-        for d, p in zip(data, predictions, strict=True)
-    ]
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(data), model.batch_size):
+        batch = data[start : start + model.batch_size]
+        try:
+            predictions = model.predict([d.data for d in batch], names=[d.name for d in batch])
+        except DicomReadError as exc:
+            number = start + next((n for n, d in enumerate(batch) if d.name == exc.file), 0)
+            raise InvalidInput(f"{_shown(exc.file)}: {exc.reason}",
+                               logged=f"{_position(number, len(data))}: {exc.reason}") from None
+        results += [
+            {"file": d.name, "SOPInstanceUID": d.sop_instance_uid, "label": p.label, "probabilities": p.probabilities}
+            for d, p in zip(batch, predictions, strict=True)
+        ]
+    return results
 
 
 def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tuple[bytes, str]:
@@ -326,35 +362,85 @@ def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tu
     return json.dumps({"predictions": list(prediction)}, allow_nan=False).encode("utf-8"), JSON
 
 
-def _zip_members(data: bytes) -> list[tuple[str, bytes]]:
+def _zip_inputs(data: bytes) -> list[DicomInput]:
+    """A zip's members, each inflated once to check it (one at a time, never past its declared size), in name order."""
+    entries = _directory_entries(data)
+    if entries > MAX_ZIP_MEMBERS:  # before zipfile builds an object per entry (a 100 MiB directory holds millions)
+        raise InvalidInput(f"the zip's directory lists {entries} entries; at most {MAX_ZIP_MEMBERS} per request "
+                           "(inference.MAX_ZIP_MEMBERS): split the files into several requests")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
         raise InvalidInput(f"the body is not a readable zip file ({exc})") from None
-    with archive:
-        # In name order, the order of the answers: a refusal's place ("file 2 of 5") is the same however it is found.
-        infos = sorted((i for i in archive.infolist() if not i.is_dir() and not _ignored(i.filename)),
-                       key=lambda i: i.filename)
-        if len(infos) > MAX_ZIP_MEMBERS:
-            raise InvalidInput(f"the zip holds {len(infos)} files; at most {MAX_ZIP_MEMBERS} per request")
-        total = sum(i.file_size for i in infos)
-        if total > MAX_ZIP_BYTES:
-            raise InvalidInput(f"the zip inflates to {total} bytes; at most {MAX_ZIP_BYTES} per request")
-        members = []
-        for number, info in enumerate(infos):
-            place = _position(number, len(infos))
-            try:
-                content = archive.read(info)
-            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
-                reason = f"the zip member cannot be read ({type(exc).__name__})"
-                raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}") from None
-            if content[DICM_OFFSET : DICM_OFFSET + 4] != b"DICM":
-                reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128); the zip must hold DICOM files only"
-                raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
-            members.append((info.filename, content))
-    if not members:
+    # In name order, the order of the answers: a refusal's place ("file 2 of 5") is the same however it is found.
+    infos = sorted((i for i in archive.infolist() if not i.is_dir() and not _ignored(i.filename)),
+                   key=lambda i: i.filename)
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise InvalidInput(f"the zip holds {len(infos)} files; at most {MAX_ZIP_MEMBERS} per request "
+                           "(inference.MAX_ZIP_MEMBERS): split the files into several requests")
+    total = sum(i.file_size for i in infos)
+    if total > MAX_ZIP_BYTES:
+        raise InvalidInput(f"the zip's files declare {total} bytes inflated; at most {MAX_ZIP_BYTES} per request "
+                           "(inference.MAX_ZIP_BYTES): split the files into several requests")
+    for number, info in enumerate(infos):
+        if info.file_size > MAX_ZIP_RATIO * info.compress_size:
+            reason = (f"the zip member declares {info.file_size} bytes from {info.compress_size} compressed, a ratio "
+                      f"above {MAX_ZIP_RATIO} (inference.MAX_ZIP_RATIO): store it uncompressed, or send it alone as "
+                      f"{DICOM}")
+            raise InvalidInput(f"{_shown(info.filename)}: {reason}",
+                               logged=f"{_position(number, len(infos))}: {reason}")
+    inputs: list[DicomInput] = []
+    pixels = 0
+    for number, info in enumerate(infos):
+        place = _position(number, len(infos))
+
+        def load(info: zipfile.ZipInfo = info, place: str = place) -> bytes:
+            return _inflate(archive, info, place)
+
+        content = load()
+        if content[DICM_OFFSET : DICM_OFFSET + 4] != b"DICM":
+            reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128); the zip must hold DICOM files only"
+            raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
+        uid, samples = _checked_header(info.filename, content, place)
+        del content  # one member inflated at a time
+        pixels += samples
+        if pixels > MAX_REQUEST_PIXELS:
+            reason = (f"the request's frames reach {pixels} pixels (samples) by this file; at most "
+                      f"{MAX_REQUEST_PIXELS} are decoded per request (inference.MAX_REQUEST_PIXELS): split the files "
+                      "into several requests")
+            raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}")
+        inputs.append(DicomInput(info.filename, uid, load))
+    if not inputs:
         raise InvalidInput("the zip holds no files: put the DICOM files in it")
-    return sorted(members)
+    return inputs
+
+
+def _directory_entries(data: bytes) -> int:
+    """The entry count the zip's end-of-directory record declares (0 when there is none: zipfile then refuses it)."""
+    try:
+        end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]  # stable since Python 2
+    except OSError:
+        return 0
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0  # type: ignore[attr-defined]
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, place: str) -> bytes:
+    """A member's bytes, inflated a chunk at a time and never beyond its declared size: zipfile stops there and checks
+    the CRC, so a member whose data inflates further (its sizes lie) is refused as damaged."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        with archive.open(info) as stream:
+            while piece := stream.read(_INFLATE_CHUNK):
+                size += len(piece)
+                if size > info.file_size:  # zipfile never gets here (it stops at the declared size): a second guard
+                    raise zipfile.BadZipFile("more data than declared")
+                parts.append(piece)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        reason = (f"the zip member cannot be read ({type(exc).__name__}): it is damaged, encrypted, or its data "
+                  f"does not match its declared size ({info.file_size} bytes, never inflated further) and CRC")
+        raise InvalidInput(f"{_shown(info.filename)}: {reason}", logged=f"{place}: {reason}") from None
+    return b"".join(parts)
 
 
 def _ignored(member: str) -> bool:
@@ -362,17 +448,28 @@ def _ignored(member: str) -> bool:
     return member.startswith(_IGNORED_MEMBERS[0]) or base in _IGNORED_MEMBERS[1:] or base.startswith("._")
 
 
-def _sop_instance_uid(name: str, data: bytes, place: str) -> str:
-    """The header's SOPInstanceUID (pixels not read); a body that is not DICOM Part 10 is refused here, named by
-    `name` to the client and by `place` in the log."""
+def _checked_header(name: str, data: bytes, place: str) -> tuple[str, int]:
+    """The header's SOPInstanceUID and the samples of the frame that will be decoded (pixels not read); a body that
+    is not DICOM Part 10, or whose frame exceeds training.dicom's limits, is refused here, named by `name` to the
+    client and by `place` in the log."""
+    from training.dicom import check_frame_size, frame_samples
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's validation warnings quote values (training/dicom.py)
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()  # converted, so validated, inside the suppression
+            check_frame_size(ds, place)
+            samples = frame_samples(ds, place)
     except InvalidDicomError:
         reason = "not a DICOM Part 10 file (no 'DICM' marker at byte 128)"
         raise InvalidInput(f"{_shown(name)}: {reason}", logged=f"{place}: {reason}") from None
+    except DicomReadError as exc:
+        raise InvalidInput(f"{_shown(name)}: {exc.reason}", logged=f"{place}: {exc.reason}") from None
     except Exception as exc:  # pydicom raises many types on damaged files
         reason = f"its DICOM header cannot be read ({type(exc).__name__})"
         raise InvalidInput(f"{_shown(name)}: {reason}", logged=f"{place}: {reason}") from None
-    return str(ds.get("SOPInstanceUID", "") or "")
+    return (uid if len(uid) <= 64 and _UID.fullmatch(uid) else ""), samples
+
+
+_HEADER_TAGS = ["SOPInstanceUID", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "NumberOfFrames"]

@@ -27,7 +27,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
 
 import training.dicom
 from tests.conftest import TinyJob
-from training.dicom import MAX_FRAME_PIXELS, DicomReadError, load_image
+from training.dicom import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, DicomReadError, load_image
+from training.inference import MAX_REQUEST_PIXELS
 
 PATIENT = ("DOE^JOHN", "MRN-998877")
 
@@ -177,3 +178,28 @@ def test_a_client_chosen_content_type_is_not_logged(app: Any, caplog: pytest.Log
         status, answer = _post(app, b"x", "text/DOE^JOHN\nINFO forged")
     assert status.startswith("415") and "DOE^JOHN" in answer["error"] and "\n" not in answer["error"]
     assert "DOE^JOHN" not in caplog.text and "forged" not in caplog.text
+
+
+def test_a_frame_claiming_more_decoded_bytes_than_the_limit_is_refused_before_any_decoding(
+    decodes: list[str]
+) -> None:
+    # 36 M samples pass MAX_FRAME_PIXELS; at 128 bits allocated each they would decode into 576 MB.
+    hostile = _file(6_000, 6_000, BitsAllocated=128)
+    with pytest.raises(DicomReadError, match=rf"at most {MAX_FRAME_BYTES} \(training.dicom.MAX_FRAME_BYTES\)"):
+        load_image(hostile, image_size=(32, 32))
+    assert decodes == []
+
+
+def test_a_zip_whose_frames_add_up_past_the_request_budget_is_refused_before_any_decoding(
+    app: Any, decodes: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each member claims 36 M pixels (within MAX_FRAME_PIXELS), four of them 144 M: past MAX_REQUEST_PIXELS at the
+    # fourth, which is refused by its header before anything is decoded.
+    frame = _file(6_000, 6_000)
+    body = _zip({f"{i}.dcm": frame for i in range(4)})
+    with caplog.at_level(logging.DEBUG):
+        status, answer = _post(app, body, "application/zip")
+    assert status.startswith("400") and decodes == []
+    assert "inference.MAX_REQUEST_PIXELS" in answer["error"] and str(MAX_REQUEST_PIXELS) in answer["error"]
+    assert answer["error"].startswith("3.dcm: ") and "file 4 of 4" in caplog.text
+    assert not any(value in caplog.text + json.dumps(answer) for value in PATIENT)
