@@ -12,8 +12,17 @@ In the image, SageMaker runs `docker run IMAGE serve` (training/container/serve)
 
 The web server is gunicorn (in the base image, pinned at the base's version in requirements.txt): pre-forked
 worker processes, one per core by default, each loading the bundle itself after the fork (torch's thread pools
-do not survive a fork) and running inference on cores // workers threads. Sync workers suit SageMaker: its front end
-sends whole requests, so no slow client holds a worker.
+do not survive a fork) and running inference on cores // workers torch threads. Each worker is a gthread worker with
+THREADS connection threads, and infers one request at a time (a lock): a client that sends its headers and then
+stalls holds one thread, at most BODY_TIMEOUT_S, never the worker, so GET /ping (SageMaker's health check, which
+must answer within seconds) is answered meanwhile. Sync workers, one connection each, would let two stalled uploads
+starve /ping on a two-worker server; SageMaker's front end normally sends whole requests, but the container must not
+depend on it. The lock keeps one inference per worker, so memory and CPU stay those of one request per worker.
+Not bounded here: a client that stalls inside its headers holds a thread until it disconnects (gunicorn parses
+headers before the application runs and sets no deadline on them once a first byte has come).
+
+Every request is bounded before work starts: the body to MAX_BODY_BYTES (read in chunks, a chunked body included:
+413), its upload to BODY_TIMEOUT_S (408), the files and pixels it holds to training.inference's limits (400).
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +50,14 @@ log = logging.getLogger("training.serve")
 MODEL_DIR = "/opt/ml/model"  # where SageMaker extracts model.tar.gz
 PORT = 8080  # SageMaker's hosting contract
 MAX_BODY_BYTES = 100 * 1024**2  # batch transform's largest MaxPayloadInMB; endpoints allow less (6 MB)
-TIMEOUT_S = 120  # a worker silent for longer is restarted (a zip of many large files still fits)
+# gunicorn's worker timeout: a worker whose main loop is silent for longer is restarted. A gthread worker's loop keeps
+# beating while a request runs, so what bounds a request is training.inference's limits, sized to finish well inside
+# this (launcher/local_inference.py's client waits as long).
+TIMEOUT_S = 120
+BODY_TIMEOUT_S = 30.0  # the whole upload: 100 MiB at under 4 MB/s still fits; a stalled client gets a 408 then
+THREADS = 4  # connections a worker serves at once: inference (one at a time) and /ping beside up to 2 stalled uploads
+_BODY_CHUNK = 1024**2  # bytes read from the socket at a time
+_DRAIN_BYTES = MAX_BODY_BYTES  # after a 413, bytes still read and dropped so that the client can read the answer
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"  # SageMaker's conventional override of the worker count
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -59,14 +77,18 @@ class InferenceApp:
     Args:
         model_dir: the bundle (SageMaker's /opt/ml/model).
         workers: the server's worker count, reported to batch transform.
+        body_timeout_s: the longest a request body may take to arrive (408 after it).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, workers: int = 1) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], *, workers: int = 1,
+                 body_timeout_s: float = BODY_TIMEOUT_S) -> None:
         from training import inference  # MONAI and torch: imported in the worker, after the fork
 
         self.handlers = inference
         self.model = inference.model_fn(model_dir)
         self.workers = workers
+        self.body_timeout_s = body_timeout_s
+        self.busy = threading.Lock()  # one inference at a time per worker (module docstring)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
@@ -86,16 +108,16 @@ class InferenceApp:
         """POST /invocations: body -> input_fn -> predict_fn -> output_fn; InvalidInput -> its 4xx."""
         h = self.handlers
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return _error(start_response, 400, "Content-Length is not a number")
-        if length > MAX_BODY_BYTES:
-            return _error(start_response, 413, f"the body has {length} bytes; at most {MAX_BODY_BYTES}")
-        body = environ["wsgi.input"].read(length) if length else b""
+            body = read_body(environ, self.body_timeout_s)
+        except h.InvalidInput as exc:
+            log.info("refused a request: %s %s", exc.status, exc.logged)
+            return _error(start_response, exc.status, exc.reason)
         try:
-            data = h.input_fn(body, environ.get("CONTENT_TYPE"))
-            prediction = h.predict_fn(data, self.model)
-            payload, content_type = h.output_fn(prediction, environ.get("HTTP_ACCEPT"))
+            with self.busy:
+                data = h.input_fn(body, environ.get("CONTENT_TYPE"))
+                del body  # the zip's bytes stay referenced by `data` alone
+                prediction = h.predict_fn(data, self.model)
+                payload, content_type = h.output_fn(prediction, environ.get("HTTP_ACCEPT"))
         except h.InvalidInput as exc:
             log.info("refused a request: %s %s", exc.status, exc.logged)  # nothing the client chose
             return _error(start_response, exc.status, exc.reason)
@@ -103,6 +125,89 @@ class InferenceApp:
             log.exception("inference failed")  # reasons of training/dicom.py carry no patient identifiers
             return _error(start_response, 500, "inference failed; the server log has the details")
         return _respond(start_response, 200, payload, content_type)
+
+
+def read_body(environ: dict[str, Any], timeout_s: float) -> bytes:
+    """The request body, read in chunks of at most 1 MiB, at most MAX_BODY_BYTES, within timeout_s in all.
+
+    A body declared (Content-Length) or found (chunked) larger than the limit is refused with a 413; the rest of it
+    is read and dropped first, up to as much again, so that the client gets the answer rather than a reset
+    connection. Under gunicorn the deadline is the client socket's timeout, renewed before each read.
+
+    Raises:
+        training.inference.InvalidInput: 400 (a bad Content-Length), 408 (the deadline passed), 413 (too large).
+    """
+    from training.inference import InvalidInput
+
+    deadline = time.monotonic() + timeout_s
+    declared = environ.get("CONTENT_LENGTH") or ""
+    try:
+        length = int(declared) if declared else None
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number") from None
+    stream, sock = environ["wsgi.input"], environ.get("gunicorn.socket")
+    limit = f"at most {MAX_BODY_BYTES} per request (training.serve.MAX_BODY_BYTES): split the files into requests"
+    parts: list[bytes] = []
+    size = 0
+    try:
+        if length is not None and length > MAX_BODY_BYTES:
+            _drain(stream, sock, deadline, min(length, MAX_BODY_BYTES + _DRAIN_BYTES))
+            raise InvalidInput(f"the body has {length} bytes; {limit}", status=413)
+        while True:
+            _renew(sock, deadline)
+            piece = stream.read(min(_BODY_CHUNK, MAX_BODY_BYTES + 1 - size))
+            if not piece:
+                break
+            size += len(piece)
+            if size > MAX_BODY_BYTES:
+                _drain(stream, sock, deadline, _DRAIN_BYTES)
+                raise InvalidInput(f"the body has more than {MAX_BODY_BYTES} bytes; {limit}", status=413)
+            parts.append(piece)
+    except TimeoutError:  # socket.timeout is TimeoutError
+        raise InvalidInput(f"the body did not arrive within {timeout_s:g} s (training.serve.BODY_TIMEOUT_S, the "
+                           "server's --body-timeout): send it whole", status=408) from None
+    finally:
+        if sock is not None:
+            sock.settimeout(timeout_s)  # the answer is written under the same bound
+    return b"".join(parts)
+
+
+def _renew(sock: socket.socket | None, deadline: float) -> None:
+    if sock is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+
+
+def _drain(stream: Any, sock: socket.socket | None, deadline: float, limit: int) -> None:
+    """Read and drop up to `limit` bytes of what the client still sends, within the deadline."""
+    dropped = 0
+    try:
+        while dropped < limit:
+            _renew(sock, deadline)
+            piece = stream.read(min(_BODY_CHUNK, limit - dropped))
+            if not piece:
+                return
+            dropped += len(piece)
+    except (OSError, ValueError):  # a timeout or a reset: the answer is sent all the same
+        return
+
+
+def quiet_pydicom() -> None:
+    """Keep element values out of the server's log: pydicom quotes a value it finds invalid in a warning (a corrupted
+    element can hold PatientName; training.dicom reads inside a suppression, this makes it hold wherever a value is
+    read). Reading validation is off, and any warning that still comes is logged by its category and origin alone."""
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        log.warning("a %s from %s:%d (its text is not logged: it may quote a file's values)", category.__name__,
+                    os.path.basename(filename), lineno)
+
+    warnings.showwarning = show
 
 
 def _respond(start_response: StartResponse, status: int, body: bytes, content_type: str) -> list[bytes]:
@@ -115,32 +220,40 @@ def _error(start_response: StartResponse, status: int, reason: str) -> list[byte
     return _respond(start_response, status, json.dumps({"error": reason}).encode(), "application/json")
 
 
-def serve(model_dir: str | os.PathLike[str], *, host: str = "0.0.0.0", port: int = PORT, workers: int = 1) -> None:
+def serve(
+    model_dir: str | os.PathLike[str], *, host: str = "0.0.0.0", port: int = PORT, workers: int = 1,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> None:
     """Run gunicorn in this process until it is stopped (SIGTERM from SageMaker stops it gracefully).
 
     Args:
         model_dir: the bundle.
         host: the interface to listen on (all of them in the container).
         port: the port (8080 for SageMaker).
-        workers: worker processes; each runs inference on cores // workers threads.
+        workers: worker processes; each runs inference on cores // workers torch threads.
+        body_timeout_s: the longest a request body may take to arrive (408 after it).
     """
     from gunicorn.app.base import BaseApplication
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1; got {workers}")
+    if not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s must be > 0 seconds; got {body_timeout_s}")
     root = Path(model_dir)
     if not (root / "configs" / "inference.json").is_file():
         raise FileNotFoundError(f"{root} holds no MONAI bundle (configs/inference.json)")
-    threads = max(1, available_cores() // workers)
+    torch_threads = max(1, available_cores() // workers)
 
     def post_fork(server: Any, worker: Any) -> None:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
 
-    options = {"bind": f"{host}:{port}", "workers": workers, "worker_class": "sync", "timeout": TIMEOUT_S,
-               "graceful_timeout": 30, "keepalive": 5, "errorlog": "-", "loglevel": "info", "accesslog": None,
-               "post_fork": post_fork, "preload_app": False}
+    # keepalive 0: each connection closes after its answer, so an unread remainder of a refused body is never parsed
+    # as a next request, nor drained without bound by gunicorn (a connection costs little beside an inference).
+    options = {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread", "threads": THREADS,
+               "timeout": TIMEOUT_S, "graceful_timeout": 30, "keepalive": 0, "errorlog": "-", "loglevel": "info",
+               "accesslog": None, "post_fork": post_fork, "preload_app": False}
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -148,19 +261,24 @@ def serve(model_dir: str | os.PathLike[str], *, host: str = "0.0.0.0", port: int
                 self.cfg.set(key, value)
 
         def load(self) -> InferenceApp:
-            return InferenceApp(root, workers=workers)
+            quiet_pydicom()  # in the worker process only: the setting is global to pydicom
+            return InferenceApp(root, workers=workers, body_timeout_s=body_timeout_s)
 
-    log.info("serving %s on %s:%d with %d workers x %d threads", root, host, port, workers, threads)
+    log.info("serving %s on %s:%d with %d workers x %d connection threads, %d torch threads", root, host, port,
+             workers, THREADS, torch_threads)
     Server().run()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """--model-dir, --host, --port, --workers (default: SAGEMAKER_MODEL_SERVER_WORKERS, else one per core)."""
+    """--model-dir, --host, --port, --workers (default: SAGEMAKER_MODEL_SERVER_WORKERS, else one per core),
+    --body-timeout."""
     parser = argparse.ArgumentParser(prog="python -m training.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default=MODEL_DIR, help=f"the bundle (default {MODEL_DIR})")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
     parser.add_argument("--port", type=int, default=PORT, help=f"port (default {PORT}, SageMaker's)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default one per core)")
+    parser.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S,
+                        help=f"seconds a request body may take to arrive, 408 after (default {BODY_TIMEOUT_S:g})")
     return parser.parse_args(argv)
 
 
@@ -169,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workers = args.workers or int(os.environ.get(WORKERS_VARIABLE) or 0) or available_cores()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.model_dir, host=args.host, port=args.port, workers=workers)
+    serve(args.model_dir, host=args.host, port=args.port, workers=workers, body_timeout_s=args.body_timeout)
     return 0
 
 
@@ -185,25 +303,30 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    model_dir: str | os.PathLike[str], *, workers: int = 1, port: int | None = None, ready_timeout_s: float = 120
+    model_dir: str | os.PathLike[str], *, workers: int = 1, port: int | None = None, ready_timeout_s: float = 120,
+    body_timeout_s: float = BODY_TIMEOUT_S, log_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`python -m training.serve` on a free localhost port, until the block ends; yields (process, port).
+    """`python -m training.serve` on a free localhost port, until the block ends; yields (process, port). Its output
+    (stdout and stderr together) goes to log_file, or else to the process's stdout pipe.
 
     Raises:
         RuntimeError: the server exited or did not answer /ping in time (its output is in the message).
     """
     port = port or free_port()
     command = [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers)]
+               "--port", str(port), "--workers", str(workers), "--body-timeout", str(body_timeout_s)]
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    sink = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115  # closed below
+    process = subprocess.Popen(command, stdout=sink or subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + ready_timeout_s
         while not _pings(port, workers):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                output = process.communicate()[0].decode(errors="replace")
+                output = (process.communicate()[0] or b"").decode(errors="replace")
+                if log_file is not None:
+                    output = Path(log_file).read_text(errors="replace")
                 raise RuntimeError(f"the server on port {port} did not become ready:\n{output[-4000:]}")
             time.sleep(0.2)
         yield process, port
@@ -217,6 +340,8 @@ def running_server(
                 process.wait()
         if process.stdout is not None:
             process.stdout.close()
+        if sink is not None:
+            sink.close()
 
 
 def _pings(port: int, workers: int) -> bool:
