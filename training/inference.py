@@ -221,6 +221,7 @@ JSON = "application/json"
 # 60 s invocation limit of real-time endpoints, whose 6 MB payloads hold far less. A network larger than the default,
 # or a larger image size, costs more a file: split such requests into smaller ones.
 MAX_ZIP_MEMBERS = 1_000  # files (and directories) in a zip's directory: 1,000 x 18.5 ms = 18.5 s (above)
+MAX_ZIP_DIRECTORY_BYTES = MAX_ZIP_MEMBERS * 1024  # 1,000 entries whose paths and extras take up to 1 KiB each
 MAX_ZIP_BYTES = 512 * 1024**2  # the members' declared sizes added up: MAX_REQUEST_PIXELS at 4 bytes a sample
 # A member's declared size over its compressed size. Deflate reaches about 1,030 on zeros (a zip bomb); measured here
 # with zlib: DICOM of pydicom's test files at most 42, pydicom-data's synthetic colour bars 202, our synthetic set 1.8.
@@ -364,10 +365,16 @@ def output_fn(prediction: Sequence[Mapping[str, Any]], accept: str | None) -> tu
 
 def _zip_inputs(data: bytes) -> list[DicomInput]:
     """A zip's members, each inflated once to check it (one at a time, never past its declared size), in name order."""
-    entries = _directory_entries(data)
-    if entries > MAX_ZIP_MEMBERS:  # before zipfile builds an object per entry (a 100 MiB directory holds millions)
+    entries, directory = _directory(data)
+    # Both before zipfile builds an object per entry: it parses the whole directory whatever count the end record
+    # declares, and 100 MiB of directory hold two million entries.
+    if entries > MAX_ZIP_MEMBERS:
         raise InvalidInput(f"the zip's directory lists {entries} entries; at most {MAX_ZIP_MEMBERS} per request "
                            "(inference.MAX_ZIP_MEMBERS): split the files into several requests")
+    if directory > MAX_ZIP_DIRECTORY_BYTES:
+        raise InvalidInput(f"the zip's directory has {directory} bytes; at most {MAX_ZIP_DIRECTORY_BYTES} "
+                           "(inference.MAX_ZIP_DIRECTORY_BYTES, MAX_ZIP_MEMBERS entries of 1 KiB): split the files "
+                           "into several requests")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
@@ -415,13 +422,16 @@ def _zip_inputs(data: bytes) -> list[DicomInput]:
     return inputs
 
 
-def _directory_entries(data: bytes) -> int:
-    """The entry count the zip's end-of-directory record declares (0 when there is none: zipfile then refuses it)."""
+def _directory(data: bytes) -> tuple[int, int]:
+    """The entry count and directory size the zip's end record declares ((0, 0) when there is none: zipfile then
+    refuses the body)."""
     try:
         end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]  # stable since Python 2
     except OSError:
-        return 0
-    return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0  # type: ignore[attr-defined]
+        return 0, 0
+    if not end:
+        return 0, 0
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]), int(end[zipfile._ECD_SIZE])  # type: ignore[attr-defined]
 
 
 def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, place: str) -> bytes:
