@@ -14,8 +14,15 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 CDK_ARGS ?=
 # Extra flags for python -m bench, e.g. make bench BENCH_ARGS="--quick"
 BENCH_ARGS ?=
+# The training image's lock (make lock): training/requirements.txt with the sha256 of every file PyPI has for each
+# pin, for the image's Python 3.12 on x86-64 Linux. --no-deps: every dependency of the pins is a package of the base
+# image (tests/image/test_requirements.py checks it), and the build installs the lock with --require-hashes, so a
+# dependency from anywhere else stops it. LOCK_OUT lets the tests write it elsewhere.
+LOCK_OUT ?= training/requirements-lock.txt
+UV_LOCK_ARGS := --no-deps --generate-hashes --python-version 3.12 --python-platform x86_64-manylinux_2_34 \
+	--only-binary :all: --no-python-downloads --no-progress --quiet --custom-compile-command "make lock"
 
-.PHONY: help setup test demo synth deploy destroy lint bench clean
+.PHONY: help setup test demo synth deploy destroy lint bench lock clean
 
 help:
 	@echo "make setup    install Python and Node dependencies into .venv and node_modules (idempotent)"
@@ -25,6 +32,7 @@ help:
 	@echo "make deploy   deploy the stack to the AWS account of your credentials (needs Docker for the image)"
 	@echo "make destroy  destroy the stack; prints what was kept (data bucket, log bucket, key)"
 	@echo "make lint     ruff, mypy, shellcheck"
+	@echo "make lock     regenerate training/requirements-lock.txt (hashes) from training/requirements.txt (uv)"
 	@echo "make bench    the public sample's pipeline and loop against ours (bench/results/; ~15 min on 2 cores)"
 
 $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
@@ -62,6 +70,9 @@ destroy: setup
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile $(UV_LOCK_ARGS) training/requirements.txt -o $(LOCK_OUT)
 
 lint: setup
 	$(VENV)/bin/ruff check .

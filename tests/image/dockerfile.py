@@ -22,6 +22,7 @@ CONTEXT = ROOT / "training"  # the build context (infra/constructs/training_imag
 DOCKERFILE = CONTEXT / "Dockerfile"
 CONSTRAINTS = CONTEXT / "container" / "dlc-2.13-cpu-constraints.txt"
 REQUIREMENTS = CONTEXT / "requirements.txt"
+LOCK = CONTEXT / "requirements-lock.txt"  # `make lock`; the image installs it with --require-hashes
 IMAGE_ROOT = "/opt/ml"  # SageMaker's tree; the tests put it under a temporary directory (SAGEMAKER_BASE_DIR)
 # What the base image (the SageMaker PyTorch DLC) sets that the job's runs depend on: its Dockerfile's
 # ENV SAGEMAKER_TRAINING_MODULE (aws/deep-learning-containers docker/pytorch/Dockerfile.cpu, stage "sagemaker").
@@ -108,6 +109,18 @@ def image_environment(build_args: Mapping[str, str] | None = None) -> dict[str, 
                 name, _, value = pair.partition("=")
                 env[name] = substitute(value, {**args, **env})
     return env
+
+
+def pip_install_arguments() -> list[str]:
+    """The arguments of the build's `python -m pip install` (in a RUN, among commands joined by &&), after `install`."""
+    for instruction in instructions():
+        if instruction.keyword != "RUN":
+            continue
+        for command in instruction.arguments.split("&&"):
+            words = shlex.split(command)
+            if words[:4] == ["python", "-m", "pip", "install"]:
+                return words[4:]
+    raise AssertionError(f"{DOCKERFILE} has no RUN with `python -m pip install`")
 
 
 def code_destination() -> str:

@@ -1,11 +1,12 @@
 """training/requirements.txt against the base image: pinned, resolvable for its Python 3.12 on x86-64 Linux from
 wheels alone, and nothing of the base (the published package list, container/dlc-2.13-cpu-constraints.txt) replaced.
 
-One pip call resolves requirements.txt for the image's interpreter and platform without installing (it needs PyPI).
-It runs with --no-deps: a full resolution with --ignore-installed would list torch and numpy as installs, since pip
-cannot be told that a foreign platform already has them. Instead the test checks the dependencies itself, from the
-metadata pip reports: each must be met by the base's version or by another pin, exactly as `pip install -c <base's
-freeze>` in training/Dockerfile will find them.
+One pip call resolves the lock (requirements-lock.txt, what the build installs) for the image's interpreter and
+platform without installing (it needs PyPI), in hash-checking mode as the build does: pip then downloads every file
+and checks its sha256 against the lock. It runs with --no-deps: a full resolution with --ignore-installed would list
+torch and numpy as installs, since pip cannot be told that a foreign platform already has them. Instead the test
+checks the dependencies itself, from the metadata pip reports: each must be met by the base's version or by another
+pin, exactly as `pip install -c <base's freeze>` in training/Dockerfile will find them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from tests.image.dockerfile import CONSTRAINTS, REQUIREMENTS, copied_files
+from tests.image.dockerfile import CONSTRAINTS, LOCK, REQUIREMENTS, copied_files
 from tests.image.dockerfile import CONTEXT as TRAINING_DIR
-from training.container.verify import read_pins
+from training.container.verify import read_lock, read_pins
 
 PYTHON = "3.12"  # the base's /opt/venv (constraints header)
 # Amazon Linux 2023 has glibc 2.34: wheels for manylinux 2.34 and older run there.
@@ -42,9 +43,9 @@ def report(tmp_path_factory) -> dict:
     command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(out), "--no-deps",
                "--ignore-installed", "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON,
                "--abi", "cp312", "--abi", "abi3", "--abi", "none", *(f"--platform={p}" for p in PLATFORMS),
-               "--requirement", str(REQUIREMENTS), "--constraint", str(CONSTRAINTS)]
+               "--require-hashes", "--requirement", str(LOCK), "--constraint", str(CONSTRAINTS)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"requirements.txt does not resolve for the image:\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"the lock does not resolve for the image:\n{done.stderr[-4000:]}"
     return json.loads(out.read_text())
 
 
@@ -73,6 +74,9 @@ def test_requirements_resolve_from_wheels_for_the_image_and_install_exactly_the_
     for name, install in installs.items():
         if name in base:
             assert install["metadata"]["version"] == base[name], f"{name} would replace the base's {base[name]}"
+    lock = read_lock(LOCK)
+    for name, install in installs.items():  # the file pip checked is one the lock names
+        assert install["download_info"]["archive_info"]["hashes"]["sha256"] in lock[name][1], name
     for codec in COMPILED:
         _, _, _, tags = parse_wheel_filename(Path(installs[canonicalize_name(codec)]["download_info"]["url"]).name)
         assert any(t.interpreter == "cp312" and t.platform.startswith("manylinux") and t.platform.endswith("x86_64")

@@ -41,7 +41,7 @@ def test_the_package_check_runs_as_the_build_runs_it(tmp_path):
     (tmp_path / "base.txt").write_text(freeze)
     code = lay_out_code(tmp_path / "opt-ml")
     command = [sys.executable, str(code.joinpath(*VERIFY)), "packages", "--base", str(tmp_path / "base.txt"),
-               "--requirements", str(code / "requirements.txt")]
+               "--requirements", str(code / "requirements.txt"), "--lock", str(code / "requirements-lock.txt")]
     done = subprocess.run(command, env={**base_environment(), **image_environment()}, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,10 +1,11 @@
 """Checks the training image while it is built: training/Dockerfile runs this twice, and the tests run it here too.
 
-    python verify.py packages --base BASE_FREEZE --requirements REQUIREMENTS
-        after `pip install -r REQUIREMENTS`: no package of the base (BASE_FREEZE, its `pip list --format=freeze` taken
-        before the install) was replaced, every pin of REQUIREMENTS is installed at its version, their dependencies
-        are installed at versions they accept, and the TRAINING_IMAGE_* versions the image declares are the
-        installed ones.
+    python verify.py packages --base BASE_FREEZE --requirements REQUIREMENTS [--lock LOCK]
+        after `pip install --require-hashes -r LOCK`: LOCK (requirements-lock.txt, written by `make lock`) pins exactly
+        the versions of REQUIREMENTS, each with its sha256 hashes; no package of the base (BASE_FREEZE, its `pip list
+        --format=freeze` taken before the install) was replaced, every pin of REQUIREMENTS is installed at its
+        version, their dependencies are installed at versions they accept, and the TRAINING_IMAGE_* versions the image
+        declares are the installed ones.
     python verify.py job
         after the job's code is in place: the package `training` imports from PYTHONPATH, and pydicom decodes the
         compressed DICOM files of the job's synthetic set and has the codecs (pylibjpeg, python-gdcm) for every
@@ -42,6 +43,8 @@ CODEC_SYNTAXES = (
 )
 CODEC_PLUGINS = ("pylibjpeg", "gdcm")
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(?:#.*)?$")
+_LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#\\]+)\s*\\?$")
+_LOCK_HASH = re.compile(r"^\s+--hash=sha256:([0-9a-f]{64})\s*\\?$")
 
 
 def read_pins(path: Path) -> dict[str, str]:
@@ -65,6 +68,56 @@ def read_pins(path: Path) -> dict[str, str]:
             raise ValueError(f"{path}:{number}: {line.strip()!r} is not `name==version`; pin every package exactly")
         pins[canonicalize_name(match[1])] = match[2]
     return pins
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """The pins of a hash-checking lock as `make lock` writes it (`name==version \\` then `--hash=sha256:...` lines).
+
+    Args:
+        path: the lock file.
+
+    Returns:
+        Canonical distribution name to its version and its sha256 hashes (hex).
+
+    Raises:
+        ValueError: a line that is neither a pin, a hash of the pin above it, a comment nor blank; the message names
+            the file and line.
+    """
+    pins: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] | None = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pin, digest = _LOCK_PIN.match(line), _LOCK_HASH.match(line)
+        if pin:
+            current = []
+            pins[canonicalize_name(pin[1])] = (pin[2], current)
+        elif digest and current is not None:
+            current.append(digest[1])
+        else:
+            raise ValueError(f"{path}:{number}: {line.strip()!r} is neither `name==version` nor a sha256 hash of "
+                             "one: regenerate the lock with `make lock`")
+    return pins
+
+
+def check_lock(lock: Mapping[str, tuple[str, Sequence[str]]], requirements: Mapping[str, str]) -> list[str]:
+    """The lock pins what requirements.txt pins, at the same versions, each with at least one sha256 hash.
+
+    Args:
+        lock: `read_lock` of requirements-lock.txt.
+        requirements: `read_pins` of requirements.txt.
+
+    Returns:
+        One message per problem; empty when all is well.
+    """
+    problems = []
+    locked = {name: version for name, (version, _) in lock.items()}
+    if locked != dict(requirements):
+        problems.append(f"requirements-lock.txt pins {sorted(f'{n}=={v}' for n, v in locked.items())} but "
+                        f"requirements.txt {sorted(f'{n}=={v}' for n, v in requirements.items())}: run `make lock`")
+    problems += [f"requirements-lock.txt has no sha256 hash for {name}: run `make lock`"
+                 for name, (_, hashes) in lock.items() if not hashes]
+    return problems
 
 
 def installed_versions() -> dict[str, str]:
@@ -161,11 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     packages = commands.add_parser("packages", help="after pip: the base is intact and the pins are installed")
     packages.add_argument("--base", type=Path, required=True, help="pip list --format=freeze of the base image")
     packages.add_argument("--requirements", type=Path, required=True, help="the installed requirements.txt")
+    packages.add_argument("--lock", type=Path, help="the lock installed with --require-hashes (requirements-lock.txt)")
     commands.add_parser("job", help="after the code: the job imports and decodes compressed DICOM")
     args = parser.parse_args(argv)
     if args.command == "packages":
-        problems = check_packages(read_pins(args.base), read_pins(args.requirements), installed_versions(),
-                                  os.environ)
+        requirements = read_pins(args.requirements)
+        problems = check_lock(read_lock(args.lock), requirements) if args.lock else []
+        problems += check_packages(read_pins(args.base), requirements, installed_versions(), os.environ)
     else:
         problems = check_job()
     for problem in problems:
