@@ -17,12 +17,16 @@
 # 2. Clones the repository if it is missing (on_create.sh normally did), fetches it and appends to
 #    $STATE_DIR/repo-status.log whether the clone's HEAD is behind the deployed commit (UP TO DATE, AHEAD, BEHIND,
 #    UNKNOWN or NO CLONE). It never merges, resets, stashes or checks out: the user's work stays as it is.
-# 3. In the background (the hook returns at once): finds the conda env behind the conda_pytorch kernel, pip-installs
-#    the notebook's packages into it (log: $STATE_DIR/kernel-install.log), then writes $STATE_DIR/kernel-ready
-#    (holding the env's path), or $STATE_DIR/kernel-install-failed (holding the reason). The repository itself is not
-#    installed: the notebook adds its directory to sys.path.
-# 4. Idle auto-stop: a systemd timer checks Jupyter every 5 minutes and stops the instance once no kernel or terminal
-#    was active for IDLE_STOP_MINUTES minutes (its log: `journalctl -u monai-dicom-idle-stop`); 0 removes it.
+# 3. In the background (the hook returns at once; after step 2, so that the clone is there): finds the conda env
+#    behind the conda_pytorch kernel, pip-installs the notebook's packages into it (log:
+#    $STATE_DIR/kernel-install.log), the training image's packages at the versions of the clone's
+#    training/requirements-lock.txt (the image's lock; without it, unpinned, with a WARNING), then writes
+#    $STATE_DIR/kernel-ready (holding the env's path), or $STATE_DIR/kernel-install-failed (holding the reason). The
+#    repository itself is not installed: the notebook adds its directory to sys.path.
+# 4. Idle auto-stop: a systemd timer runs the clone's infra/lifecycle/idle_stop.py every 5 minutes as the notebook
+#    user (not root: the clone is the user's to edit), which stops the instance once no kernel or terminal was active
+#    for IDLE_STOP_MINUTES minutes (its log: `journalctl -u monai-dicom-idle-stop`); 0 removes it, and so does a
+#    start without that file in the clone (with a WARNING).
 set -uo pipefail
 
 # The stack's values (subnets and security groups comma-separated).
@@ -54,8 +58,9 @@ KERNEL_DIRS=${KERNEL_DIRS:-$NB_HOME/.local/share/jupyter/kernels:$CONDA_ROOT/sha
 # Empty: bin/pip of the env found.
 PIP=${PIP:-}
 PIP_TIMEOUT=${PIP_TIMEOUT:-3600}
-# Pinned like requirements.txt and training/requirements.txt (s3fs: else pip backtracks for long).
-KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai==1.6.1 pydicom==3.0.2 pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0}
+# Pinned like requirements.txt (s3fs: else pip backtracks for long); the training image's packages get the versions
+# of its lock (LOCK below).
+KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle}
 PYTHON=${PYTHON:-python3}
 # Runs a command as the notebook user; empty: as whoever runs this script.
 AS_USER=${AS_USER-sudo -u $NB_USER -H}
@@ -63,9 +68,8 @@ AS_USER=${AS_USER-sudo -u $NB_USER -H}
 # a hook after 5 minutes.
 GIT_TIMEOUT=${GIT_TIMEOUT:-120}
 GIT_DEADLINE=${GIT_DEADLINE:-240}
-# Idle auto-stop: where its root-owned checker and units go, whether systemd runs (that directory exists), what
-# manages the units, and what the checker reads.
-IDLE_CHECKER=${IDLE_CHECKER:-/usr/local/bin/monai-dicom-idle-stop.py}
+# Idle auto-stop: where its units go, whether systemd runs (that directory exists), what manages the units, and
+# what the checker reads.
 SYSTEMD_RUN_DIR=${SYSTEMD_RUN_DIR:-/run/systemd/system}
 SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
@@ -102,6 +106,10 @@ clone_repo() {
     log "WARNING: $REPO_REF is not on the remote (not pushed?): the clone is at its default branch"
   as_user mv -T "$tmp" "$REPO_DIR" && log "cloned $REPO_URL at $REPO_REF into $REPO_DIR"
 }
+
+# The training image's lock (`make lock`), and the idle checker: files of the clone.
+LOCK=$REPO_DIR/training/requirements-lock.txt
+IDLE_CHECKER=$REPO_DIR/infra/lifecycle/idle_stop.py
 
 write_values() {
   as_user "$PYTHON" - "$STATE_DIR/stack.json" stack_name="$STACK_NAME" region="$REGION" bucket="$BUCKET" \
@@ -198,12 +206,19 @@ kernel_install() {
   flock -n 9 || exit 0
   exec >"$STATE_DIR/kernel-install.log" 2>&1 </dev/null
   echo "$$" >"$STATE_DIR/kernel-install.pid"
-  local env packages
+  local env packages pins=$STATE_DIR/kernel-constraints.txt
   read -r -a packages <<<"$KERNEL_PACKAGES"
   env=$(find_env)
   if [ -z "$env" ]; then
     echo "no conda env for the conda_pytorch kernel found" | tee "$STATE_DIR/kernel-install-failed"
     exit 1
+  fi
+  # The lock's pins without their hashes, as constraints: the kernel's other packages are not in it.
+  if [ -f "$LOCK" ] && sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*==[^ \\]*\).*/\1/p' "$LOCK" >"$pins"; then
+    packages+=(--constraint "$pins")
+    log "versions of the training image's packages: $LOCK"
+  else
+    log "WARNING: no $LOCK (no clone?): the training image's packages unpinned, they may differ from the image's"
   fi
   log "installing into $env: ${packages[*]}"
   timeout "$PIP_TIMEOUT" "${PIP:-$env/bin/pip}" install --no-input --disable-pip-version-check --progress-bar off \
@@ -221,68 +236,37 @@ start_kernel() {
   as_user rm -f "$STATE_DIR/kernel-ready" "$STATE_DIR/kernel-install-failed"
   setsid nohup "${AS_USER_CMD[@]}" env STATE_DIR="$STATE_DIR" KERNEL_DIRS="$KERNEL_DIRS" CONDA="$CONDA" \
     CONDA_ROOT="$CONDA_ROOT" PIP="$PIP" PIP_TIMEOUT="$PIP_TIMEOUT" KERNEL_PACKAGES="$KERNEL_PACKAGES" \
-    PYTHON="$PYTHON" bash -c "$(declare -f log find_env kernel_install); kernel_install" &>/dev/null </dev/null &
+    LOCK="$LOCK" PYTHON="$PYTHON" bash -c "$(declare -f log find_env kernel_install); kernel_install" &>/dev/null </dev/null &
   log "kernel packages: installing in the background, see kernel-install.log"
 }
 
-# The idle checker: stops this instance once no Jupyter kernel or terminal was active for MINUTES (the boot counts
-# as activity; a kernel that is not idle is activity now). Jupyter's certificate on localhost is self-signed.
-write_checker() {
-  cat >"$IDLE_CHECKER" <<'PY'
-import json, os, ssl, subprocess, sys, time, urllib.request
-from datetime import datetime, timezone
-minutes, metadata, url, cli, region = sys.argv[1:]
-ctx = ssl._create_unverified_context()
-def get(path):
-    with urllib.request.urlopen(url + path, context=ctx, timeout=30) as r:
-        return json.load(r)
-def when(item):
-    return datetime.fromisoformat((item.get("last_activity") or "1970-01-01")[:19]).replace(tzinfo=timezone.utc).timestamp()
-try:
-    sessions, terminals = get("/api/sessions"), get("/api/terminals")
-except Exception as e:
-    sys.exit(f"Jupyter not reachable ({e})")
-with open("/proc/uptime") as f:
-    last = time.time() - float(f.read().split()[0])
-kernels = [s.get("kernel") or {} for s in sessions]
-if any(k.get("execution_state") == "busy" for k in kernels):
-    sys.exit("a kernel is busy")
-idle = (time.time() - max([last] + [when(i) for i in kernels + terminals])) / 60
-if idle < int(minutes):
-    sys.exit(f"idle for {idle:.0f} of {minutes} minutes")
-with open(metadata) as f:
-    meta = json.load(f)
-name, arn = meta["ResourceName"], meta.get("ResourceArn", "").split(":")
-region = arn[3] if len(arn) > 3 else region
-print(f"idle for {idle:.0f} minutes: stopping {name} in {region}", flush=True)
-if os.access(cli, os.X_OK):
-    subprocess.run([cli, "sagemaker", "stop-notebook-instance", "--notebook-instance-name", name, "--region", region], check=True)
-else:
-    import boto3
-    boto3.client("sagemaker", region_name=region).stop_notebook_instance(NotebookInstanceName=name)
-PY
-}
-
-# Step 4: a systemd timer (AL2023 has no cron by default). The checker runs as root, with the instance's role, from
-# a root-owned file; the JupyterSystemEnv python has boto3, for where the aws CLI is missing.
+# Step 4: a systemd timer (AL2023 has no cron by default) runs the clone's checker as the notebook user, with the
+# instance role's credentials (instance metadata answers any user); the JupyterSystemEnv python has boto3, for where
+# the aws CLI is missing.
 idle_stop() {
   local unit=$SYSTEMD_DIR/monai-dicom-idle-stop py cli
-  if [ "$IDLE_STOP_MINUTES" = 0 ]; then
+  if [ "$IDLE_STOP_MINUTES" = 0 ] || [ ! -f "$IDLE_CHECKER" ]; then
     if [ -e "$unit.timer" ]; then
       "$SYSTEMCTL" disable --now "${unit##*/}.timer"
       rm -f "$unit.timer" "$unit.service"
     fi
-    log "idle auto-stop: off"
+    if [ "$IDLE_STOP_MINUTES" = 0 ]; then
+      log "idle auto-stop: off"
+    else
+      log "WARNING: no $IDLE_CHECKER (no clone?): no idle auto-stop; restart once the clone has it"
+    fi
   elif [ -d "$SYSTEMD_RUN_DIR" ]; then
     py=$CONDA_ROOT/envs/JupyterSystemEnv/bin/python
     [ -x "$py" ] || py=$(command -v python3)
     cli=$(command -v aws || echo "$CONDA_ROOT/bin/aws")
-    write_checker
-    printf '[Service]\nType=oneshot\nExecStart=%s %s %s %s %s %s %s\n' "$py" "$IDLE_CHECKER" "$IDLE_STOP_MINUTES" \
-      "$METADATA_FILE" "$JUPYTER_URL" "$cli" "$REGION" >"$unit.service"
+    [ ! -e "$METADATA_FILE" ] || as_user test -r "$METADATA_FILE" ||
+      log "WARNING: $NB_USER cannot read $METADATA_FILE: the idle auto-stop cannot name this instance"
+    printf '[Service]\nType=oneshot\nUser=%s\nNoNewPrivileges=yes\nExecStart=%s %s %s %s %s %s %s\n' \
+      "$NB_USER" "$py" "$IDLE_CHECKER" "$IDLE_STOP_MINUTES" "$METADATA_FILE" "$JUPYTER_URL" "$cli" "$REGION" \
+      >"$unit.service"
     printf '[Timer]\nOnBootSec=5min\nOnUnitActiveSec=5min\n[Install]\nWantedBy=timers.target\n' >"$unit.timer"
     "$SYSTEMCTL" daemon-reload && "$SYSTEMCTL" enable --now "${unit##*/}.timer" &&
-      log "idle auto-stop: after $IDLE_STOP_MINUTES idle minutes"
+      log "idle auto-stop: after $IDLE_STOP_MINUTES idle minutes, as $NB_USER"
   else
     log "WARNING: systemd is not running: no idle auto-stop"
   fi
@@ -293,8 +277,8 @@ main() {
   exec > >(as_user tee -a "$STATE_DIR/on-start.log") 2>&1
   log "on_start: stack $STACK_NAME"
   write_values
-  start_kernel
   repo_status
+  start_kernel
   idle_stop
   log "on_start done"
 }

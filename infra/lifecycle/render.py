@@ -38,7 +38,9 @@ What the notebook finds in `STATE_DIR` (`/home/ec2-user/SageMaker/.monai-dicom/`
   deployed commit (UNKNOWN when that commit is not on the remote, NO CLONE when there is no clone), and how many
   uncommitted changes it has. The scripts never merge, reset or stash.
 - `kernel-install.log`, then `kernel-ready` (holding the conda env's path) or `kernel-install-failed` (holding the
-  reason): the background pip install of `KERNEL_PACKAGES` into the conda env of the `conda_pytorch` kernel.
+  reason): the background pip install of `KERNEL_PACKAGES` into the conda env of the `conda_pytorch` kernel, with
+  `kernel-constraints.txt` (the pins of the clone's `training/requirements-lock.txt`, the training image's lock) as
+  constraints.
 - `on-create.log`, `on-start.log`: what the scripts printed (also in CloudWatch, log group
   `/aws/sagemaker/NotebookInstances`).
 

@@ -31,13 +31,18 @@ from typing import Any
 import pytest
 
 from infra.lifecycle import render
+from training.container.verify import read_lock
 
 REPO_URL = "https://git.example.invalid/org/monai-dicom-sagemaker.git"
 UNREACHABLE_URL = "https://127.0.0.1:9/org/monai-dicom-sagemaker.git"  # nothing listens on port 9: refused at once
-PACKAGES = ["sagemaker>=3.27,<4", "monai==1.6.1", "pydicom==3.0.2", "pylibjpeg==2.1.0", "pylibjpeg-libjpeg==2.5.0",
-            "pylibjpeg-openjpeg==2.6.0", "pylibjpeg-rle==2.2.0"]
+# The training image's packages come unpinned, their versions from the lock (constraints).
+PACKAGES = ["sagemaker>=3.27,<4", "s3fs==2026.9.0", "monai", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+            "pylibjpeg-openjpeg", "pylibjpeg-rle"]
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 ROOT = Path(__file__).resolve().parents[2]
+# Files of the repository that on_start.sh uses from the clone: the remote carries the real ones.
+LOCK = "training/requirements-lock.txt"
+IDLE_CHECKER = "infra/lifecycle/idle_stop.py"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
                 "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
 
@@ -81,13 +86,17 @@ class Remote:
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Remote:
-    """A remote with two commits on main and a tag v1 on the first."""
+    """A remote with two commits on main and a tag v1 on the first, which has this checkout's lock and idle checker."""
     work, bare = tmp_path / "work", tmp_path / "remote.git"
     work.mkdir()
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
     git(work, "init", "-q", "-b", "main")
     git(work, "remote", "add", "origin", str(bare))
     (work / "notebooks").mkdir()
+    for path in (LOCK, IDLE_CHECKER):
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, work / path)
+        git(work, "add", path)
     result = Remote(bare, work)
     result.commit("notebooks/dicom_training.ipynb")
     git(work, "tag", "v1")
@@ -214,7 +223,6 @@ def sandbox(tmp_path: Path, remote: Remote) -> Iterator[Sandbox]:
         "AS_USER": "",
         "PYTHON": sys.executable,
         "GIT_TIMEOUT": "30",
-        "IDLE_CHECKER": str(tmp_path / "idle-stop.py"),
         "SYSTEMD_RUN_DIR": str(tmp_path / "run-systemd"),
         "SYSTEMD_DIR": str(tmp_path / "units"),
         "SYSTEMCTL": str(_executable(tmp_path / "bin" / "systemctl", FAKE_RECORDER.format(name="systemctl"))),
@@ -456,6 +464,23 @@ def test_kernel_install_runs_in_the_background(sandbox: Sandbox) -> None:
     assert not any("monai-dicom-sagemaker" in a or a in (".", "-e") for a in args)  # the repo is not installed
     log = (sandbox.state / "kernel-install.log").read_text()
     assert "conda env found by kernel spec" in log and str(env_dir) in log
+    # The versions of the training image's packages are the clone's lock's, the one the image installs.
+    constraints = sandbox.state / "kernel-constraints.txt"
+    assert args[args.index("--constraint") + 1] == str(constraints)
+    assert f"versions of the training image's packages: {sandbox.clone / LOCK}" in log
+    lock = read_lock(ROOT / LOCK)
+    assert constraints.read_text().split() == [f"{name}=={version}" for name, (version, _) in lock.items()]
+    assert {"monai", "pydicom", "pylibjpeg"} <= set(lock)
+
+
+def test_kernel_install_without_a_clone_says_the_versions_are_unpinned(sandbox: Sandbox) -> None:
+    done = sandbox.run(on_start("main", repo_url=UNREACHABLE_URL))
+    assert done.returncode == 0
+    assert wait_for(sandbox.state / "kernel-ready")
+    args = (sandbox.fake_log / "pip.args").read_text().splitlines()
+    assert set(PACKAGES) <= set(args) and "--constraint" not in args
+    assert "WARNING: no " in (sandbox.state / "kernel-install.log").read_text()
+    assert "training image's packages unpinned" in (sandbox.state / "kernel-install.log").read_text()
 
 
 def test_kernel_install_failure_writes_the_reason(sandbox: Sandbox) -> None:
@@ -512,7 +537,14 @@ def test_idle_stop_off_installs_nothing(sandbox: Sandbox) -> None:
     assert "idle auto-stop: off" in done.stdout
     assert list(sandbox.units.iterdir()) == []
     assert not (sandbox.fake_log / "systemctl.calls").exists()
-    assert not Path(sandbox.env["IDLE_CHECKER"]).exists()
+
+
+def test_idle_stop_without_the_clone_warns_and_installs_nothing(sandbox: Sandbox) -> None:
+    done = sandbox.run(on_start("main", minutes=60, repo_url=UNREACHABLE_URL))
+    assert done.returncode == 0
+    assert f"WARNING: no {sandbox.clone / IDLE_CHECKER} (no clone?): no idle auto-stop" in done.stdout
+    assert list(sandbox.units.iterdir()) == []
+    assert not (sandbox.fake_log / "systemctl.calls").exists()
 
 
 def test_idle_stop_installs_one_timer_however_often_it_starts(sandbox: Sandbox) -> None:
@@ -520,11 +552,14 @@ def test_idle_stop_installs_one_timer_however_often_it_starts(sandbox: Sandbox) 
         assert sandbox.run(on_start("main", minutes=60)).returncode == 0
     assert sorted(p.name for p in sandbox.units.iterdir()) == ["monai-dicom-idle-stop.service",
                                                                "monai-dicom-idle-stop.timer"]
-    service = (sandbox.units / "monai-dicom-idle-stop.service").read_text()
-    exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+    service = (sandbox.units / "monai-dicom-idle-stop.service").read_text().splitlines()
+    exec_start = [line for line in service if line.startswith("ExecStart=")]
     assert len(exec_start) == 1
-    assert f" {sandbox.env['IDLE_CHECKER']} 60 {sandbox.env['METADATA_FILE']} https://localhost:8443 " in exec_start[0]
+    # The checker is the clone's file, run as the notebook user, never as root.
+    assert f" {sandbox.clone / IDLE_CHECKER} 60 {sandbox.env['METADATA_FILE']} https://localhost:8443 " in exec_start[0]
     assert exec_start[0].endswith(" eu-west-1")
+    assert [line for line in service if line.startswith("User=")] == [f"User={sandbox.env['NB_USER']}"]
+    assert "NoNewPrivileges=yes" in service
     assert "OnUnitActiveSec=5min" in (sandbox.units / "monai-dicom-idle-stop.timer").read_text()
     calls = (sandbox.fake_log / "systemctl.calls").read_text().splitlines()
     assert calls == ["daemon-reload", "enable --now monai-dicom-idle-stop.timer"] * 2
@@ -573,12 +608,11 @@ def _iso(delta: timedelta) -> str:
     return (datetime.now(UTC) - delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@pytest.mark.parametrize("case", ["busy kernel", "recent activity", "idle", "jupyter down"])
+@pytest.mark.parametrize("case", ["busy kernel", "recent activity", "idle", "jupyter down", "no metadata"])
 def test_idle_checker(sandbox: Sandbox, jupyter: tuple[str, dict[str, Any]], tmp_path: Path, case: str) -> None:
     uptime = float(Path("/proc/uptime").read_text().split()[0])
-    if case == "idle" and uptime < 120:
+    if case in ("idle", "no metadata") and uptime < 120:
         pytest.skip("the boot counts as activity: this machine started less than 2 minutes ago")
-    assert sandbox.run(on_start("main", minutes=60)).returncode == 0
     url, answers = jupyter
     old, recent = _iso(timedelta(hours=2)), _iso(timedelta(minutes=1))
     kernel = {"id": "k", "name": "conda_pytorch", "execution_state": "idle", "connections": 1, "last_activity": old}
@@ -591,14 +625,22 @@ def test_idle_checker(sandbox: Sandbox, jupyter: tuple[str, dict[str, Any]], tmp
     elif case == "jupyter down":
         url = "http://127.0.0.1:9"
     metadata = Path(sandbox.env["METADATA_FILE"])
-    metadata.write_text(json.dumps({
-        "ResourceArn": "arn:aws:sagemaker:eu-central-1:123456789012:notebook-instance/monaidicom-notebook",
-        "ResourceName": "MonaiDicom-notebook"}))
-    aws = _executable(tmp_path / "aws", FAKE_RECORDER.format(name="aws"))
+    if case != "no metadata":
+        metadata.write_text(json.dumps({
+            "ResourceArn": "arn:aws:sagemaker:eu-central-1:123456789012:notebook-instance/monaidicom-notebook",
+            "ResourceName": "MonaiDicom-notebook"}))
+    aws = _executable(tmp_path / "aws-cli" / "aws", FAKE_RECORDER.format(name="aws"))
+    minutes = 60 if case == "recent activity" else 1
+    started = sandbox.run(on_start("main", minutes=minutes), JUPYTER_URL=url,
+                          PATH=f"{aws.parent}:{sandbox.env['PATH']}")
+    assert started.returncode == 0, started.stdout + started.stderr
 
-    minutes = "60" if case == "recent activity" else "1"
-    done = subprocess.run([sys.executable, sandbox.env["IDLE_CHECKER"], minutes, str(metadata), url, str(aws),
-                           "eu-west-1"], env={**sandbox.env}, capture_output=True, text=True, timeout=60)
+    # What the timer runs: the unit's command line, the clone's checker with the unit's arguments.
+    service = (sandbox.units / "monai-dicom-idle-stop.service").read_text()
+    [command] = [line.removeprefix("ExecStart=").split() for line in service.splitlines()
+                 if line.startswith("ExecStart=")]
+    assert command[1:] == [str(sandbox.clone / IDLE_CHECKER), str(minutes), str(metadata), url, str(aws), "eu-west-1"]
+    done = subprocess.run(command, env={**sandbox.env}, capture_output=True, text=True, timeout=60)
 
     calls = sandbox.fake_log / "aws.calls"
     if case == "idle":
@@ -608,8 +650,8 @@ def test_idle_checker(sandbox: Sandbox, jupyter: tuple[str, dict[str, Any]], tmp
     else:
         assert done.returncode != 0
         assert not calls.exists()
-        assert {"busy kernel": "busy", "recent activity": "idle for", "jupyter down": "not reachable"}[case] \
-            in done.stderr
+        assert {"busy kernel": "busy", "recent activity": "idle for", "jupyter down": "not reachable",
+                "no metadata": f"cannot read {metadata}"}[case] in done.stderr
 
 
 # --- the scripts themselves -----------------------------------------------------------------------------------------
@@ -665,21 +707,25 @@ def test_rendered_scripts_fit_sagemakers_limit(record_property: Any) -> None:
 
 
 def test_kernel_packages_match_the_pins_elsewhere() -> None:
+    """The training image's packages take their versions from its lock alone; the others match requirements.txt."""
     from packaging.requirements import Requirement
 
     source = (render.LIFECYCLE_DIR / "on_start.sh").read_text()
     default = re.search(r"^KERNEL_PACKAGES=\$\{KERNEL_PACKAGES:-(.*)\}$", source, re.MULTILINE)
     assert default
-    kernel = {Requirement(spec).name: Requirement(spec).specifier for spec in default.group(1).split()}
     assert set(PACKAGES) <= set(default.group(1).split())
+    kernel = {Requirement(spec).name: Requirement(spec).specifier for spec in default.group(1).split()}
+    lock = read_lock(ROOT / LOCK)
+    image = {name for name in kernel if name in lock}
+    assert {"monai", "pydicom", "pylibjpeg"} <= image
+    assert {name: str(kernel[name]) for name in image} == dict.fromkeys(image, "")  # no second copy of a version
     pinned = {}
-    for path in (ROOT / "requirements.txt", ROOT / "training" / "requirements.txt"):
-        for line in path.read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line and not line.startswith("-"):
-                requirement = Requirement(line)
-                pinned[requirement.name] = str(requirement.specifier).removeprefix("==")
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            requirement = Requirement(line)
+            pinned[requirement.name] = str(requirement.specifier).removeprefix("==")
     shared = set(kernel) & set(pinned)
-    assert {"sagemaker", "s3fs", "monai", "pydicom"} <= shared
+    assert shared == set(kernel) - image == {"sagemaker", "s3fs"}
     for name in shared:
         assert kernel[name].contains(pinned[name]), f"{name}: kernel {kernel[name]}, elsewhere =={pinned[name]}"
