@@ -22,6 +22,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "noncurrentVersionExpiryDays": (90, "Days after which overwritten or deleted object versions are expired."),
     "trainingImageUri": ("", "Use this training image and build nothing (CI-built images, the local emulator)."),
     "imageVariant": ("cpu", "Training image built by `cdk deploy`: `cpu` or `gpu` (CUDA) base container."),
+    "trainingBaseDigest": ("", "Build on this digest (`sha256:...`) of the base container's tag, not the tag itself."),
     "notebookInstanceType": ("ml.t2.medium", "Instance type of the notebook (it only orchestrates; jobs train)."),
     "notebookVolumeGb": (100, "Size of the notebook's ML storage volume in GB (/home/ec2-user/SageMaker)."),
     "notebookRootAccess": (False, "true lets notebook users become root (off: least privilege)."),
@@ -40,6 +41,7 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,99}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class ConfigError(ValueError):
@@ -104,6 +106,7 @@ class ImageConfig:
 
     image_uri: str  # "" builds training/ with `cdk deploy`; a URI skips the build (and needs no Docker)
     variant: str  # "cpu" or "gpu": which SageMaker PyTorch training container the image extends
+    base_digest: str  # "" builds on the tag as it is that day; "sha256:..." on that exact image of it, every time
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,13 @@ class InfraConfig:
         key_arn = _check("dataKeyArn", str(value("dataKeyArn")).strip(), _KMS_KEY_ARN, "a KMS key ARN")
         if key_arn and not bucket:
             raise ConfigError("context setting dataKeyArn is set without dataBucketName: give both, or neither")
+        image_uri = str(value("trainingImageUri")).strip()
+        digest = _check("trainingBaseDigest", str(value("trainingBaseDigest")).strip(), _DIGEST,
+                        "an image digest: give sha256: and 64 lowercase hex digits, the digest of the base container's "
+                        "tag (README, 'The training image', says how to look one up), or leave it unset")
+        if image_uri and digest:
+            raise ConfigError("context setting trainingBaseDigest is set with trainingImageUri, which builds nothing: "
+                              "give one of them")
         return cls(
             stack_name=_check("stackName", str(value("stackName")).strip(), _STACK_NAME,
                               "a CloudFormation stack name (a letter, then letters, digits and hyphens)"),
@@ -162,7 +172,7 @@ class InfraConfig:
                 ),
                 log_retention_days=_log_retention(value("logRetentionDays")),
             ),
-            image=ImageConfig(image_uri=str(value("trainingImageUri")).strip(), variant=variant),
+            image=ImageConfig(image_uri=image_uri, variant=variant, base_digest=digest),
             notebook=NotebookConfig(
                 instance_type=_check("notebookInstanceType", str(value("notebookInstanceType")).strip(),
                                      _INSTANCE_TYPE, "a SageMaker instance type such as ml.t3.medium"),

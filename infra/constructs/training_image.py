@@ -20,9 +20,29 @@ BASE_IMAGES = {
     "cpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cpu-amzn2023-sagemaker",
     "gpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cu133-amzn2023-sagemaker",
 }
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PRIVATE_ECR = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+)[:@]"
 )
+
+
+def base_image(variant: str, digest: str = "") -> str:
+    """The base container the image is built on: the variant's tag, or that tag's image pinned by its digest.
+
+    Args:
+        variant: "cpu" or "gpu" (BASE_IMAGES).
+        digest: "" for the tag as the registry serves it on the day of the build; "sha256:<64 hex digits>" for that
+            exact image (`name:tag@digest`: Docker pulls by the digest, and the tag stays in the image's
+            TRAINING_IMAGE_BASE as a note of what the digest is of).
+
+    Raises:
+        ValueError: an unknown variant or a malformed digest; the message says what is allowed.
+    """
+    if variant not in BASE_IMAGES:
+        raise ValueError(f"training image variant {variant!r} is not one of {sorted(BASE_IMAGES)}")
+    if digest and not _DIGEST.match(digest):
+        raise ValueError(f"base image digest {digest!r} is not sha256: and 64 lowercase hex digits")
+    return f"{BASE_IMAGES[variant]}@{digest}" if digest else BASE_IMAGES[variant]
 
 
 def training_code_commit(repo_root: Path = REPO_ROOT) -> str:
@@ -61,7 +81,7 @@ class TrainingImage(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, image_uri: str, variant: str,
-                 code_commit: str | None = None) -> None:
+                 base_digest: str = "", code_commit: str | None = None) -> None:
         """Build the image from training/, or refer to an existing one.
 
         Args:
@@ -69,6 +89,7 @@ class TrainingImage(Construct):
             construct_id: construct id.
             image_uri: an existing image to use as it is; "" builds training/.
             variant: "cpu" or "gpu": the base container when building.
+            base_digest: "" builds on the variant's tag; "sha256:..." on that digest of it (base_image).
             code_commit: what the image records as its code's commit; None asks this checkout's git
                 (training_code_commit).
         """
@@ -91,7 +112,7 @@ class TrainingImage(Construct):
             directory=str(TRAINING_DIR),
             platform=ecr_assets.Platform.LINUX_AMD64,  # SageMaker training instances are x86-64
             build_args={
-                "BASE_IMAGE": BASE_IMAGES[variant],
+                "BASE_IMAGE": base_image(variant, base_digest),
                 "CODE_COMMIT": training_code_commit() if code_commit is None else code_commit,
             },
         )

@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 
 ORIGIN = "https://github.com/example-org/monai-dicom-sagemaker.git"
 HEAD = "0123456789abcdef0123456789abcdef01234567"
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def _config(context: dict, **git: str) -> InfraConfig:
@@ -27,6 +28,11 @@ def test_defaults_keep_data_build_the_cpu_image_and_clone_the_deployed_commit():
     assert (nb.instance_type, nb.volume_gb, nb.root_access, nb.idle_stop_minutes) == ("ml.t2.medium", 100, False, 60)
     assert (nb.repo_url, nb.repo_ref, nb.deployed_commit) == (ORIGIN, HEAD, HEAD)
     assert config.vpc is False
+    assert config.image.base_digest == ""  # the base container's tag as the registry serves it that day
+
+
+def test_a_base_digest_is_kept_as_given():
+    assert _config({"trainingBaseDigest": f" {DIGEST} "}).image.base_digest == DIGEST
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), (True, True), ("False", False)])
@@ -50,6 +56,11 @@ def test_booleans_parse_strings_and_booleans(raw, expected):
     ({"notebookIdleStopMinutes": "-1"}, "notebookIdleStopMinutes=-1 is out of range"),
     ({"repoUrl": "git@github.com:org/repo.git"}, "is an SSH URL: the notebook instance clones without credentials"),
     ({"repoUrl": "/srv/git/repo"}, "is a local path"),
+    ({"trainingBaseDigest": "2.13-cpu"}, "trainingBaseDigest='2.13-cpu' is not an image digest: give sha256: and 64"),
+    ({"trainingBaseDigest": "sha256:" + "A" * 64}, "is not an image digest"),
+    ({"trainingBaseDigest": "sha256:" + "a" * 63}, "is not an image digest"),
+    ({"trainingBaseDigest": DIGEST, "trainingImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/x:1"},
+     "trainingBaseDigest is set with trainingImageUri, which builds nothing"),
 ])
 def test_bad_settings_are_errors_naming_the_setting(context, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
+from aws_cdk import App, Stack
 
-from infra.constructs.training_image import BASE_IMAGES, training_code_commit
+from infra.constructs.training_image import BASE_IMAGES, TrainingImage, base_image, training_code_commit
+from tests.image.dockerfile import image_environment
 from tests.infra.conftest import ACCOUNT_IMAGE
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def _docker_images(s) -> dict:
@@ -34,3 +40,27 @@ def test_existing_image_uri_builds_nothing_and_is_pulled_from_its_repository(syn
     assert s.doc["Outputs"]["TrainingImageUri"]["Value"] == ACCOUNT_IMAGE
     policies = json.dumps(s.resources("AWS::IAM::Policy"))
     assert ":ecr:eu-west-1:123456789012:repository/team/monai-training" in policies
+
+
+def test_a_base_digest_pins_the_build_to_that_image_of_the_tag(tmp_path: Path):
+    app = App(outdir=str(tmp_path))
+    TrainingImage(Stack(app, "Pinned"), "Image", image_uri="", variant="gpu", base_digest=DIGEST, code_commit="c")
+    [assets] = Path(app.synth().directory).glob("*.assets.json")
+    [image] = json.loads(assets.read_text())["dockerImages"].values()
+    pinned = image["source"]["dockerBuildArgs"]["BASE_IMAGE"]
+    # name:tag@digest: Docker pulls by the digest; the tag stays as the note of what the digest is of.
+    assert pinned == f"{BASE_IMAGES['gpu']}@{DIGEST}"
+    # The image's lineage names exactly what it was built on (the job copies TRAINING_IMAGE_BASE into the bundle).
+    assert image_environment({"BASE_IMAGE": pinned})["TRAINING_IMAGE_BASE"] == pinned
+    assert image_environment()["TRAINING_IMAGE_BASE"] == BASE_IMAGES["cpu"]
+
+
+@pytest.mark.parametrize(("variant", "digest", "message"), [
+    ("cpu", "sha256:" + "0" * 63, "is not sha256: and 64 lowercase hex digits"),
+    ("cpu", "2.13-cpu", "is not sha256: and 64 lowercase hex digits"),
+    ("tpu", "", "is not one of ['cpu', 'gpu']"),
+])
+def test_base_image_refuses_what_docker_could_not_pull(variant: str, digest: str, message: str):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        base_image(variant, digest)
+    assert base_image("cpu") == BASE_IMAGES["cpu"]
