@@ -85,7 +85,8 @@ class MonaiDicomStack(Stack):
         )
         SageMakerLogGroups(self, "SageMakerLogGroups", key=key, retention_days=storage_cfg.log_retention_days,
                            destroy_data=storage_cfg.destroy_data)
-        image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant)
+        image = TrainingImage(self, "TrainingImage", image_uri=config.image.image_uri, variant=config.image.variant,
+                              base_digest=config.image.base_digest)
         training = TrainingRole(self, "TrainingRole", key=key)
         model = ModelRole(self, "ModelRole", key=key)
         network = Network(self, "Network", key=key, destroy_data=storage_cfg.destroy_data,

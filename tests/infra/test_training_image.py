@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from aws_cdk import App, Stack
 
-from infra.constructs.training_image import BASE_IMAGES, TrainingImage, base_image, training_code_commit
+from infra.app import build_app
+from infra.constructs.training_image import BASE_IMAGES, base_image, training_code_commit
 from tests.image.dockerfile import image_environment
-from tests.infra.conftest import ACCOUNT_IMAGE
+from tests.infra.conftest import ACCOUNT_IMAGE, REPO
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -43,8 +43,8 @@ def test_existing_image_uri_builds_nothing_and_is_pulled_from_its_repository(syn
 
 
 def test_a_base_digest_pins_the_build_to_that_image_of_the_tag(tmp_path: Path):
-    app = App(outdir=str(tmp_path))
-    TrainingImage(Stack(app, "Pinned"), "Image", image_uri="", variant="gpu", base_digest=DIGEST, code_commit="c")
+    # The whole app, as `make deploy CDK_ARGS="-c imageVariant=gpu -c trainingBaseDigest=sha256:..."` builds it.
+    app, _ = build_app({**REPO, "imageVariant": "gpu", "trainingBaseDigest": DIGEST}, outdir=str(tmp_path))
     [assets] = Path(app.synth().directory).glob("*.assets.json")
     [image] = json.loads(assets.read_text())["dockerImages"].values()
     pinned = image["source"]["dockerBuildArgs"]["BASE_IMAGE"]
