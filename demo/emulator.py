@@ -23,6 +23,7 @@ Where moto 5.2.5 differs from AWS, this module adapts the emulator, never the st
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ OUTPUT_TAIL_CHARS = 4000
 NO_OP_ON_CREATE = frozenset({"Custom::S3AutoDeleteObjects"})
 # The stack's own custom resources, whose handler (standard library and boto3) runs in this process on Create.
 RUN_IN_PROCESS = frozenset({LOG_GROUPS_RESOURCE_TYPE})
+RECORDED_BODY_BYTES = 1024 * 1024  # a request body recorded as text up to this size: API parameters, not uploads
 
 
 class CdkError(RuntimeError):
@@ -83,7 +85,10 @@ class Emulator:
 
 
 class _SerialMotoServer(ThreadedMotoServer):
-    """moto's threaded server, answering one request at a time (moto's backends are not thread-safe)."""
+    """moto's threaded server, answering one request at a time (moto's backends are not thread-safe), and
+    appending each request to `recording` when it is a list (see start_emulator)."""
+
+    recording: list[dict[str, Any]] | None = None
 
     def _server_entry(self) -> None:
         app = DomainDispatcherApplication(create_backend_app)
@@ -91,6 +96,8 @@ class _SerialMotoServer(ThreadedMotoServer):
 
         def serial_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             with lock:  # the whole response is produced under the lock
+                if self.recording is not None and not environ.get("PATH_INFO", "").startswith("/moto-api/"):
+                    self.recording.append(_recorded(environ))
                 response = app(environ, start_response)
                 try:
                     return list(response)
@@ -102,13 +109,32 @@ class _SerialMotoServer(ThreadedMotoServer):
         self._server.serve_forever()
 
 
+def _recorded(environ: dict[str, Any]) -> dict[str, Any]:
+    """One request as recorded: method, raw path, query, headers, and the body when it is text of at most
+    RECORDED_BODY_BYTES (API parameters; not uploaded files). The body is put back for moto to read."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)  # none for a chunked body, left unread
+    body = environ["wsgi.input"].read(length) if length else b""
+    if length:
+        environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        text = body.decode("utf-8") if len(body) <= RECORDED_BODY_BYTES else None
+    except UnicodeDecodeError:
+        text = None
+    headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
+    return {"method": environ["REQUEST_METHOD"], "path": environ.get("RAW_URI", environ["PATH_INFO"]).split("?")[0],
+            "query": environ.get("QUERY_STRING", ""), "headers": headers, "body": text, "length": length}
+
+
 @contextmanager
-def start_emulator(*, quiet: bool = True) -> Iterator[Emulator]:
+def start_emulator(*, quiet: bool = True, recording: list[dict[str, Any]] | None = None) -> Iterator[Emulator]:
     """Start moto's server on a free port of 127.0.0.1 and stop it (discarding its state) on exit.
 
     Args:
         quiet: hide moto's request log and its notes on what its CloudFormation does not model (bucket policies,
             CDK metadata); failures still reach the caller through the CLI and boto3.
+        recording: a list to which every request the emulator receives is appended (see _recorded), in order; None
+            records nothing.
 
     Yields:
         The running emulator.
@@ -116,6 +142,7 @@ def start_emulator(*, quiet: bool = True) -> Iterator[Emulator]:
     loggers = [logging.getLogger(name) for name in ("werkzeug", "moto")]
     levels = [logger.level for logger in loggers]
     server = _SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: the OS picks a free one
+    server.recording = recording
     with warnings.catch_warnings():
         if quiet:
             for logger in loggers:
