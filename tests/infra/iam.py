@@ -2,18 +2,23 @@
 
 The template's policies hold CloudFormation intrinsics (Ref, Fn::GetAtt, Fn::Join, Fn::Sub): `resolve` replaces them
 with the values CloudFormation would give in one account and region (a resource's name is its logical id), and
-`decide` asks `@cloud-copilot/iam-simulate` (tests/infra/iam_simulate.mjs, installed by `make setup`), which
-implements IAM's evaluation logic, conditions included, for a batch of requests in one Node process.
+`decide` and `evaluate` ask `@cloud-copilot/iam-simulate` (tests/infra/iam_simulate.mjs, installed by `make setup`),
+which implements IAM's evaluation logic, conditions included. One Node process answers every batch of a test process
+(started on first use, about 0.4 s; stopped at exit).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SIMULATE = Path(__file__).with_name("iam_simulate.mjs")
@@ -26,10 +31,11 @@ PSEUDO = {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "a
 def _arn(doc: dict[str, Any], logical_id: str) -> str:
     kind = doc["Resources"][logical_id]["Type"]
     name = _name(doc, logical_id)
+    properties = doc["Resources"][logical_id].get("Properties", {})
     return {
         "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
         "AWS::KMS::Key": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{name}",
-        "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role/{name}",
+        "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role{properties.get('Path', '/')}{name}",
         "AWS::ECR::Repository": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}",
         "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{name}:*",
     }.get(kind, f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:resource/{name}")
@@ -88,41 +94,105 @@ class Call:
 
     action: str
     resource: str
-    context: dict[str, str | list[str]] = field(default_factory=dict)
+    context: Mapping[str, str | list[str]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         keys = " ".join(f"{k}={v}" for k, v in sorted(self.context.items()))
         return f"{self.action} {self.resource}" + (f" [{keys}]" if keys else "")
 
 
-def decide(policies: list[dict[str, Any]], calls: list[Call], *, principal: str,
-           resource_policy: dict[str, Any] | None = None) -> list[str]:
-    """The evaluator's decision for each call ('Allowed', 'ImplicitlyDenied', 'ExplicitlyDenied'; 'Error' with the
-    evaluator's reasons raises), with the principal's identity `policies` and the resource's policy if any (a key
-    policy, a bucket policy)."""
-    return decide_each([(principal, policies, call) for call in calls], resource_policy=resource_policy)
+@dataclass(frozen=True)
+class Request:
+    """One call by one principal: its identity policies and, where the resource has one, the resource's policy."""
+
+    principal: str
+    policies: list[dict[str, Any]]
+    call: Call
+    resource_policy: dict[str, Any] | None = None
+    endpoint_policy: dict[str, Any] | None = None  # a VPC endpoint's, when the request passes through one
 
 
-def decide_each(requests: list[tuple[str, list[dict[str, Any]], Call]], *,
-                resource_policy: dict[str, Any] | None = None,
-                endpoint_policy: dict[str, Any] | None = None) -> list[str]:
-    """`decide` for requests of several principals, each (principal, its identity policies, call), in one run; with
-    `endpoint_policy`, through a VPC endpoint of that policy."""
-    extra: dict[str, Any] = {"resourcePolicy": resource_policy} if resource_policy is not None else {}
-    if endpoint_policy is not None:
-        extra["endpointPolicy"] = endpoint_policy
-    cases = []
-    for principal, policies, c in requests:
-        # What AWS puts in every request by an IAM principal (the evaluator takes context keys as given).
-        implied = {"aws:PrincipalArn": principal, "aws:PrincipalAccount": principal.split(":")[4]} \
-            if principal.startswith("arn:") else {}
-        cases.append({"principal": principal, "action": c.action, "resource": c.resource, "account": ACCOUNT,
-                      "context": {**implied, **c.context}, "identityPolicies": policies, **extra})
-    done = subprocess.run(["node", str(SIMULATE)], input=json.dumps({"cases": cases}), capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout)
-    errors = [(p, str(c), r["errors"]) for (p, _, c), r in zip(requests, results, strict=True)
-              if r["decision"] == "Error"]
+class _Node:
+    """One iam_simulate.mjs process for this test process, answering a line of cases with a line of decisions."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen[str] | None = None
+        self.stderr: IO[str] | None = None
+
+    def ask(self, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self.lock:
+            if self.process is None or self.process.poll() is not None:
+                self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the process
+                self.process = subprocess.Popen(["node", str(SIMULATE)], stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT)
+                atexit.register(self.stop)
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(json.dumps({"cases": cases}) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+            if not line:
+                assert self.stderr is not None
+                self.stderr.seek(0)
+                raise AssertionError(f"{SIMULATE.name} ended: {self.stderr.read()[-3000:]}")
+            results: list[dict[str, Any]] = json.loads(line)
+            return results
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=10)
+
+
+_NODE = _Node()
+
+
+def evaluate(requests: Sequence[Request]) -> list[str]:
+    """The evaluator's decision for each request ('Allowed', 'ImplicitlyDenied', 'ExplicitlyDenied'; 'Error' with
+    the evaluator's reasons raises), all in one round trip."""
+    cases = [{"principal": r.principal, "action": r.call.action, "resource": r.call.resource, "account": ACCOUNT,
+              "context": {**_implied(r.principal), **r.call.context}, "identityPolicies": r.policies,
+              **({"resourcePolicy": r.resource_policy} if r.resource_policy is not None else {}),
+              **({"endpointPolicy": r.endpoint_policy} if r.endpoint_policy is not None else {})} for r in requests]
+    results = _NODE.ask(cases) if cases else []
+    errors = [(str(r.call), x["errors"]) for r, x in zip(requests, results, strict=True) if x["decision"] == "Error"]
     assert not errors, errors
-    return [r["decision"] for r in results]
+    return [x["decision"] for x in results]
+
+
+def _implied(principal: str) -> dict[str, str]:
+    """What AWS puts in every request by an IAM principal (the evaluator takes context keys as given)."""
+    if not principal.startswith("arn:"):
+        return {}  # a service principal
+    return {"aws:PrincipalArn": principal, "aws:PrincipalAccount": principal.split(":")[4]}
+
+
+def role_arn(doc: dict[str, Any], role_prefix: str) -> str:
+    """The ARN of the one role whose logical id starts with `role_prefix`, its IAM path included (the data key's
+    policy names the stack's roles by their path)."""
+    [role_id] = [k for k, v in doc["Resources"].items() if v["Type"] == "AWS::IAM::Role" and k.startswith(role_prefix)]
+    return _arn(doc, role_id)
+
+
+def decide(policies: list[dict[str, Any]], calls: list[Call], *, principal: str,
+           resource_policies: Mapping[str, dict[str, Any]] | None = None) -> list[str]:
+    """The evaluator's decision for each call by one principal (see evaluate).
+
+    Args:
+        policies: the principal's identity policies (role_policies).
+        calls: the requests.
+        principal: the principal's ARN.
+        resource_policies: a resource's ARN (a bucket, a key) to its policy, which then applies to the calls on it
+            and, for a bucket, on its objects.
+    """
+    return evaluate([Request(principal, policies, c, resource_policy(resource_policies or {}, c.resource))
+                     for c in calls])
+
+
+def resource_policy(policies: Mapping[str, dict[str, Any]], resource: str) -> dict[str, Any] | None:
+    """The policy of `resource` among `policies` (ARN to policy): its own, or its bucket's for an object."""
+    for arn, policy in policies.items():
+        if resource == arn or resource.startswith(f"{arn}/"):
+            return policy
+    return None
