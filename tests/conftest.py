@@ -4,8 +4,9 @@
 module-scoped emulators rely on: moto's state is global to a process). A fixture of `scope="session"` runs once
 per worker; the ones below that cost more than a few seconds are shared across workers through files under a lock.
 
-- `synth` (tests/infra/conftest.py): `synth.get(variant)`, one synthesized template per stack variant (default,
-  destroy_data, existing_data, gpu, vpc) with the cdk-nag packs on; 3-5 s the first (jsii), about 0.4 s after.
+- `synth` (here; tests/infra/conftest.py synthesizes): `synth.get(variant)`, one synthesized template per stack
+  variant (default, destroy_data, existing_data, gpu, vpc) with the cdk-nag packs on; 3-5 s the first (jsii), about
+  0.4 s after.
 - `job_sagemaker_run`, `job_bundle`, `job_metrics`, `job_test_files` (tests/training/conftest.py): the full-size demo
   job (400 + 100 images, 96x96, 5 epochs) run once through SageMaker's SDK v3 driver and shared by every module and
   worker that needs a trained bundle (file lock); copy the bundle (`shutil.copytree`) before changing it. 1-2 min.
@@ -39,9 +40,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    from tests.infra.conftest import SynthCache
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -90,6 +95,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     keep theirs (the sort is stable)."""
     rank = {path: number for number, path in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthCache:
+    """Synthesize a stack variant at most once per session: `synth.get("default")` (tests/infra/conftest.py); here so
+    that tests/e2e shares it."""
+    from tests.infra.conftest import SynthCache
+
+    return SynthCache(tmp_path_factory.mktemp("cdk"))
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

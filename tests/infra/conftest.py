@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aws_cdk.assertions import Template
 
 from infra.app import build_app
@@ -43,7 +42,9 @@ class Synthesized:
         return {k: v for k, v in self.doc["Resources"].items() if v["Type"] == kind}
 
 
-class _Cache:
+class SynthCache:
+    """The variants synthesized so far (the session fixture `synth`, tests/conftest.py)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.done: dict[str, Synthesized] = {}
@@ -58,9 +59,3 @@ class _Cache:
             doc = json.loads(path.read_text())
             self.done[variant] = Synthesized(Template.from_json(doc), doc, outdir, path)
         return self.done[variant]
-
-
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> _Cache:
-    """Synthesize a stack variant at most once per session: `synth.get("default")`."""
-    return _Cache(tmp_path_factory.mktemp("cdk"))
