@@ -196,3 +196,42 @@ def resource_policy(policies: Mapping[str, dict[str, Any]], resource: str) -> di
         if resource == arn or resource.startswith(f"{arn}/"):
             return policy
     return None
+
+
+def role_id(doc: dict[str, Any], prefix: str) -> str:
+    """The logical id of the one role whose logical id starts with `prefix`."""
+    [found] = [k for k, v in doc["Resources"].items() if v["Type"] == "AWS::IAM::Role" and k.startswith(prefix)]
+    return found
+
+
+def arn_of(doc: dict[str, Any], logical_id: str) -> str:
+    """A resource's ARN as `resolve` gives it (Fn::GetAtt Arn)."""
+    return _arn(doc, logical_id)
+
+
+def resource_policies(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The template's bucket policies and key policies, resolved, by their resource's ARN (KMS requires the key policy
+    to allow a call, directly or by delegating to the account's IAM policies)."""
+    policies = {}
+    for resource in doc["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::S3::BucketPolicy" and isinstance(properties["Bucket"], dict):
+            policies[_arn(doc, properties["Bucket"]["Ref"])] = resolve(doc, properties["PolicyDocument"])
+    for logical_id, resource in doc["Resources"].items():
+        if resource["Type"] == "AWS::KMS::Key":
+            policies[_arn(doc, logical_id)] = resolve(doc, resource["Properties"]["KeyPolicy"])
+    return policies
+
+
+def expect(doc: dict[str, Any], role_prefix: str, cases: Sequence[tuple[Call, bool]], *, label: str = "") -> None:
+    """Assert that the evaluator allows each call paired with True and denies each paired with False, for the role
+    whose logical id starts with `role_prefix`, under the template's resource policies (bucket, key); each verdict is
+    printed (the table, with -s)."""
+    calls = [call for call, _ in cases]
+    decisions = decide(role_policies(doc, role_prefix), calls, principal=arn_of(doc, role_id(doc, role_prefix)),
+                       resource_policies=resource_policies(doc))
+    for call, decision in zip(calls, decisions, strict=True):
+        print(f"{label:8} {role_prefix:13} {decision:17} {call}")
+    wrong = [f"{call}: {decision}, expected {'Allowed' if allowed else 'denied'}"
+             for (call, allowed), decision in zip(cases, decisions, strict=True) if (decision == "Allowed") != allowed]
+    assert wrong == []

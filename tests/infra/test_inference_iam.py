@@ -1,6 +1,7 @@
 """IAM for using a trained model (launcher/inference.py): a model role of its own (model artifacts and inference/,
 no dataset), and the notebook role creates, invokes and deletes models, transform jobs and endpoints of this account
-and region, and passes the model role to SageMaker only.
+and region, and passes the model role to SageMaker only. Decided by a real IAM evaluator (tests/infra/iam.py) on the
+synthesized template's policies, both network variants.
 """
 
 from __future__ import annotations
@@ -8,104 +9,102 @@ from __future__ import annotations
 import pytest
 
 from infra.constructs.roles import INFERENCE_ACTIONS
-from tests.infra.policy import allows, as_list, role_id, role_statements
+from tests.infra.iam import ACCOUNT, REGION, Call, arn_of, expect, role_id
+
+S3 = {"aws:SecureTransport": "true"}
+KINDS = {"Model": "model", "TransformJob": "transform-job", "EndpointConfig": "endpoint-config",
+         "Endpoint": "endpoint"}
 
 
-def _join(*parts) -> dict:
-    return {"Fn::Join": ["", list(parts)]}
+def _logs(group: str, stream: str | None = None) -> str:
+    arn = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group}"
+    return f"{arn}:log-stream:{stream}" if stream else f"{arn}:*"
 
 
-def _regional(service: str, rest: str) -> dict:
-    return _join("arn:", {"Ref": "AWS::Partition"}, f":{service}:", {"Ref": "AWS::Region"}, ":",
-                 {"Ref": "AWS::AccountId"}, rest)
+def _sagemaker(kind: str, name: str, *, region: str = REGION, account: str = ACCOUNT) -> str:
+    return f"arn:aws:sagemaker:{region}:{account}:{kind}/{name}"
 
 
 @pytest.fixture(scope="module", params=["default", "vpc"])
-def roles(synth, request):
+def stack(synth, request):
     s = synth.get(request.param)
     bucket = next(k for k, v in s.resources("AWS::S3::Bucket").items() if "LoggingConfiguration" in v["Properties"])
-    model, notebook = role_id(s.doc, "ModelRole"), role_id(s.doc, "NotebookRole")
-    return s, role_statements(s.doc, model), role_statements(s.doc, notebook), model, bucket
+    return s.doc, arn_of(s.doc, bucket), request.param
 
 
-def _objects(bucket: str, prefix: str) -> dict:
-    return _join({"Fn::GetAtt": [bucket, "Arn"]}, f"/{prefix}")
-
-
-def test_the_model_role_reads_model_artifacts_and_transform_input_and_writes_its_output(roles):
-    _, model, _, _, bucket = roles
-    assert allows(model, "s3:GetObject", resource=_objects(bucket, "jobs/*"))
-    assert allows(model, "s3:GetObject", resource=_objects(bucket, "inference/*"))
-    assert allows(model, "s3:PutObject", resource=_objects(bucket, "inference/*"))
-    assert not allows(model, "s3:PutObject", resource=_objects(bucket, "jobs/*"))  # it never changes a model
-    for prefix in ("datasets/*", "checkpoints/*", "code/*", "*"):
-        assert not allows(model, "s3:GetObject", resource=_objects(bucket, prefix)), prefix  # no patient data
+def test_the_model_role_reads_model_artifacts_and_transform_input_and_writes_its_output(stack):
+    doc, bucket, variant = stack
+    expect(doc, "ModelRole", [
+        (Call("s3:GetObject", f"{bucket}/jobs/job/output/model.tar.gz", S3), True),
+        (Call("s3:GetObject", f"{bucket}/inference/run/input/a.dcm", S3), True),
+        (Call("s3:PutObject", f"{bucket}/inference/run/output/a.dcm.out", S3), True),
+        (Call("s3:PutObject", f"{bucket}/jobs/job/output/model.tar.gz", S3), False),  # it never changes a model
+        # No patient data, no checkpoints, no code, nothing outside its prefixes.
+        *[(Call("s3:GetObject", f"{bucket}/{key}", S3), False)
+          for key in ("datasets/demo/train/a.dcm", "checkpoints/job/epoch-0001.pt", "code/job/input/code/train.py",
+                      "a.dcm")],
+    ], label=variant)
 
 
 def test_the_training_role_has_nothing_of_inference(synth):
-    s = synth.get("default")
-    bucket = next(k for k, v in s.resources("AWS::S3::Bucket").items() if "LoggingConfiguration" in v["Properties"])
-    training = role_statements(s.doc, role_id(s.doc, "TrainingRole"))
-    assert not allows(training, "s3:GetObject", resource=_objects(bucket, "inference/*"))
-    assert not allows(training, "logs:PutLogEvents",
-                      resource=_regional("logs", ":log-group:/aws/sagemaker/TransformJobs:*"))
+    doc = synth.get("default").doc
+    bucket = arn_of(doc, next(k for k, v in doc["Resources"].items()
+                              if v["Type"] == "AWS::S3::Bucket" and "LoggingConfiguration" in v["Properties"]))
+    expect(doc, "TrainingRole", [
+        (Call("s3:GetObject", f"{bucket}/inference/run/input/a.dcm", S3), False),
+        (Call("logs:PutLogEvents", _logs("/aws/sagemaker/TransformJobs", "transform/i-0123456789abcdef0")), False),
+    ])
 
 
-def test_the_model_role_pulls_the_image_and_logs_transform_jobs_and_endpoints(roles):
-    _, model, _, _, _ = roles
-    assert allows(model, "ecr:GetAuthorizationToken")
-    assert allows(model, "cloudwatch:PutMetricData")
-    for group in ("/aws/sagemaker/TransformJobs:*", "/aws/sagemaker/Endpoints/*:*"):
-        arn = _regional("logs", f":log-group:{group}")
-        for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"):
-            assert allows(model, action, resource=arn), (action, group)
+def test_the_model_role_pulls_the_image_and_logs_transform_jobs_and_endpoints(stack):
+    doc, _, variant = stack
+    cases = [(Call("ecr:GetAuthorizationToken", "*"), True), (Call("cloudwatch:PutMetricData", "*"), True)]
+    for group, stream in (("/aws/sagemaker/TransformJobs", "transform/i-0123456789abcdef0-1796597314"),
+                          ("/aws/sagemaker/Endpoints/MonaiDicomSageMaker-endpoint-1", "AllTraffic/i-0123456789abcdef")):
+        cases += [(Call("logs:CreateLogGroup", _logs(group)), True),
+                  (Call("logs:CreateLogStream", _logs(group, stream)), True),
+                  (Call("logs:PutLogEvents", _logs(group, stream)), True)]
+    cases += [(Call("logs:PutLogEvents", _logs("/aws/sagemaker/TrainingJobs", "job/algo-1-1796597314")), False)]
+    expect(doc, "ModelRole", cases, label=variant)
 
 
-@pytest.mark.parametrize(("action", "kind"), [
-    ("sagemaker:CreateModel", "model"), ("sagemaker:DeleteModel", "model"),
-    ("sagemaker:CreateTransformJob", "transform-job"), ("sagemaker:DescribeTransformJob", "transform-job"),
-    ("sagemaker:StopTransformJob", "transform-job"),
-    ("sagemaker:CreateEndpointConfig", "endpoint-config"), ("sagemaker:DeleteEndpointConfig", "endpoint-config"),
-    ("sagemaker:CreateEndpoint", "endpoint"), ("sagemaker:DescribeEndpoint", "endpoint"),
-    ("sagemaker:DeleteEndpoint", "endpoint"), ("sagemaker:InvokeEndpoint", "endpoint"),
-])
-def test_the_notebook_manages_inference_resources_of_this_account_and_region_only(roles, action, kind):
-    _, _, notebook, _, _ = roles
-    # the create calls are granted alone, with their conditions (test_isolation_iam)
-    assert action in INFERENCE_ACTIONS or action.startswith("sagemaker:Create") and action != "sagemaker:CreateEndpoint"
-    assert allows(notebook, action, resource=_regional("sagemaker", f":{kind}/*"))
-    assert not allows(notebook, action, resource="*")
+def test_the_notebook_manages_inference_resources_of_this_account_and_region_only(stack):
+    doc, _, variant = stack
+    isolated = {"sagemaker:NetworkIsolation": "true"}  # CreateModel is granted alone, isolated (test_isolation_iam)
+    actions = [*INFERENCE_ACTIONS, "sagemaker:CreateModel"]
+    cases = []
+    for action in actions:
+        noun = action.split(":", 1)[1].removeprefix("Create").removeprefix("Describe").removeprefix(
+            "Delete").removeprefix("Stop").removeprefix("Invoke")
+        kind = KINDS[noun]
+        context = isolated if action == "sagemaker:CreateModel" else {}
+        cases += [(Call(action, _sagemaker(kind, "monaidicomsagemaker-x"), context), True),
+                  (Call(action, _sagemaker(kind, "monaidicomsagemaker-x", region="us-west-2"), context), False),
+                  (Call(action, _sagemaker(kind, "monaidicomsagemaker-x", account="210987654321"), context), False)]
+    expect(doc, "NotebookRole", cases, label=variant)
 
 
-def test_inference_actions_are_granted_on_sagemaker_arns_only(roles):
-    _, _, notebook, _, _ = roles
-    for st in notebook:
-        if set(as_list(st["Action"])) & set(INFERENCE_ACTIONS):
-            assert set(as_list(st["Action"])) == set(INFERENCE_ACTIONS)
-            assert len(as_list(st["Resource"])) == 4 and "*" not in as_list(st["Resource"])
-
-
-def test_the_notebook_passes_the_training_and_model_roles_to_sagemaker_only(roles):
-    s, _, notebook, model, _ = roles
-    training = role_id(s.doc, "TrainingRole")
-    passes = [st for st in notebook if "iam:PassRole" in as_list(st["Action"])]
-    assert len(passes) == 1  # CDK merges the two grants into one statement
-    only = dict(passes[0])  # a copy: the template is shared by the session
-    assert sorted(as_list(only.pop("Resource")), key=str) == sorted(
-        [{"Fn::GetAtt": [role, "Arn"]} for role in (training, model)], key=str)
-    assert only == {"Action": "iam:PassRole", "Effect": "Allow",
-                    "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}}
+def test_the_notebook_passes_the_training_and_model_roles_to_sagemaker_only(stack):
+    doc, _, variant = stack
+    to_sagemaker = {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    model, training = (arn_of(doc, role_id(doc, r)) for r in ("ModelRole", "TrainingRole"))
+    expect(doc, "NotebookRole", [
+        (Call("iam:PassRole", model, to_sagemaker), True),
+        (Call("iam:PassRole", training, to_sagemaker), True),
+        (Call("iam:PassRole", model, {"iam:PassedToService": "lambda.amazonaws.com"}), False),
+        (Call("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/SomeAdminRole", to_sagemaker), False),
+    ], label=variant)
 
 
 def test_the_model_role_is_an_output_and_a_value_of_the_notebook(synth):
-    s = synth.get("default")
-    model = role_id(s.doc, "ModelRole")
-    assert s.doc["Outputs"]["ModelRoleArn"]["Value"] == {"Fn::GetAtt": [model, "Arn"]}
+    doc = synth.get("default").doc
+    model = role_id(doc, "ModelRole")
+    assert doc["Outputs"]["ModelRoleArn"]["Value"] == {"Fn::GetAtt": [model, "Arn"]}
 
 
-def test_the_training_role_reads_the_pseudonym_key_and_the_model_role_does_not(roles):
-    s, model, _, _, bucket = roles
-    training = role_statements(s.doc, role_id(s.doc, "TrainingRole"))
-    assert allows(training, "s3:GetObject", resource=_objects(bucket, "secrets/pseudonym-key"))
-    assert not allows(training, "s3:PutObject", resource=_objects(bucket, "secrets/pseudonym-key"))
-    assert not allows(model, "s3:GetObject", resource=_objects(bucket, "secrets/pseudonym-key"))
+def test_the_training_role_reads_the_pseudonym_key_and_the_model_role_does_not(stack):
+    doc, bucket, variant = stack
+    key = f"{bucket}/secrets/pseudonym-key"
+    expect(doc, "TrainingRole", [(Call("s3:GetObject", key, S3), True), (Call("s3:PutObject", key, S3), False)],
+           label=variant)
+    expect(doc, "ModelRole", [(Call("s3:GetObject", key, S3), False)], label=variant)

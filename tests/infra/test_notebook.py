@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.infra.conftest import REPO
-from tests.infra.policy import allows, role_id, role_statements
+from tests.infra.iam import ACCOUNT, REGION, Call, expect, role_id
 
 
 def _one(s, kind: str) -> tuple[str, dict]:
@@ -74,13 +74,13 @@ def test_default_notebook_has_direct_internet_and_vpc_variant_none(synth):
 
 
 def test_notebook_may_write_its_logs_and_stop_only_itself(synth):
-    s = synth.get("default")
-    statements = role_statements(s.doc, role_id(s.doc, "NotebookRole"))
-    stop = [st for st in statements if "sagemaker:StopNotebookInstance" in st["Action"]]
-    assert len(stop) == 1 and "notebook-instance/monaidicomsagemaker-notebook" in str(stop[0]["Resource"])
-    logs = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":logs:", {"Ref": "AWS::Region"}, ":",
-                              {"Ref": "AWS::AccountId"}, ":log-group:/aws/sagemaker/NotebookInstances:*"]]}
-    assert allows(statements, "logs:PutLogEvents", resource=logs)
+    instances = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:notebook-instance"
+    logs = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/NotebookInstances"
+    expect(synth.get("default").doc, "NotebookRole", [
+        (Call("sagemaker:StopNotebookInstance", f"{instances}/monaidicomsagemaker-notebook"), True),
+        (Call("sagemaker:StopNotebookInstance", f"{instances}/another-notebook"), False),
+        (Call("logs:PutLogEvents", f"{logs}:log-stream:MonaiDicomSageMaker-notebook/LifecycleConfigOnStart"), True),
+    ])
 
 
 def test_outputs_name_the_notebook_and_its_console_url(synth):
