@@ -3,7 +3,8 @@
 What `make demo` does, on a smaller run (demo/notebook.py small_size: 200 + 40 images at 32x32, 3 epochs): the
 stack is deployed with the real CDK CLI, the notebook runs on this Python's kernel with the local runner (the batch
 transform and the endpoint served here by training.serve), and the tests read what its cells printed and displayed,
-and what the emulator holds afterwards.
+and what the emulator holds afterwards. The emulator records every request the kernel sends; a real IAM evaluator
+then decides each call, and what it implies, against the synthesized template (tests/e2e/journey_calls.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ from demo.notebook import (
     small_size,
 )
 from launcher.local_runner import descendants, still_running
+from tests.e2e.journey_calls import ALLOWED, JourneyCall, journey_calls, requests_for, stack_view, table
+from tests.infra.conftest import SynthCache
+from tests.infra.iam import evaluate
 from training.metrics import parse_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:Tried to parse:UserWarning:moto\.")]
 
 STACK = "MonaiDicomSageMaker"
 SIZE = small_size()
+STAND_INS = Path(__file__).with_name("stand_ins")
 
 
 @dataclass(frozen=True)
@@ -49,20 +54,32 @@ class Journey:
     processes_after: list[int]  # processes this one started that were still there after the run
     transforms: list[dict[str, Any]]  # ListTransformJobs after the run
     left: dict[str, list[str]]  # the models, endpoint configs and endpoints the emulator still has after the run
+    requests: list[dict[str, Any]]  # every request the notebook's kernel sent the emulator (demo/emulator.py)
+    physical: dict[str, str]  # the stack's logical resource ids to the emulator's physical ids
 
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     workdir = tmp_path_factory.mktemp("journey")
     earlier = set(descendants(os.getpid()))  # what other tests of this worker run (a server fixture, say)
-    with start_emulator() as emulator:
+    recording: list[dict[str, Any]] = []
+    with start_emulator(recording=recording) as emulator:
         env = emulator_env(emulator)
         bootstrap(env)
         deploy(env, emulator_context())
-        described = client(env, "cloudformation").describe_stacks(StackName=STACK)["Stacks"][0]
+        cloudformation = client(env, "cloudformation")
+        described = cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
-        run = run_notebook(notebook_env(env, emulator), journey_parameters(workdir, SIZE, stack_name=STACK),
+        physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in cloudformation.list_stack_resources(
+            StackName=STACK)["StackResourceSummaries"] if r.get("PhysicalResourceId")}
+        recording.clear()  # the CLI's deploy: not the notebook's
+        # The kernel loads tests/e2e/stand_ins/sitecustomize.py: the local runner's requests say which role they
+        # stand in for.
+        kernel_env = {**notebook_env(env, emulator), "PYTHONPATH": os.pathsep.join(
+            [str(STAND_INS), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        run = run_notebook(kernel_env, journey_parameters(workdir, SIZE, stack_name=STACK),
                            output=workdir / "executed.ipynb")
+        requests = list(recording)
         sagemaker = client(env, "sagemaker")
         jobs = sagemaker.list_training_jobs()["TrainingJobSummaries"]
         objects = [o["Key"] for page in client(env, "s3").get_paginator("list_objects_v2").paginate(
@@ -73,7 +90,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
         left = {"models": [m["ModelName"] for m in sagemaker.list_models()["Models"]],
                 "endpoint configs": [c["EndpointConfigName"] for c in configs],
                 "endpoints": [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]}
-        yield Journey(run, workdir, outputs, jobs, objects, started, transforms, left)
+        yield Journey(run, workdir, outputs, jobs, objects, started, transforms, left, requests, physical)
 
 
 def test_every_cell_ran_without_error(journey: Journey) -> None:
@@ -200,6 +217,36 @@ def test_no_output_names_a_patient_or_holds_a_guessable_pseudonym(journey: Journ
     assert [value for value in ids if value in written] == []
     assert [value for value in guessable(ids) if value in written] == []
     assert re.search(r"\bp-[0-9a-f]{16}\b", written)  # patients are named, by keyed pseudonyms
+
+
+def test_iam_allows_every_call_of_the_journey_and_denies_its_neighbours(journey: Journey,
+                                                                        synth: SynthCache) -> None:
+    """Issue 18 item 4: every AWS call the notebook and the launcher made, what the local stand-ins did as the
+    training and model roles, and what AWS does on their behalf (tests/e2e/journey_calls.py), evaluated by a real IAM
+    evaluator (tests/infra/iam.py) against the synthesized template's policies, bucket policy and key policy, in
+    both network variants; the must-deny calls beside them refused. The journey ran once, without a VPC: in the VPC
+    variant, CreateTrainingJob and CreateModel carry that template's subnets and security group, as the launcher
+    sends them there. The table prints with -s (and on failure)."""
+    items: list[tuple[str, JourneyCall]] = []
+    requests = []
+    for variant in ("default", "vpc"):
+        stack = stack_view(synth.get(variant).doc, journey.physical, journey.outputs["TrainingImageUri"])
+        found = list(journey_calls(journey.requests, stack))
+        items += [(variant, item) for item in found]
+        requests += requests_for(found, stack)
+    verdicts = evaluate(requests)
+    rows = [(variant, item, verdict) for (variant, item), verdict in zip(items, verdicts, strict=True)]
+    print(table(rows))
+    recorded = {item.call.action for _, item in items if item.origin == "recorded"}
+    assert {"sagemaker:CreateTrainingJob", "sagemaker:CreateModel", "sagemaker:CreateTransformJob",
+            "sagemaker:CreateEndpoint", "s3:PutObject", "logs:GetLogEvents"} <= recorded
+    assert {item.origin for _, item in items} == {"recorded", "stand-in", "implied", "must-deny"}
+    assert {item.role for _, item in items if item.origin == "stand-in"} == {"TrainingRole", "ModelRole"}
+    needed_but_denied = [f"{v} {i.role} {i.call}" for v, i, x in rows if i.expected == ALLOWED and x != ALLOWED]
+    allowed_but_must_not = [f"{v} {i.role} {i.call} -- {i.why}" for v, i, x in rows
+                            if i.expected == "denied" and x == ALLOWED]
+    assert not needed_but_denied, "needed calls denied:\n" + "\n".join(needed_but_denied)
+    assert not allowed_but_must_not, "must-deny calls allowed:\n" + "\n".join(allowed_but_must_not)
 
 
 def test_nothing_is_left_running(journey: Journey) -> None:
