@@ -11,7 +11,8 @@ verdict it must get.
 - implied: what AWS does on the caller's behalf for a recorded call: S3 with the bucket's KMS key (GenerateDataKey to
   write, Decrypt to read, through S3), iam:PassRole and sagemaker:AddTags for a Create* call, and what SageMaker does
   as the passed role that the stand-ins do not (image pull, volume key grant, metrics, log groups, network
-  interfaces in a VPC).
+  interfaces in a VPC, checkpoints when the job has them); and the endpoint's invocation, which the local runner
+  answers without AWS.
 - must-deny: calls close to those, which the stack's policies must refuse.
 
 Names: the emulator's physical names (bucket, roles, key, region us-east-1, the public image it runs) are replaced
@@ -80,9 +81,9 @@ class JourneyCall:
 
     role: str  # a role's logical id prefix (TrainingRole, ModelRole, NotebookRole), or an ARN outside the stack
     call: Call
-    origin: str  # recorded, stand-in, implied, must-deny
-    expected: str  # ALLOWED, or "denied" (ImplicitlyDenied or ExplicitlyDenied)
-    why: str = ""  # for a must-deny call: what it stands for
+    origin: str  # recorded, stand-in, implied, must-deny, exempt (NOT_A_ROLE_CALL)
+    expected: str  # ALLOWED; "denied" (ImplicitlyDenied or ExplicitlyDenied); "any" (NOT_A_ROLE_CALL, TOLERATED)
+    why: str = ""  # what a must-deny call stands for, or why a call's verdict is not asserted
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,7 +317,8 @@ def stack_view(doc: dict[str, Any], physical: Mapping[str, str], emulator_image:
 
 def journey_calls(requests: list[dict[str, Any]], stack: Stack) -> Iterator[JourneyCall]:
     """Every call of the journey that a role of `stack` makes on AWS, and the must-deny calls (see the module
-    docstring). Calls in NOT_A_ROLE_CALL are left out; TOLERATED ones are yielded with any verdict expected."""
+    docstring). Calls in NOT_A_ROLE_CALL (origin "exempt") and TOLERATED are yielded with any verdict expected and
+    their reason."""
     seen: set[tuple[str, str, str, str]] = set()
 
     def once(item: JourneyCall) -> Iterator[JourneyCall]:
@@ -330,13 +332,16 @@ def journey_calls(requests: list[dict[str, Any]], stack: Stack) -> Iterator[Jour
         role = request["headers"].get(STAND_IN_HEADER) or "NotebookRole"
         origin = "stand-in" if role != "NotebookRole" else "recorded"
         for raw in to_calls(request):
-            if (role, raw.action) in NOT_A_ROLE_CALL:
-                continue
             call = stack.translate(raw)
+            if (role, call.action) in NOT_A_ROLE_CALL:
+                yield from once(JourneyCall(role, call, "exempt", "any", NOT_A_ROLE_CALL[(role, call.action)]))
+                continue
             if call.action.startswith("sagemaker:Create"):
                 call = _in_vpc(call, stack)
-            expected = "any" if (role, call.action) in TOLERATED else ALLOWED
-            yield from once(JourneyCall(role, call, origin, expected))
+            if (role, call.action) in TOLERATED:
+                yield from once(JourneyCall(role, call, origin, "any", TOLERATED[(role, call.action)]))
+            else:
+                yield from once(JourneyCall(role, call, origin, ALLOWED))
             for implied in _implied(role, call, stack):
                 yield from once(implied)
             if call.action.startswith("sagemaker:Create") and request["body"]:
@@ -426,6 +431,8 @@ def _on_create(call: Call, body: Mapping[str, Any], created: Mapping[str, Mappin
             yield JourneyCall(role, Call(action, _log_stream(group, stream).replace(
                 f":{EMULATOR_REGION}:", f":{REGION}:")), "implied", ALLOWED)
         yield JourneyCall(role, Call("cloudwatch:PutMetricData", "*"), "implied", ALLOWED)
+    if kind == "Endpoint":  # the notebook's endpoint cell: launcher.inference.invoke_endpoint, local without AWS
+        yield JourneyCall(notebook, Call("sagemaker:InvokeEndpoint", call.resource), "implied", ALLOWED)
     if stack.subnets and kind in ("TrainingJob", "Model"):
         for action in NETWORK_INTERFACES:
             yield JourneyCall(role, Call(action, "*"), "implied", ALLOWED)

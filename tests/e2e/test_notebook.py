@@ -32,7 +32,16 @@ from demo.notebook import (
     small_size,
 )
 from launcher.local_runner import descendants, still_running
-from tests.e2e.journey_calls import ALLOWED, JourneyCall, journey_calls, requests_for, stack_view, table
+from tests.e2e.journey_calls import (
+    ALLOWED,
+    NOT_A_ROLE_CALL,
+    TOLERATED,
+    JourneyCall,
+    journey_calls,
+    requests_for,
+    stack_view,
+    table,
+)
 from tests.infra.conftest import SynthCache
 from tests.infra.iam import evaluate
 from training.metrics import parse_line
@@ -240,7 +249,9 @@ def test_iam_allows_every_call_of_the_journey_and_denies_its_neighbours(journey:
     recorded = {item.call.action for _, item in items if item.origin == "recorded"}
     assert {"sagemaker:CreateTrainingJob", "sagemaker:CreateModel", "sagemaker:CreateTransformJob",
             "sagemaker:CreateEndpoint", "s3:PutObject", "logs:GetLogEvents"} <= recorded
-    assert {item.origin for _, item in items} == {"recorded", "stand-in", "implied", "must-deny"}
+    assert {item.origin for _, item in items} == {"recorded", "stand-in", "implied", "must-deny", "exempt"}
+    unasserted = {(item.role, item.call.action) for _, item in items if item.expected == "any"}
+    assert unasserted == set(NOT_A_ROLE_CALL) | set(TOLERATED)  # each exemption still needed, none more
     assert {item.role for _, item in items if item.origin == "stand-in"} == {"TrainingRole", "ModelRole"}
     needed_but_denied = [f"{v} {i.role} {i.call}" for v, i, x in rows if i.expected == ALLOWED and x != ALLOWED]
     allowed_but_must_not = [f"{v} {i.role} {i.call} -- {i.why}" for v, i, x in rows
