@@ -2,8 +2,8 @@
 
 What enters: the requests the emulator recorded while the notebook ran (demo/emulator.py `recording`), each marked by
 tests/e2e/stand_ins/sitecustomize.py when a local stand-in of the SageMaker service sent it, and a synthesized
-template. What leaves: `journey_requests`, every call with the principal that makes it on AWS, its origin and the
-verdict it must get.
+template. What leaves: `journey_calls`, every call with the principal that makes it on AWS, its origin and the
+verdict it must get; `requests_for`, those calls as the evaluator's requests; `table`, the verdicts to print.
 
 - recorded: the notebook's and the launcher's own calls, as the notebook role.
 - stand-in: what the local runner (a training job) and local inference (batch transform, endpoint) read and wrote,
@@ -97,17 +97,17 @@ def _service(request: Mapping[str, Any]) -> str:
     return match.group(1)
 
 
-def _arn(service: str, resource: str) -> str:
-    return f"arn:aws:{service}:{EMULATOR_REGION}:{ACCOUNT}:{resource}"
+def _arn(service: str, resource: str, region: str = EMULATOR_REGION) -> str:
+    return f"arn:aws:{service}:{region}:{ACCOUNT}:{resource}"
 
 
-def _log_group(name: str) -> str:
+def _log_group(name: str, region: str = EMULATOR_REGION) -> str:
     # A log group's ARN as CloudWatch Logs authorizes it, with the ":*" its own ARNs end with.
-    return _arn("logs", f"log-group:{name}:*")
+    return _arn("logs", f"log-group:{name}:*", region)
 
 
-def _log_stream(group: str, stream: str) -> str:
-    return _arn("logs", f"log-group:{group}:log-stream:{stream}")
+def _log_stream(group: str, stream: str, region: str = EMULATOR_REGION) -> str:
+    return _arn("logs", f"log-group:{group}:log-stream:{stream}", region)
 
 
 def to_calls(request: Mapping[str, Any]) -> list[Call]:
@@ -327,7 +327,7 @@ def journey_calls(requests: list[dict[str, Any]], stack: Stack) -> Iterator[Jour
             seen.add(identity)
             yield item
 
-    created: dict[str, dict[str, Any]] = {}  # Create* request bodies by the created resource's name
+    created: dict[str, dict[str, Any]] = {}  # Create* request bodies by kind (TrainingJob, Model, ...)
     for request in requests:
         role = request["headers"].get(STAND_IN_HEADER) or "NotebookRole"
         origin = "stand-in" if role != "NotebookRole" else "recorded"
@@ -342,7 +342,8 @@ def journey_calls(requests: list[dict[str, Any]], stack: Stack) -> Iterator[Jour
                 yield from once(JourneyCall(role, call, origin, "any", TOLERATED[(role, call.action)]))
             else:
                 yield from once(JourneyCall(role, call, origin, ALLOWED))
-            for implied in _implied(role, call, stack):
+            multipart = "uploads" in request["query"] or "uploadId" in request["query"]
+            for implied in _implied(role, call, stack, multipart=multipart):
                 yield from once(implied)
             if call.action.startswith("sagemaker:Create") and request["body"]:
                 body = json.loads(stack.swap(request["body"]))
@@ -366,15 +367,16 @@ def _kms(action: str, key: str, stack: Stack, **extra: str) -> Call:
                               "kms:EncryptionContext:aws:s3:arn": stack.bucket, **extra})
 
 
-def _implied(role: str, call: Call, stack: Stack) -> Iterator[JourneyCall]:
+def _implied(role: str, call: Call, stack: Stack, *, multipart: bool) -> Iterator[JourneyCall]:
     """S3 on the data bucket uses its key (SSE-KMS, the bucket's default and the launcher's header): KMS through S3
-    for the same principal."""
+    for the same principal (a multipart upload decrypts its parts' data keys too)."""
     if not call.resource.startswith(f"{stack.bucket}/"):
         return
     key = str(call.context.get("s3:x-amz-server-side-encryption-aws-kms-key-id", stack.key))
     if call.action == "s3:PutObject":
         yield JourneyCall(role, _kms("kms:GenerateDataKey", key, stack), "implied", ALLOWED)
-        yield JourneyCall(role, _kms("kms:Decrypt", key, stack), "implied", ALLOWED)  # multipart uploads
+        if multipart:
+            yield JourneyCall(role, _kms("kms:Decrypt", key, stack), "implied", ALLOWED)
     elif call.action == "s3:GetObject":
         yield JourneyCall(role, _kms("kms:Decrypt", key, stack), "implied", ALLOWED)
 
@@ -425,11 +427,9 @@ def _on_create(call: Call, body: Mapping[str, Any], created: Mapping[str, Mappin
               "Endpoint": (f"/aws/sagemaker/Endpoints/{name}", "AllTraffic/i-0123456789abcdef0")}
     if kind in groups:
         group, stream = groups[kind]
-        yield JourneyCall(role, Call("logs:CreateLogGroup", _log_group(group).replace(
-            f":{EMULATOR_REGION}:", f":{REGION}:")), "implied", ALLOWED)
+        yield JourneyCall(role, Call("logs:CreateLogGroup", _log_group(group, REGION)), "implied", ALLOWED)
         for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
-            yield JourneyCall(role, Call(action, _log_stream(group, stream).replace(
-                f":{EMULATOR_REGION}:", f":{REGION}:")), "implied", ALLOWED)
+            yield JourneyCall(role, Call(action, _log_stream(group, stream, REGION)), "implied", ALLOWED)
         yield JourneyCall(role, Call("cloudwatch:PutMetricData", "*"), "implied", ALLOWED)
     if kind == "Endpoint":  # the notebook's endpoint cell: launcher.inference.invoke_endpoint, local without AWS
         yield JourneyCall(notebook, Call("sagemaker:InvokeEndpoint", call.resource), "implied", ALLOWED)
