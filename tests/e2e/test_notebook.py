@@ -254,7 +254,7 @@ def test_iam_allows_every_call_of_the_journey_and_denies_its_neighbours(journey:
     assert unasserted == set(NOT_A_ROLE_CALL) | set(TOLERATED)  # each exemption still needed, none more
     assert {item.role for _, item in items if item.origin == "stand-in"} == {"TrainingRole", "ModelRole"}
     needed_but_denied = [f"{v} {i.role} {i.call}" for v, i, x in rows if i.expected == ALLOWED and x != ALLOWED]
-    allowed_but_must_not = [f"{v} {i.role} {i.call} -- {i.why}" for v, i, x in rows
+    allowed_but_must_not = [f"{v} {i.role} ({i.why}): {i.call}" for v, i, x in rows
                             if i.expected == "denied" and x == ALLOWED]
     assert not needed_but_denied, "needed calls denied:\n" + "\n".join(needed_but_denied)
     assert not allowed_but_must_not, "must-deny calls allowed:\n" + "\n".join(allowed_but_must_not)
