@@ -7,7 +7,7 @@ principal whose own policy allows all of S3: the endpoint's policy alone decides
 from __future__ import annotations
 
 from infra.constructs.network import S3_ENDPOINT_AWS_BUCKETS
-from tests.infra.iam import ACCOUNT, REGION, Call, decide_each, resolve
+from tests.infra.iam import ACCOUNT, REGION, Call, Request, evaluate, resolve
 
 ANYTHING = [{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}]
 
@@ -35,7 +35,7 @@ def test_the_s3_endpoint_allows_the_stack_bucket_and_named_aws_buckets_only(synt
         (Call("s3:GetObject", "arn:aws:s3:::prod-us-east-1-starport-layer-bucket/layer"), "ImplicitlyDenied"),
     ]
     principal = f"arn:aws:iam::{ACCOUNT}:role/anyone-in-the-vpc"
-    decisions = decide_each([(principal, ANYTHING, call) for call, _ in cases], endpoint_policy=policy)
+    decisions = evaluate([Request(principal, ANYTHING, call, endpoint_policy=policy) for call, _ in cases])
     for (call, _), decision in zip(cases, decisions, strict=True):
         print(f"{decision:17} {call}")  # the table, with -s
     assert decisions == [expected for _, expected in cases]

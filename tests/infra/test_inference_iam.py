@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from infra.constructs.roles import INFERENCE_ACTIONS
-from tests.infra.iam import ACCOUNT, REGION, Call, arn_of, expect, role_id
+from tests.infra.iam import ACCOUNT, REGION, Call, arn_of, expect, resolve, role_id
 
 S3 = {"aws:SecureTransport": "true"}
 KINDS = {"Model": "model", "TransformJob": "transform-job", "EndpointConfig": "endpoint-config",
@@ -70,14 +70,23 @@ def test_the_model_role_pulls_the_image_and_logs_transform_jobs_and_endpoints(st
 
 def test_the_notebook_manages_inference_resources_of_this_account_and_region_only(stack):
     doc, _, variant = stack
-    isolated = {"sagemaker:NetworkIsolation": "true"}  # CreateModel is granted alone, isolated (test_isolation_iam)
-    actions = [*INFERENCE_ACTIONS, "sagemaker:CreateModel"]
+    # The create calls are granted alone, with conditions (test_isolation_iam): here, each as the launcher sends it.
+    [key] = [arn_of(doc, k) for k, v in doc["Resources"].items() if v["Type"] == "AWS::KMS::Key"]
+    outputs = doc["Outputs"]
+    vpc = {"sagemaker:VpcSubnets": resolve(doc, outputs["SubnetIds"]["Value"]).split(","),
+           "sagemaker:VpcSecurityGroupIds": resolve(doc, outputs["SecurityGroupIds"]["Value"]).split(",")} \
+        if "SubnetIds" in outputs else {}
+    launcher_sends = {
+        "sagemaker:CreateModel": {"sagemaker:NetworkIsolation": "true", **vpc},
+        "sagemaker:CreateTransformJob": {"sagemaker:VolumeKmsKeyArn": key, "sagemaker:OutputKmsKeyArn": key},
+        "sagemaker:CreateEndpointConfig": {"sagemaker:VolumeKmsKeyArn": key},
+    }
     cases = []
-    for action in actions:
+    for action in [*INFERENCE_ACTIONS, *launcher_sends]:
         noun = action.split(":", 1)[1].removeprefix("Create").removeprefix("Describe").removeprefix(
             "Delete").removeprefix("Stop").removeprefix("Invoke")
         kind = KINDS[noun]
-        context = isolated if action == "sagemaker:CreateModel" else {}
+        context = launcher_sends.get(action, {})
         cases += [(Call(action, _sagemaker(kind, "monaidicomsagemaker-x"), context), True),
                   (Call(action, _sagemaker(kind, "monaidicomsagemaker-x", region="us-west-2"), context), False),
                   (Call(action, _sagemaker(kind, "monaidicomsagemaker-x", account="210987654321"), context), False)]

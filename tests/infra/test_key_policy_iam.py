@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.iam import ACCOUNT, REGION, Call, decide, decide_each, resolve, role_policies
+from tests.infra.iam import ACCOUNT, REGION, Call, Request, decide, evaluate, resolve, role_policies
 
 EVERYTHING = [{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}]
 
@@ -45,8 +45,7 @@ def test_only_the_stack_roles_use_the_data_key(synth, variant: str) -> None:
     # Administrators manage the key (CloudFormation updates it) without decrypting.
     cases += [(analyst, EVERYTHING, "kms:DescribeKey", "Allowed"), (analyst, EVERYTHING, "kms:PutKeyPolicy", "Allowed"),
               (outsider, EVERYTHING, "kms:PutKeyPolicy", "ImplicitlyDenied")]
-    results = decide_each([(who, policies, Call(action, key)) for who, policies, action, _ in cases],
-                          resource_policy=key_policy)
+    results = evaluate([Request(who, policies, Call(action, key), key_policy) for who, policies, action, _ in cases])
     for (who, _, action, _), decision in zip(cases, results, strict=True):
         print(f"{variant:8} {decision:17} {action:22} {who}")  # the table, with -s
     assert results == [expected for *_, expected in cases]
@@ -59,7 +58,7 @@ def test_grants_are_for_aws_resources_only(synth, variant: str) -> None:
     analyst = f"arn:aws:iam::{ACCOUNT}:role/analyst"
     calls = [Call("kms:CreateGrant", key, {"kms:GrantIsForAWSResource": "true"}),
              Call("kms:CreateGrant", key, {"kms:GrantIsForAWSResource": "false"})]
-    decisions = decide(EVERYTHING, calls, principal=analyst, resource_policy=key_policy)
+    decisions = decide(EVERYTHING, calls, principal=analyst, resource_policies={key: key_policy})
     for call, decision in zip(calls, decisions, strict=True):
         print(f"{variant:8} {decision:17} {call}")
     assert decisions == ["Allowed", "ImplicitlyDenied"]
@@ -72,7 +71,7 @@ def test_cloudwatch_logs_encrypts_this_account_s_log_groups_only(synth) -> None:
     doc = synth.get("default").doc
     key, key_policy = _key(doc)
     [decision] = decide([], [Call("kms:GenerateDataKey", key)], principal=f"logs.{REGION}.amazonaws.com",
-                        resource_policy=key_policy)
+                        resource_policies={key: key_policy})
     assert decision == "ImplicitlyDenied"
     [logs] = [st for st in key_policy["Statement"] if st["Principal"] == {"Service": f"logs.{REGION}.amazonaws.com"}]
     assert logs["Condition"] == {"ArnLike": {"kms:EncryptionContext:aws:logs:arn":

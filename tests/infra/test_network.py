@@ -41,7 +41,7 @@ def test_endpoints_s3_gateway_and_interfaces_reachable_only_from_the_workloads(v
 def test_flow_logs_go_to_an_encrypted_kept_log_group(vpc):
     [flow] = vpc.resources("AWS::EC2::FlowLog").values()
     assert flow["Properties"]["TrafficType"] == "ALL"
-    [group] = vpc.resources("AWS::Logs::LogGroup").values()
+    [group] = [v for k, v in vpc.resources("AWS::Logs::LogGroup").items() if k.startswith("NetworkFlowLogs")]
     key = next(iter(vpc.resources("AWS::KMS::Key")))
     assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [key, "Arn"]}
     assert group["DeletionPolicy"] == "Retain"

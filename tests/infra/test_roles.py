@@ -103,7 +103,9 @@ def test_notebook_role_runs_follows_and_stops_training_jobs(default):
     s, ids = default
     bucket, key, training = (arn_of(s.doc, ids[k]) for k in ("bucket", "key", "training"))
     expect(s.doc, "NotebookRole", [
-        (Call("sagemaker:CreateTrainingJob", JOB, ISOLATED), True),
+        # as the launcher sends it: isolated, the stack key on volume and output (test_isolation_iam: the rest)
+        (Call("sagemaker:CreateTrainingJob", JOB,
+              {**ISOLATED, "sagemaker:VolumeKmsKeyArn": key, "sagemaker:OutputKmsKeyArn": key}), True),
         (Call("sagemaker:DescribeTrainingJob", JOB), True),
         (Call("sagemaker:StopTrainingJob", JOB), True),
         (Call("sagemaker:ListTrainingJobs", "*"), True),

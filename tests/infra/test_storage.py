@@ -77,7 +77,9 @@ def test_old_versions_expire_and_incomplete_uploads_are_aborted(synth):
 def test_default_keeps_bucket_log_bucket_and_key_on_destroy(synth):
     s = synth.get("default")
     kept = {k for k, v in s.doc["Resources"].items() if v.get("DeletionPolicy") == "Retain"}
-    assert kept == {*_bucket_ids(s), *s.resources("AWS::KMS::Key"), *s.resources("AWS::S3::BucketPolicy")}
+    # and the log-group handler's own logs, kept like every log of the stack
+    assert kept == {*_bucket_ids(s), *s.resources("AWS::KMS::Key"), *s.resources("AWS::S3::BucketPolicy"),
+                    *s.resources("AWS::Logs::LogGroup")}
     assert not s.resources("Custom::S3AutoDeleteObjects")
 
 
