@@ -145,6 +145,7 @@ class MonaiDicomStack(Stack):
                 "repo_url": nb.repo_url,
                 "repo_ref": nb.repo_ref,
                 "deployed_commit": nb.deployed_commit,
+                "log_retention_days": str(storage_cfg.log_retention_days),
             },
         )
 
@@ -159,6 +160,8 @@ class MonaiDicomStack(Stack):
             "TrainingImageVariant": (image_variant or "unknown",
                                      "cpu or gpu: the image cdk deploy built (unknown for trainingImageUri)"),
             "Region": (self.region, "Region of the stack"),
+            "LogRetentionDays": (str(storage_cfg.log_retention_days),
+                                 "Days SageMaker's log groups keep events (the launcher's endpoint groups too)"),
             "NotebookName": (notebook.instance.attr_notebook_instance_name, "The notebook instance"),
             "NotebookUrl": (f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",
                             "Opens the notebook (JupyterLab) in the SageMaker console"),

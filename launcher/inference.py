@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -39,11 +40,14 @@ from botocore.exceptions import ClientError
 from launcher.launch import LOCAL_RUNNER
 from launcher.settings import Settings
 
+log = logging.getLogger(__name__)
+
 INFERENCE_PREFIX = "inference/"  # infra/constructs/storage.py: transform input and output
 DICOM = "application/dicom"
 ZIP = "application/zip"
 DEFAULT_INSTANCE_TYPE = "ml.m5.xlarge"  # CPU image; the GPU image serves on ml.g5.xlarge
 TERMINAL = ("Completed", "Failed", "Stopped")
+ENDPOINT_LOG_GROUP_PREFIX = "/aws/sagemaker/Endpoints/"  # SageMaker logs each endpoint to this prefix + its name
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, e.g. a training job's name
 
 
@@ -297,13 +301,17 @@ def transform_results(
 def create_endpoint(
     settings: Settings, model_name: str, *, instance_type: str = DEFAULT_INSTANCE_TYPE, name: str | None = None
 ) -> str:
-    """CreateEndpointConfig (volume encrypted with the stack key) and CreateEndpoint of the same name.
+    """CreateEndpointConfig (volume encrypted with the stack key) and CreateEndpoint of the same name, after its log
+    group: SageMaker logs an endpoint to /aws/sagemaker/Endpoints/NAME and would create that group unencrypted and
+    kept forever, so the launcher creates it first, encrypted with the stack key, kept the stack's
+    logRetentionDays (`endpoint_log_group`).
 
     Returns:
         The endpoint's name (its config has the same name). Call delete_endpoint when done: it costs while up.
         With the local runner, its training.serve process (a child of this one) answers by then.
     """
     name = name or _name(settings, "endpoint")
+    endpoint_log_group(settings, name)
     client = _sagemaker(settings)
     client.create_endpoint_config(
         EndpointConfigName=name,
@@ -321,6 +329,23 @@ def create_endpoint(
             delete_endpoint(settings, name)  # as a failed endpoint on SageMaker, it would need deleting
             raise
     return name
+
+
+def endpoint_log_group(settings: Settings, endpoint: str) -> str:
+    """Create the endpoint's log group, encrypted with the stack key and kept settings.log_retention_days, before
+    SageMaker does (an existing group is given the retention; its encryption is left as it is).
+
+    Returns:
+        The group's name.
+    """
+    group = f"{ENDPOINT_LOG_GROUP_PREFIX}{endpoint}"
+    logs = settings.boto_session().client("logs", region_name=settings.region)
+    try:
+        logs.create_log_group(logGroupName=group, kmsKeyId=settings.data_key_arn)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        log.warning("the endpoint's log group exists already: its encryption stays as it is")
+    logs.put_retention_policy(logGroupName=group, retentionInDays=settings.log_retention_days)
+    return group
 
 
 def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_attempts: int = 60) -> None:

@@ -49,6 +49,7 @@ OPTIONAL = {
     "repo_url": None,
     "repo_ref": None,
     "deployed_commit": None,
+    "log_retention_days": "LogRetentionDays",  # a stack from before it: 365, the setting's default
 }
 LIST_KEYS = ("subnets", "security_group_ids")
 
@@ -76,6 +77,8 @@ class Settings:
         runner: which runner start_training uses by default (RUNNER_VARIABLE).
         repo_url, repo_ref, deployed_commit: what the notebook cloned, and the commit the stack was deployed from.
         source: where these values were read, for messages.
+        log_retention_days: how long the log group of an endpoint the launcher creates keeps events (the stack's
+            logRetentionDays).
     """
 
     stack_name: str
@@ -94,6 +97,7 @@ class Settings:
     deployed_commit: str = ""
     source: str = ""
     model_role_arn: str = ""
+    log_retention_days: int = 365
 
     def __post_init__(self) -> None:
         if bool(self.subnets) != bool(self.security_group_ids):
@@ -235,7 +239,15 @@ def _build(get: Callable[[str], Any], *, where: str, remedy: str, runner: str,
         deployed_commit=values.get("deployed_commit", ""),
         source=where,
         model_role_arn=values.get("model_role_arn", ""),
+        log_retention_days=_days(values.get("log_retention_days") or "365", where),
     )
+
+
+def _days(value: str, where: str) -> int:
+    if not value.isdigit() or not 0 < int(value) <= 3653:
+        raise SettingsError(f"stack value LogRetentionDays (log_retention_days) in {where} is {value!r}, not a number "
+                            "of days from 1 to 3653; redeploy the stack (make deploy) to write it again")
+    return int(value)
 
 
 def _as_list(value: Any, *, name: str, where: str) -> tuple[str, ...]:

@@ -248,6 +248,12 @@ class NotebookRole(Construct):
             actions=["logs:DescribeLogStreams", "logs:GetLogEvents", "logs:FilterLogEvents"],
             resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
         ))
+        # An endpoint's log group, made before SageMaker would make it unencrypted (launcher/inference.py
+        # endpoint_log_group): encrypted with the stack key, with the stack's retention.
+        endpoint_groups = stack.format_arn(service="logs", resource="log-group", resource_name=ENDPOINT_LOG_GROUPS,
+                                           arn_format=ArnFormat.COLON_RESOURCE_NAME)  # GROUP and GROUP:*
+        self.role.add_to_policy(iam.PolicyStatement(actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy"],
+                                                    resources=[endpoint_groups]))
         # The SDK's role check (ModelTrainer) simulates the training role's policy and reads the role.
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["iam:SimulatePrincipalPolicy", "iam:GetRole"],
@@ -257,6 +263,10 @@ class NotebookRole(Construct):
         _grant_volume_key(self.role, key)
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "sagemaker:ListTrainingJobs supports no resource-level permissions.", ["Resource::*"])
+        acknowledge(self.role, "AwsSolutions-IAM5",
+                    "Each endpoint logs to a group named after it, which the notebook creates encrypted before "
+                    "SageMaker would create it unencrypted; endpoint names are chosen per deployment.",
+                    [f"Resource::{as_finding(self, endpoint_groups)}"])
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Training job names are chosen per job by the notebook; access stays within this account "
                     "and region.", [f"Resource::{as_finding(self, jobs)}"])

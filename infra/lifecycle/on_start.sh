@@ -11,7 +11,7 @@
 #      {"stack_name": str, "region": str, "bucket": str, "data_key_arn": str, "training_role_arn": str,
 #       "notebook_role_arn": str, "training_image_uri": str, "training_image_variant": str, "subnets": [str],
 #       "security_group_ids": [str],
-#       "repo_url": str, "repo_ref": str, "deployed_commit": str}
+#       "repo_url": str, "repo_ref": str, "deployed_commit": str, "log_retention_days": str}
 #    training_image_variant is "cpu" or "gpu" ("" for an image given by URI); repo_ref is what the clone checked out; deployed_commit is the commit synthesized ("" when unknown); subnets and
 #    security_group_ids are empty lists when the notebook is not in a VPC.
 # 2. Clones the repository if it is missing (on_create.sh normally did), fetches it and appends to
@@ -44,6 +44,7 @@ SECURITY_GROUP_IDS='@@SECURITY_GROUP_IDS@@'
 REPO_URL='@@REPO_URL@@'
 REPO_REF='@@REPO_REF@@'
 DEPLOYED_COMMIT='@@DEPLOYED_COMMIT@@'
+LOG_RETENTION_DAYS='@@LOG_RETENTION_DAYS@@'
 IDLE_STOP_MINUTES='@@IDLE_STOP_MINUTES@@'
 
 NB_USER=${NB_USER:-ec2-user}
@@ -116,7 +117,7 @@ write_values() {
     data_key_arn="$DATA_KEY_ARN" training_role_arn="$TRAINING_ROLE_ARN" model_role_arn="$MODEL_ROLE_ARN" \
     notebook_role_arn="$NOTEBOOK_ROLE_ARN" \
     training_image_uri="$TRAINING_IMAGE_URI" training_image_variant="$TRAINING_IMAGE_VARIANT" subnets="$SUBNETS" security_group_ids="$SECURITY_GROUP_IDS" \
-    repo_url="$REPO_URL" repo_ref="$REPO_REF" deployed_commit="$DEPLOYED_COMMIT" <<'PY' && log "wrote stack.json"
+    repo_url="$REPO_URL" repo_ref="$REPO_REF" deployed_commit="$DEPLOYED_COMMIT" log_retention_days="$LOG_RETENTION_DAYS" <<'PY' && log "wrote stack.json"
 import json, os, sys, tempfile
 path, values = sys.argv[1], {}
 for arg in sys.argv[2:]:

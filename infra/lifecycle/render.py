@@ -31,7 +31,8 @@ What the notebook finds in `STATE_DIR` (`/home/ec2-user/SageMaker/.monai-dicom/`
         "security_group_ids": ["sg-..."],             # [] when the stack has no VPC
         "repo_url": "https://github.com/ORG/REPO.git",
         "repo_ref": "<sha, branch or tag>",           # what the clone checked out
-        "deployed_commit": "<sha>"                    # the commit synthesized; "" when unknown
+        "deployed_commit": "<sha>",                   # the commit synthesized; "" when unknown
+        "log_retention_days": "365"                   # how long SageMaker's log groups keep events
       }
 
 - `repo-status.log`: one line per start: whether the clone's HEAD is UP TO DATE with, AHEAD of or BEHIND the
@@ -69,10 +70,10 @@ KERNEL_FAILED_MARKER = f"{STATE_DIR}/kernel-install-failed"
 STACK_VALUE_KEYS: tuple[str, ...] = (
     "stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "model_role_arn", "notebook_role_arn",
     "training_image_uri", "training_image_variant", "subnets", "security_group_ids", "repo_url", "repo_ref",
-    "deployed_commit",
+    "deployed_commit", "log_retention_days",
 )
 LIST_KEYS = frozenset({"subnets", "security_group_ids"})
-OPTIONAL_KEYS: Mapping[str, str] = {"deployed_commit": ""}
+OPTIONAL_KEYS: Mapping[str, str] = {"deployed_commit": "", "log_retention_days": "365"}
 
 MAX_BASE64_CHARS = 16384  # SageMaker's limit on each hook's Content (base64 text)
 TOKEN_ALLOWANCE = 128  # characters counted for each unresolved CloudFormation token in the size check

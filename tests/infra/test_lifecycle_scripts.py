@@ -250,6 +250,7 @@ def values(**overrides: Any) -> dict[str, Any]:
         "repo_url": REPO_URL,
         "repo_ref": "main",
         "deployed_commit": "",
+        "log_retention_days": "365",
     }
     return {**base, **overrides}
 

@@ -116,6 +116,13 @@ def test_an_endpoint_is_created_encrypted_invoked_and_deleted(emulator, stack, r
     assert recording.calls("DeleteEndpointConfig") == [{"EndpointConfigName": name}]
     assert recording.calls("DeleteModel") == [{"ModelName": model}]
     assert json.dumps(recording.calls("CreateModel")[0]["VpcConfig"])
+    # Its log group was made before the endpoint, encrypted with the stack key, kept the stack's retention; and it
+    # stays after the endpoint (its logs are the record of what the endpoint answered).
+    logs = settings.boto_session().client("logs", region_name=settings.region)
+    [group] = logs.describe_log_groups(logGroupNamePrefix=f"/aws/sagemaker/Endpoints/{name}")["logGroups"]
+    assert (group["kmsKeyId"], group["retentionInDays"]) == (settings.data_key_arn, settings.log_retention_days)
+    order = [r.target.rsplit(".", 1)[-1] for r in recording.requests() if r.target]
+    assert order.index("CreateLogGroup") < order.index("PutRetentionPolicy") < order.index("CreateEndpoint")
 
 
 # --- The local runner: the same requests recorded in the emulator, the bundle served here by training.serve ----------

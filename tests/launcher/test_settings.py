@@ -41,6 +41,7 @@ VALUES: dict[str, Any] = {
     "repo_url": "https://github.com/example-org/monai-dicom-sagemaker.git",
     "repo_ref": "main",
     "deployed_commit": "0123456789abcdef0123456789abcdef01234567",
+    "log_retention_days": "731",
 }
 
 
@@ -65,6 +66,7 @@ def test_values_file_gives_every_value(tmp_path: Path) -> None:
         subnets=("subnet-1", "subnet-2"), security_group_ids=("sg-1",), runner=DEFAULT_RUNNER, image_variant="gpu",
         repo_url=VALUES["repo_url"], repo_ref="main", deployed_commit=VALUES["deployed_commit"],
         source=f"values file {tmp_path / 'stack.json'}", model_role_arn=VALUES["model_role_arn"],
+        log_retention_days=731,
     )
     assert settings.has_vpc
 
@@ -128,7 +130,7 @@ def test_stack_outputs_give_every_value(emulator: Emulator, infra_output_names: 
         "TrainingRoleArn": VALUES["training_role_arn"], "NotebookRoleArn": VALUES["notebook_role_arn"],
         "TrainingImageUri": VALUES["training_image_uri"], "Region": "us-east-1", "NotebookName": "nb",
         "NotebookUrl": "https://example.invalid", "SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1",
-        "TrainingImageVariant": "cpu", "ModelRoleArn": VALUES["model_role_arn"],
+        "TrainingImageVariant": "cpu", "ModelRoleArn": VALUES["model_role_arn"], "LogRetentionDays": "731",
     }
     create_stack("OutputsStack", {name: literal[name] for name in infra_output_names})
     settings = load_settings("OutputsStack", environ={})
@@ -137,6 +139,7 @@ def test_stack_outputs_give_every_value(emulator: Emulator, infra_output_names: 
         VALUES["data_key_arn"], VALUES["training_role_arn"], VALUES["training_image_uri"])
     assert (settings.subnets, settings.security_group_ids) == (("subnet-1", "subnet-2"), ("sg-1",))
     assert settings.model_role_arn == VALUES["model_role_arn"]
+    assert settings.log_retention_days == 731
     assert settings.source == "the outputs of CloudFormation stack 'OutputsStack' in us-east-1"
 
 
