@@ -275,7 +275,11 @@ def test_deploy_encrypts_sagemaker_s_log_groups_with_the_stack_key_and_sets_thei
     (logRetentionDays' default), and they stay after teardown (other workloads of the account write there too)."""
     expected = {"kmsKeyId": default_stack.outputs["DataKeyArn"], "retentionInDays": 365}
     assert default_stack.log_groups == {name: expected for name in SAGEMAKER_LOG_GROUPS}
-    assert default_stack.log_groups_after_teardown == default_stack.log_groups
+    after = default_stack.log_groups_after_teardown
+    assert {name: after.get(name) for name in SAGEMAKER_LOG_GROUPS} == default_stack.log_groups
+    # and the endpoints the launcher made in between logged to groups it made, encrypted and retained alike
+    endpoints = {name: v for name, v in after.items() if name.startswith("/aws/sagemaker/Endpoints/")}
+    assert endpoints and all(v == expected for v in endpoints.values()), endpoints
 
 
 def test_deploy_declares_the_outputs(default_stack: Lifecycle) -> None:
