@@ -46,8 +46,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
-from infra.constructs.log_groups import RESOURCE_TYPE as LOG_GROUPS_RESOURCE_TYPE
-from infra.handlers import log_groups
+from infra.handlers import log_groups  # standard library and boto3: no jsii process in the demo
 from infra.lifecycle.render import current_commit, origin_url, validate_repo_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +62,7 @@ OUTPUT_TAIL_CHARS = 4000
 # it empties the bucket on Delete, which moto does not send to custom resources).
 NO_OP_ON_CREATE = frozenset({"Custom::S3AutoDeleteObjects"})
 # The stack's own custom resources, whose handler (standard library and boto3) runs in this process on Create.
-RUN_IN_PROCESS = frozenset({LOG_GROUPS_RESOURCE_TYPE})
+RUN_IN_PROCESS = frozenset({log_groups.RESOURCE_TYPE})
 RECORDED_BODY_BYTES = 1024 * 1024  # a request body recorded as text up to this size: API parameters, not uploads
 
 

@@ -20,11 +20,11 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.config import LOG_RETENTION_DAYS
+from infra.handlers.log_groups import RESOURCE_TYPE
 from infra.nag import acknowledge
 
 SAGEMAKER_LOG_GROUPS = ("/aws/sagemaker/TrainingJobs", "/aws/sagemaker/TransformJobs",
                         "/aws/sagemaker/NotebookInstances")
-RESOURCE_TYPE = "Custom::SageMakerLogGroups"  # demo/emulator.py runs the handler in process for this type
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 # CDK names retention periods; CloudWatch Logs' values in days, in the same order (INFINITE last, not offered).
 RETENTION = dict(zip(LOG_RETENTION_DAYS, list(logs.RetentionDays)[:-1], strict=True))

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 GROUP_PREFIX = "/aws/sagemaker/"  # the only groups this handler touches, whatever the request says
+RESOURCE_TYPE = "Custom::SageMakerLogGroups"  # the custom resource's type (demo/emulator.py runs it in process)
 
 
 def apply(logs: Any, groups: list[str], key_arn: str, retention_days: int) -> list[str]:

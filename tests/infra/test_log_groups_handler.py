@@ -9,6 +9,7 @@ delete), botocore's Stubber checks each request against the service's API model 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -93,3 +94,14 @@ def test_with_destroy_data_delete_releases_only_the_groups_still_on_the_stack_ke
         body = answer(_event("Delete", groups=(ours, theirs), release=True), logs)
     assert body["Status"] == "SUCCESS", body
     stub.assert_no_pending_responses()
+
+
+def test_the_emulator_runs_the_handler_without_starting_a_jsii_process() -> None:
+    """`make demo` checks that it leaves no process behind; importing aws_cdk would start jsii's Node runtime."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, demo.emulator; print(sorted(m for m in sys.modules "
+                           "if m.split('.')[0] in ('aws_cdk', 'jsii')))"], capture_output=True, text=True, timeout=120,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]", done.stdout
