@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 try:
+    from launcher import runners as _runners  # noqa: F401 - registers the runners start_training chooses from
     from launcher.follow import JobProgress, follow, stop_training
     from launcher.jobs import TrainingJob, attach
     from launcher.launch import TrainingRequest, register_runner, start_training

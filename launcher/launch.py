@@ -111,7 +111,7 @@ class Runner(Protocol):
         ...
 
 
-RUNNERS: dict[str, Callable[[], Runner]] = {}
+RUNNERS: dict[str, Callable[[], Runner]] = {}  # filled by launcher/runners.py, which the package imports
 
 
 def register_runner(name: str, factory: Callable[[], Runner]) -> None:
@@ -488,13 +488,3 @@ def _stack_model_trainer() -> type:
 
     return StackModelTrainer
 
-
-def _local_runner() -> Runner:
-    """The local runner (launcher/local_runner.py), imported when first chosen: it builds on this module."""
-    from launcher.local_runner import LocalRunner
-
-    return LocalRunner()
-
-
-register_runner(SageMakerRunner.name, SageMakerRunner)
-register_runner(LOCAL_RUNNER, _local_runner)

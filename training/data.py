@@ -51,7 +51,7 @@ import torch
 
 from training.data_cache import allocate, decode_into, read_headers
 from training.data_labels import LABEL_FORMATS, ChannelListing, DataError, LabeledFile, list_channel
-from training.data_loader import BatchLoader
+from training.data_loader import BatchLoader, Split  # Split: the loader's input, named here too
 from training.dicom import DICOMDIR_SOP_CLASS, DicomHeader
 from training.pseudonym_key import local_key
 
@@ -127,26 +127,6 @@ class DataOptions:
             raise ValueError(f"workers must be >= 1; got {self.workers}")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size); got rank={self.rank}, world_size={self.world_size}")
-
-
-@dataclass
-class Split:
-    """One side (train, validation or test) of this rank, decoded and cached.
-
-    Attributes:
-        images: uint8 N x 1 x H x W (a view of the cache; memmap-backed when the cache is on disk).
-        labels: int64 N class indices.
-        files: paths inside the channel.
-        patients: patient pseudonyms (keyed hashes).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    files: list[str]
-    patients: list[str]
-
-    def __len__(self) -> int:
-        return len(self.files)
 
 
 @dataclass

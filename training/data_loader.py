@@ -20,19 +20,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from training.data import Split
 
 MAX_ROTATION_DEGREES = 15.0  # small enough to keep anatomy plausible
 MAX_ZOOM = 0.10
 MAX_SHIFT = 0.05
 MAX_CONTRAST = 0.10
 MAX_BRIGHTNESS = 0.05
+
+
+@dataclass
+class Split:
+    """One side (train, validation or test) of this rank, decoded and cached.
+
+    Attributes:
+        images: uint8 N x 1 x H x W (a view of the cache; memmap-backed when the cache is on disk).
+        labels: int64 N class indices.
+        files: paths inside the channel.
+        patients: patient pseudonyms (keyed hashes).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+    patients: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 class BatchLoader:
