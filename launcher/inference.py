@@ -37,7 +37,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from launcher.launch import LOCAL_RUNNER
+from launcher.follow import TERMINAL_STATUSES
+from launcher.launch import DEFAULT_CPU_INSTANCE, LOCAL_RUNNER
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ log = logging.getLogger(__name__)
 INFERENCE_PREFIX = "inference/"  # infra/constructs/storage.py: transform input and output
 DICOM = "application/dicom"
 ZIP = "application/zip"
-DEFAULT_INSTANCE_TYPE = "ml.m5.xlarge"  # CPU image; the GPU image serves on ml.g5.xlarge
-TERMINAL = ("Completed", "Failed", "Stopped")
+DEFAULT_INSTANCE_TYPE = DEFAULT_CPU_INSTANCE  # the CPU image; the GPU image serves on DEFAULT_GPU_INSTANCE
 ENDPOINT_LOG_GROUP_PREFIX = "/aws/sagemaker/Endpoints/"  # SageMaker logs each endpoint to this prefix + its name
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, e.g. a training job's name
 
@@ -233,7 +233,7 @@ def wait_for_transform(
     while True:
         described: dict[str, Any] = client.describe_transform_job(TransformJobName=name)
         status = described["TransformJobStatus"]
-        if status in TERMINAL:
+        if status in TERMINAL_STATUSES:
             if status == "Failed":
                 raise RuntimeError(f"transform job {name} failed: {described.get('FailureReason', 'no reason')}")
             return described
