@@ -23,8 +23,8 @@ from infra.constructs.storage import (
     DataStorage,
 )
 from infra.constructs.training_image import TrainingImage
-from infra.lint import drop_redundant_provider_dependencies
 from infra.nag import acknowledge, as_finding
+from infra.template_fixes import drop_redundant_provider_dependencies
 
 S3_GRANT_WILDCARDS = ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*", "Action::s3:Abort*")
 
