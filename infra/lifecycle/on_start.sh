@@ -47,12 +47,9 @@ DEPLOYED_COMMIT='@@DEPLOYED_COMMIT@@'
 LOG_RETENTION_DAYS='@@LOG_RETENTION_DAYS@@'
 IDLE_STOP_MINUTES='@@IDLE_STOP_MINUTES@@'
 
-NB_USER=${NB_USER:-ec2-user}
-NB_HOME=${NB_HOME:-/home/$NB_USER}
-# The only directory kept across restarts.
-SAGEMAKER_DIR=${SAGEMAKER_DIR:-$NB_HOME/SageMaker}
-# Values, logs and markers of these scripts.
-STATE_DIR=${STATE_DIR:-$SAGEMAKER_DIR/.monai-dicom}
+# The settings and functions both hooks share (render.py splices the file in here at synth).
+# shellcheck source=infra/lifecycle/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CONDA_ROOT=${CONDA_ROOT:-$NB_HOME/anaconda3}
 CONDA=${CONDA:-$CONDA_ROOT/bin/conda}
 KERNEL_DIRS=${KERNEL_DIRS:-$NB_HOME/.local/share/jupyter/kernels:$CONDA_ROOT/share/jupyter/kernels:$CONDA_ROOT/envs/*/share/jupyter/kernels:/usr/local/share/jupyter/kernels:/usr/share/jupyter/kernels}
@@ -63,12 +60,6 @@ PIP_TIMEOUT=${PIP_TIMEOUT:-3600}
 # of its lock (LOCK below).
 KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle}
 PYTHON=${PYTHON:-python3}
-# Runs a command as the notebook user; empty: as whoever runs this script.
-AS_USER=${AS_USER-sudo -u $NB_USER -H}
-# Seconds for each git command, and for all of them together (counted from the script's start): SageMaker stops
-# a hook after 5 minutes.
-GIT_TIMEOUT=${GIT_TIMEOUT:-120}
-GIT_DEADLINE=${GIT_DEADLINE:-240}
 # Idle auto-stop: where its units go, whether systemd runs (that directory exists), what manages the units, and
 # what the checker reads.
 SYSTEMD_RUN_DIR=${SYSTEMD_RUN_DIR:-/run/systemd/system}
@@ -76,37 +67,6 @@ SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
 METADATA_FILE=${METADATA_FILE:-/opt/ml/metadata/resource-metadata.json}
 JUPYTER_URL=${JUPYTER_URL:-https://localhost:8443}
-read -r -a AS_USER_CMD <<<"$AS_USER"
-
-REPO_NAME=${REPO_URL%/}
-REPO_NAME=${REPO_NAME##*/}
-REPO_DIR=$SAGEMAKER_DIR/${REPO_NAME%.git}
-
-as_user() { "${AS_USER_CMD[@]}" "$@"; }
-log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
-# git as the notebook user, never prompting for credentials, within GIT_TIMEOUT and GIT_DEADLINE.
-ugit() {
-  local left=$((GIT_DEADLINE - SECONDS))
-  [ "$left" -lt "$GIT_TIMEOUT" ] || left=$GIT_TIMEOUT
-  [ "$left" -gt 0 ] && timeout "$left" "${AS_USER_CMD[@]}" env GIT_TERMINAL_PROMPT=0 git "$@"
-}
-
-# Clone REPO_URL at REPO_REF into REPO_DIR: into a temporary directory first, moved into place only when complete,
-# so an interrupted clone is retried later instead of leaving a half-filled directory. (Same text in on_create.sh.)
-clone_repo() {
-  local tmp=$REPO_DIR.partial
-  as_user rm -rf "$tmp"
-  if ! ugit clone -q "$REPO_URL" "$tmp"; then
-    log "ERROR: could not clone $REPO_URL (network, or no access without credentials)"
-    as_user rm -rf "$tmp"
-    return 1
-  fi
-  # A commit that no branch or tag contains yet is asked from the remote directly.
-  ugit -C "$tmp" -c advice.detachedHead=false checkout -q "$REPO_REF" 2>/dev/null ||
-    { ugit -C "$tmp" fetch -q origin "$REPO_REF" && ugit -C "$tmp" -c advice.detachedHead=false checkout -q FETCH_HEAD; } ||
-    log "WARNING: $REPO_REF is not on the remote (not pushed?): the clone is at its default branch"
-  as_user mv -T "$tmp" "$REPO_DIR" && log "cloned $REPO_URL at $REPO_REF into $REPO_DIR"
-}
 
 # The training image's lock (`make lock`), and the idle checker: files of the clone.
 LOCK=$REPO_DIR/training/requirements-lock.txt

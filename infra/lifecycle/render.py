@@ -231,6 +231,24 @@ def estimated_base64_length(text: str) -> int:
     return base64_length(_TOKEN.sub("x" * TOKEN_ALLOWANCE, text))
 
 
+# How a hook sources the shell it shares with the other (common.sh); render.py puts the file's text there instead.
+SOURCE_COMMON = '. "$(dirname "${BASH_SOURCE[0]}")/common.sh"'
+
+
+def spliced(template: str, script_dir: Path = LIFECYCLE_DIR) -> str:
+    """The hook's text with common.sh in place of the one line that sources it (SageMaker runs one script per hook:
+    nothing beside it to source).
+
+    Raises:
+        RenderError: the hook does not source common.sh exactly once.
+    """
+    lines = template.split("\n")
+    if lines.count(SOURCE_COMMON) != 1:
+        raise RenderError(f"a lifecycle hook must source common.sh once, with the line {SOURCE_COMMON}")
+    common = (script_dir / "common.sh").read_text().split("\n", 1)[1].rstrip("\n")  # without its shebang
+    return "\n".join(common if line == SOURCE_COMMON else line for line in lines)
+
+
 def render(template: str, replacements: Mapping[str, str], *, name: str) -> str:
     """Render one script: drop comments, replace every placeholder, check the size.
 
@@ -305,7 +323,7 @@ def render_on_create(*, repo_url: str, repo_ref: str, script_dir: Path = LIFECYC
     """
     validate_repo_url(repo_url)
     validate_repo_ref(repo_ref)
-    template = (script_dir / "on_create.sh").read_text()
+    template = spliced((script_dir / "on_create.sh").read_text(), script_dir)
     return render(template, {"REPO_URL": repo_url, "REPO_REF": repo_ref}, name="on_create.sh")
 
 
@@ -350,7 +368,7 @@ def render_on_start(
         for key in STACK_VALUE_KEYS
     }
     replacements["IDLE_STOP_MINUTES"] = str(idle_stop_minutes)
-    template = (script_dir / "on_start.sh").read_text()
+    template = spliced((script_dir / "on_start.sh").read_text(), script_dir)
     return render(template, replacements, name="on_start.sh")
 
 

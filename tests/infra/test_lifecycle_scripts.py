@@ -660,7 +660,7 @@ def test_idle_checker(sandbox: Sandbox, jupyter: tuple[str, dict[str, Any]], tmp
 
 def test_shellcheck_finds_nothing(tmp_path: Path) -> None:
     sources = sorted(render.LIFECYCLE_DIR.glob("*.sh"))
-    assert [p.name for p in sources] == ["on_create.sh", "on_start.sh"]
+    assert [p.name for p in sources] == ["common.sh", "on_create.sh", "on_start.sh"]
     rendered = [tmp_path / "on_create.sh", tmp_path / "on_start.sh"]
     rendered[0].write_text(on_create("main"))
     rendered[1].write_text(on_start("a" * 40, minutes=60))
@@ -679,14 +679,15 @@ def test_scripts_have_lf_line_endings_and_are_bash() -> None:
     assert re.search(r"^\*\.sh text eol=lf$", (ROOT / ".gitattributes").read_text(), re.MULTILINE)
 
 
-def test_both_scripts_share_the_clone_code() -> None:
-    def shared(name: str) -> str:
-        text = (render.LIFECYCLE_DIR / name).read_text()
-        start = text.index("REPO_NAME=${REPO_URL%/}")
-        end = text.index("\n}\n", text.index("clone_repo() {")) + 3
-        return text[start:end].replace("(Same text in on_create.sh.)", "").replace("(Same text in on_start.sh.)", "")
-
-    assert shared("on_create.sh") == shared("on_start.sh")
+def test_both_scripts_take_their_shared_shell_from_common_sh() -> None:
+    common = (render.LIFECYCLE_DIR / "common.sh").read_text()
+    assert "clone_repo() {" in common
+    for name, text in (("on_create.sh", on_create("main")), ("on_start.sh", on_start("a" * 40, minutes=60))):
+        source = (render.LIFECYCLE_DIR / name).read_text()
+        assert source.count(render.SOURCE_COMMON) == 1 and "clone_repo() {" not in source, name
+        assert text.count("clone_repo() {") == 1 and render.SOURCE_COMMON not in text, name  # spliced, once
+    with pytest.raises(render.RenderError, match="must source common.sh once"):
+        render.spliced("#!/bin/bash\necho no common part\n")
 
 
 def test_rendered_scripts_fit_sagemakers_limit(record_property: Any) -> None:
