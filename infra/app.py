@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,12 +13,11 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
-from infra.config import InfraConfig
+from infra.config import InfraConfig, cdk_json_context
 from infra.lifecycle.render import commit_on_remote, current_commit, origin_url
 from infra.stack import MonaiDicomStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CDK_JSON = REPO_ROOT / "cdk.json"
 
 
 _SCP_URL = re.compile(r"^(?:ssh://)?git@(?P<host>[\w.-]+)[:/](?P<path>[\w./-]+?)(?:\.git)?/?$")
@@ -48,7 +46,7 @@ def build_app(
         outdir: the cloud assembly directory; None lets the CLI (or a temporary directory) decide.
     """
     # cdk.json's context (defaults, feature flags) applies to tests too; the CLI's own context takes precedence.
-    defaults = json.loads(CDK_JSON.read_text())["context"]
+    defaults = cdk_json_context()
     app = cdk.App(context={**defaults, **(context or {})}, outdir=outdir)
     head = current_commit(REPO_ROOT) or ""
     config = InfraConfig.from_context(app.node.try_get_context, origin_url=https_origin(origin_url(REPO_ROOT) or ""),

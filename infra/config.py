@@ -6,9 +6,11 @@ given on the command line arrive as strings, so booleans and numbers are parsed 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from infra.lifecycle.render import validate_repo_url
@@ -37,11 +39,30 @@ SETTINGS: dict[str, tuple[Any, str]] = {
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
                       3653)
 
+CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"  # its "context" holds the project's defaults
+
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,99}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
+    """cdk.json's context: the project's defaults of the settings, and CDK's feature flags."""
+    return dict(json.loads(path.read_text())["context"])
+
+
+def context_value(key: str, given: Mapping[str, Any]) -> Any:
+    """A setting as the CDK app sees it: `-c key=value` (given), else cdk.json's context, else SETTINGS' default.
+
+    The app gets the first two merged from the CLI (or from build_app); commands that run beside the app (make
+    destroy) use this, so that they name the same stack.
+    """
+    for source in (given, cdk_json_context()):
+        if source.get(key) not in (None, ""):
+            return source[key]
+    return SETTINGS[key][0]
 
 
 class ConfigError(ValueError):

@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import SETTINGS
+from infra.config import SETTINGS, context_value
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAINING_POLICIES = ("Retain", "RetainExceptOnCreate")
@@ -113,8 +113,7 @@ def stack_name(context: dict[str, str]) -> str:
                      if key not in SETTINGS and key != DELETE_ENDPOINTS and not key.startswith("@"))
     if unknown:
         raise TeardownError(f"unknown context settings {unknown}; known: {sorted([*SETTINGS, DELETE_ENDPOINTS])}")
-    defaults = json.loads((ROOT / "cdk.json").read_text()).get("context", {})
-    return str(context.get("stackName") or defaults.get("stackName") or SETTINGS["stackName"][0]).strip()
+    return str(context_value("stackName", context)).strip()
 
 
 def _purpose(template: dict[str, Any], logical_id: str, physical_id: str, outputs: dict[str, str]) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from infra.config import SETTINGS, ConfigError, InfraConfig
 from tests.conftest import ROOT
+from tests.infra.conftest import REPO
 
 ORIGIN = "https://github.com/example-org/monai-dicom-sagemaker.git"
 HEAD = "0123456789abcdef0123456789abcdef01234567"
@@ -86,3 +87,15 @@ def test_every_setting_is_documented_in_the_readme_with_its_default():
     for key, (default, _) in SETTINGS.items():
         shown = str(default).lower() if isinstance(default, bool) else str(default)
         assert re.search(rf"\|\s*`{key}`\s*\|\s*{re.escape(shown or '(')}", readme, re.IGNORECASE), key
+
+
+def test_make_destroy_names_the_stack_the_app_builds(tmp_path):
+    """The rule "-c value, else cdk.json, else the default" is written once (infra/config.py context_value): the app
+    and the teardown read the stack name through it."""
+    from infra.app import build_app
+    from infra.config import context_value
+    from infra.teardown import stack_name
+
+    for given in ({}, {"stackName": "Other"}):
+        _, stack = build_app({**REPO, **given}, outdir=str(tmp_path / (given.get("stackName") or "default")))
+        assert stack_name(dict(given)) == stack.stack_name == context_value("stackName", given)
