@@ -10,11 +10,12 @@ only when used, so that the settings and uploads work even where the job's packa
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from training.code_identity import code_commit as training_code_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "training"  # shipped to the job as /opt/ml/input/data/code
@@ -86,9 +87,8 @@ def hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def code_commit(repo: Path = REPO_ROOT) -> str | None:
-    """The last commit that changed training/ (the code shipped), with "+dirty" when it has uncommitted changes.
-
-    The image records its code the same way (infra/constructs/training_image.py), so the same code has one name.
+    """What the launcher declares its job runs (TRAINING_CODE_COMMIT): training/code_identity.py's one definition,
+    the last commit that changed training/ ("+dirty" with uncommitted changes), as the image records its own.
 
     Args:
         repo: the checkout.
@@ -96,17 +96,4 @@ def code_commit(repo: Path = REPO_ROOT) -> str | None:
     Returns:
         The commit, or None where git or a checkout is not available.
     """
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
-                                  check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("log", "-1", "--format=%H", "--", str(SOURCE_DIR))
-    if not commit:
-        return None
-    status = git("status", "--porcelain", "--", str(SOURCE_DIR))
-    return f"{commit}+dirty" if status else commit
+    return training_code_commit(repo / SOURCE_DIR.relative_to(REPO_ROOT))

@@ -17,17 +17,16 @@ unversioned bucket). A separate channel keeps the record out of the data channel
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.code_identity import DIRTY, code_commit
 from training.config import TrainConfig
 from training.contract import JobContext
 from training.data import DataError
 
 S3_MANIFEST_VERSION = 1
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
@@ -94,7 +93,8 @@ def data_lineage(manifest: Mapping[str, Any], s3: Mapping[tuple[str, str], Mappi
 
 
 def code_identity(commit_from_env: str | None) -> dict[str, Any]:
-    """The code's git commit: the one the launcher or image declared, else asked of git where the code is a checkout.
+    """The code's commit in training/code_identity.py's one definition (the last commit of training/, "+dirty" with
+    uncommitted changes): the one the launcher or image declared, else asked of git where the code is a checkout.
 
     Args:
         commit_from_env: JobContext.code_commit (TRAINING_CODE_COMMIT).
@@ -102,13 +102,10 @@ def code_identity(commit_from_env: str | None) -> dict[str, Any]:
     Returns:
         {"commit": str | None, "dirty": bool | None, "source": "environment" | "git" | None}.
     """
-    if commit_from_env:
-        return {"commit": commit_from_env, "dirty": None, "source": "environment"}
-    commit = _git("rev-parse", "HEAD")
+    commit, source = (commit_from_env, "environment") if commit_from_env else (code_commit(), "git")
     if commit is None:
         return {"commit": None, "dirty": None, "source": None}
-    status = _git("status", "--porcelain", "--", str(_PACKAGE_DIR))
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "source": "git"}
+    return {"commit": commit, "dirty": commit.endswith(DIRTY), "source": source}
 
 
 def job_lineage(*, config: TrainConfig, context: JobContext, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,11 +130,3 @@ def job_lineage(*, config: TrainConfig, context: JobContext, data: Mapping[str, 
         "hyperparameters": hyperparameters,
     }
 
-
-def _git(*args: str) -> str | None:
-    """Run git in the package's directory; None when git or a repository is not there."""
-    try:
-        done = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 from aws_cdk import Stack
@@ -11,6 +10,8 @@ from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
+
+from training.code_identity import code_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINING_DIR = REPO_ROOT / "training"
@@ -46,30 +47,13 @@ def base_image(variant: str, digest: str = "") -> str:
 
 
 def training_code_commit(repo_root: Path = REPO_ROOT) -> str:
-    """The commit that last changed training/, with "+dirty" when training/ has uncommitted changes.
-
-    The image records it (CODE_COMMIT, training/Dockerfile). The last commit of training/ rather than HEAD: a commit
-    elsewhere in the repository changes neither the image nor its asset hash, so it does not rebuild it.
+    """What the image records as its code (CODE_COMMIT, training/Dockerfile): training/code_identity.py's one
+    definition, the last commit that changed training/ ("+dirty" with uncommitted changes); "" without git.
 
     Args:
         repo_root: the checkout.
-
-    Returns:
-        The commit (the launcher's format, launcher/job_contract.py code_commit), or "" without git or a checkout.
     """
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True, text=True, timeout=30,
-                                  check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("log", "-1", "--format=%H", "--", "training")
-    if not commit:
-        return ""
-    return f"{commit}+dirty" if git("status", "--porcelain", "--", "training") else commit
+    return code_commit(repo_root / "training") or ""
 
 
 class TrainingImage(Construct):

@@ -52,17 +52,24 @@ def test_data_lineage_adds_versions_per_file() -> None:
 
 
 def test_code_identity_prefers_the_declared_commit() -> None:
-    assert lineage.code_identity("abc") == {"commit": "abc", "dirty": None, "source": "environment"}
+    assert lineage.code_identity("abc") == {"commit": "abc", "dirty": False, "source": "environment"}
+    assert lineage.code_identity("abc+dirty") == {"commit": "abc+dirty", "dirty": True, "source": "environment"}
 
 
-def test_code_identity_asks_git_in_a_checkout() -> None:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+def test_the_image_the_launcher_and_the_lineage_name_the_code_one_way() -> None:
+    """One definition (training/code_identity.py): the last commit of training/, "+dirty" with uncommitted changes;
+    the same string wherever it is asked, in a checkout."""
+    from infra.constructs.training_image import training_code_commit
+    from launcher.job_contract import code_commit
+
+    last = subprocess.run(["git", "log", "-1", "--format=%H", "--", "training"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    expected = last + ("+dirty" if dirty else "")
     identity = lineage.code_identity(None)
-    if head.returncode != 0:
-        assert identity["commit"] is None
-    else:
-        assert identity["commit"] == head.stdout.strip() and identity["source"] == "git"
-        assert isinstance(identity["dirty"], bool)
+    assert identity == {"commit": expected, "dirty": bool(dirty), "source": "git"}
+    assert training_code_commit() == code_commit() == expected
 
 
 def test_job_lineage_keeps_the_pseudonym_key_out(tmp_path: Path) -> None:
