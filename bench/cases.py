@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from bench import public_sample
 from bench.measure import Clock, median_after_first
+from training import runtime
 from training import train as loop
 from training.config import TrainConfig
 from training.data import BatchLoader, DataOptions, PreparedData, prepare
@@ -200,7 +201,7 @@ def train_ours(
         image_size=_pair(image_size), batch_size=batch_size, epochs=epochs, patience=0, seed=seed, bootstrap_samples=0
     )
     target = torch.device(device)
-    loop.seed_everything(config.seed)
+    runtime.seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     data, prepare_seconds = _prepare({"train": train_dir, "validation": val_dir}, config)
@@ -223,7 +224,7 @@ def train_ours(
         for epoch, ((seconds, cpu, loss), history) in enumerate(zip(clock, state.history, strict=True), start=1)
     ]
     summary = _training_summary(rows, target_accuracy, setup_seconds=prepare_seconds)
-    dtype = loop.autocast_dtype(config.precision, target)
+    dtype = runtime.autocast_dtype(config.precision, target)
     summary.update(
         prepare_seconds=round(prepare_seconds, 3),
         validation_and_bookkeeping_seconds=round(fit_seconds - sum(row[0] for row in clock), 2),
@@ -389,7 +390,7 @@ def default_variants(device: str = "cpu") -> list[dict[str, Any]]:
 def best_precision(device: str = "cpu") -> str:
     """The fastest autocast type this device computes natively, as training/train.py's precision 'auto' picks it:
     'bf16' or 'fp16' on CUDA, 'bf16' on CPUs with AVX512-BF16 or AMX, else 'fp32'."""
-    dtype = loop.autocast_dtype("auto", torch.device(device))
+    dtype = runtime.autocast_dtype("auto", torch.device(device))
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
 
 

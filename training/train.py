@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,14 @@ from training.contract import JobContext
 from training.data import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
 from training.metrics import format_line
 from training.model import build_network
+from training.runtime import (
+    autocast_dtype,
+    make_optimizer,
+    make_scheduler,
+    pick_device,
+    rank_batch_size,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -474,18 +481,6 @@ def _restore(
     return None
 
 
-def rank_batch_size(batch_size: int, world: dist.World) -> int:
-    """Each rank's share of the global batch (batch_size is the batch of one optimizer step, for any number of
-    processes, so that the learning rate means the same).
-
-    Raises:
-        ValueError: fewer images than processes in a batch.
-    """
-    if batch_size < world.size:
-        raise ValueError(f"batch_size {batch_size} is smaller than the {world.size} processes; raise batch_size")
-    return batch_size // world.size
-
-
 def train_one_epoch(
     state: TrainState,
     loader: BatchLoader,
@@ -634,28 +629,6 @@ def selection_score(row: Mapping[str, float], epoch: int) -> float:
     return float(epoch)  # no validation images: the last epoch is kept
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov momentum); weight decay on weight matrices and kernels, not on biases and norms."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
-
-
-def make_scheduler(
-    config: TrainConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule, stepped every batch over all configured epochs."""
-    total = max(1, config.epochs * steps_per_epoch)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total)
-    return None
-
-
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights N / (C * n_c), so that each class contributes equally to the loss."""
     return class_weights_from_counts(torch.bincount(labels.cpu(), minlength=num_classes), num_classes)
@@ -684,30 +657,6 @@ def positive_index(classes: Sequence[str], positive_class: str) -> int:
     return 1
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast type for a precision setting; None means fp32 (no autocast).
-
-    auto: bf16 where the hardware computes it natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX), fp16 on
-    older GPUs (with loss scaling), else fp32: emulated bf16 on a CPU without it is slower than fp32.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
-
-
-def pick_device(context: JobContext) -> torch.device:
-    """This process's GPU when there is one (torchrun's LOCAL_RANK picks it), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", context.local_rank)
-    return torch.device("cpu")
-
-
 def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
     """The data layer's options from the hyperparameters and this process's rank."""
     from training.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
@@ -729,13 +678,6 @@ def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
         label_attribute=config.label_attribute or None,
         **extra,
     )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (weights initialization; the loaders seed themselves per epoch)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def print_test_report(report: Mapping[str, Any]) -> None:
@@ -840,11 +782,3 @@ def _headline(report: Mapping[str, Any]) -> dict[str, float | None]:
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); private PyTorch checks, so guarded."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False

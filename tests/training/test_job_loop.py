@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import train
+from training import runtime, train
 from training.config import TrainConfig
 from training.data import PreparedData, Split
 from training.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, parse_line
@@ -95,11 +95,11 @@ def test_state_dict_round_trip_resumes_exactly() -> None:
     state, _ = train.fit(_config(epochs=2), _data(), device=torch.device("cpu"))
     saved = state.state_dict()
     model = train.build_network("resnet18", num_classes=2)
-    optimizer = train.make_optimizer(_config(), model)
+    optimizer = runtime.make_optimizer(_config(), model)
     fresh = train.TrainState(
         model=model,
         optimizer=optimizer,
-        scheduler=train.make_scheduler(_config(), optimizer, steps_per_epoch=4),
+        scheduler=runtime.make_scheduler(_config(), optimizer, steps_per_epoch=4),
         scaler=torch.amp.GradScaler("cpu", enabled=False),
     )
     torch.manual_seed(123)
@@ -138,10 +138,10 @@ def test_unknown_positive_class_names_the_classes() -> None:
 
 def test_autocast_dtype() -> None:
     cpu = torch.device("cpu")
-    assert train.autocast_dtype("fp32", cpu) is None
-    assert train.autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert train.autocast_dtype("fp16", cpu) is torch.float16
-    assert train.autocast_dtype("auto", cpu) in (torch.bfloat16, None)
+    assert runtime.autocast_dtype("fp32", cpu) is None
+    assert runtime.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert runtime.autocast_dtype("fp16", cpu) is torch.float16
+    assert runtime.autocast_dtype("auto", cpu) in (torch.bfloat16, None)
 
 
 def test_class_weights_balance_the_classes() -> None:
@@ -152,7 +152,7 @@ def test_class_weights_balance_the_classes() -> None:
 
 def test_no_weight_decay_on_biases_and_norms() -> None:
     model = train.build_network("resnet18", num_classes=2)
-    decayed, plain = train.make_optimizer(_config(weight_decay=0.05), model).param_groups
+    decayed, plain = runtime.make_optimizer(_config(weight_decay=0.05), model).param_groups
     assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
 

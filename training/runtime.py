@@ -1,0 +1,87 @@
+"""Where and how the job computes: the device, the precision, the optimizer and its schedule, seeds and each rank's
+share of a batch (training/train.py tells the job's story with them)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from training import distributed as dist
+from training.config import TrainConfig
+from training.contract import JobContext
+
+
+def rank_batch_size(batch_size: int, world: dist.World) -> int:
+    """Each rank's share of the global batch (batch_size is the batch of one optimizer step, for any number of
+    processes, so that the learning rate means the same).
+
+    Raises:
+        ValueError: fewer images than processes in a batch.
+    """
+    if batch_size < world.size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world.size} processes; raise batch_size")
+    return batch_size // world.size
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov momentum); weight decay on weight matrices and kernels, not on biases and norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def make_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule, stepped every batch over all configured epochs."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total)
+    return None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type for a precision setting; None means fp32 (no autocast).
+
+    auto: bf16 where the hardware computes it natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX), fp16 on
+    older GPUs (with loss scaling), else fp32: emulated bf16 on a CPU without it is slower than fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
+
+
+def pick_device(context: JobContext) -> torch.device:
+    """This process's GPU when there is one (torchrun's LOCAL_RANK picks it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", context.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (weights initialization; the loaders seed themselves per epoch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); private PyTorch checks, so guarded."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
