@@ -4,6 +4,7 @@ share of a batch (training/train.py tells the job's story with them)."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -85,3 +86,26 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return False
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and in what form one process computes: what the epoch loop passes down instead of four arguments.
+
+    Attributes:
+        device: this process's GPU, else the CPU (pick_device).
+        dtype: the autocast type, None for fp32 (autocast_dtype).
+        memory_format: channels_last or contiguous, for the model and its batches.
+        world: the processes training together (training/distributed.py).
+    """
+
+    device: torch.device
+    dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    world: dist.World
+
+    @classmethod
+    def of(cls, config: TrainConfig, device: torch.device, world: dist.World) -> Compute:
+        """The settings of `config` (precision, channels_last) on `device`."""
+        return cls(device=device, dtype=autocast_dtype(config.precision, device), world=world,
+                   memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)

@@ -40,6 +40,7 @@ from training.data import BatchLoader, DataError, DataOptions, PreparedData, Spl
 from training.metrics import format_line
 from training.model import build_network
 from training.runtime import (
+    Compute,
     autocast_dtype,
     make_optimizer,
     make_scheduler,
@@ -330,8 +331,8 @@ def fit(
     """
     world = world or dist.World()
     seed_everything(config.seed)
-    dtype = autocast_dtype(config.precision, device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    compute = Compute.of(config, device, world)
+    dtype, memory_format = compute.dtype, compute.memory_format
     model = build_network(config.network, num_classes=len(data.classes)).to(device)
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
     batch_size = rank_batch_size(config.batch_size, world)
@@ -372,11 +373,8 @@ def fit(
         log.info("going on from %s: %d epoch(s) done, continuing at epoch %d", restored.path, state.epoch,
                  state.epoch + 1)
     with checkpoint.stop_on_sigterm():
-        _epochs(
-            state, config, data, loader, criterion,
-            device=device, dtype=dtype, memory_format=memory_format, progress=progress, world=world, steps=steps,
-            positive=positive, checkpoint_dir=checkpoint_dir, job=job,
-        )
+        _epochs(state, config, data, loader, criterion, compute,
+                _Plan(steps=steps, positive=positive, progress=progress, checkpoint_dir=checkpoint_dir, job=job))
     assert state.best_weights is not None
     model.load_state_dict(state.best_weights)
     log.info("best epoch %d: %s", state.best_epoch, format_line(state.history[state.best_epoch - 1]))
@@ -386,51 +384,49 @@ def fit(
     return state, {"validation": best}
 
 
-def _epochs(
-    state: TrainState,
-    config: TrainConfig,
-    data: PreparedData,
-    loader: BatchLoader,
-    criterion: nn.Module,
-    *,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
-    progress: bool,
-    world: dist.World,
-    steps: int,
-    positive: int,
-    checkpoint_dir: Path | None,
-    job: str | None,
-) -> None:
+@dataclass(frozen=True)
+class _Plan:
+    """What fit decided for its epochs: steps an epoch (the same on every rank), the positive class, whether to show
+    progress, and where the checkpoints go (None: none) with the job they belong to."""
+
+    steps: int
+    positive: int
+    progress: bool
+    checkpoint_dir: Path | None
+    job: str | None
+
+
+def _epochs(state: TrainState, config: TrainConfig, data: PreparedData, loader: BatchLoader, criterion: nn.Module,
+            compute: Compute, plan: _Plan) -> None:
     """The epochs from the state's next one to the last, or to early stopping; a checkpoint after each."""
     model = state.model
+    world = compute.world
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if state.stopped:
             break
         loader.set_epoch(epoch)
         train_loss, images_per_second = train_one_epoch(
-            state, loader, criterion, dtype=dtype, memory_format=memory_format, progress=progress, epoch=epoch,
-            world=world, steps=steps,
+            state, loader, criterion, dtype=compute.dtype, memory_format=compute.memory_format,
+            progress=plan.progress, epoch=epoch, world=world, steps=plan.steps,
         )
         if config.precise_bn:
             recompute_batchnorm(
-                model, data.train, config=config, dtype=dtype, seed=epoch + 1_000_003 * world.rank,
+                model, data.train, config=config, dtype=compute.dtype, seed=epoch + 1_000_003 * world.rank,
                 images=max(1, config.precise_bn // world.size),
             )
             dist.average_buffers(model, world)
         outputs = evaluate(
             model,
             data.validation,
-            device=device,
-            dtype=dtype,
+            device=compute.device,
+            dtype=compute.dtype,
             config=config,
             num_classes=len(data.classes),
             criterion=criterion,
             world=world,
         )
         scores = evaluation.classification_metrics(
-            outputs.probabilities, outputs.labels, threshold=config.threshold, positive=positive
+            outputs.probabilities, outputs.labels, threshold=config.threshold, positive=plan.positive
         )
         state.epoch = epoch
         with checkpoint.deferred_sigterm():  # SIGTERM after the metrics line waits for this epoch's checkpoint
@@ -453,9 +449,9 @@ def _epochs(
                     state.best_epoch,
                 )
                 state.stopped = True
-            if checkpoint_dir is not None:
+            if plan.checkpoint_dir is not None:
                 written = checkpoint.save(
-                    checkpoint_dir, state=state.state_dict(), config=config, classes=data.classes, job=job
+                    plan.checkpoint_dir, state=state.state_dict(), config=config, classes=data.classes, job=plan.job
                 )
                 log.info("checkpoint %s", written)
 
