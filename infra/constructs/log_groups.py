@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import ArnFormat, CfnResource, CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -73,11 +73,6 @@ class SageMakerLogGroups(Construct):
             timeout=Duration.minutes(2), role=role, log_group=handler_logs,
             description="Encrypts SageMaker's log groups with the stack key and sets their retention",
         )
-        # The function references its role (GetAtt), which orders them already; it must still wait for the role's
-        # policy. CDK's DependsOn names both, and cfn-lint reports the first (W3005).
-        policy = role.node.find_child("DefaultPolicy").node.default_child
-        assert isinstance(policy, CfnResource) and isinstance(handler.node.default_child, CfnResource)
-        handler.node.default_child.add_override("DependsOn", [stack.get_logical_id(policy)])
         CustomResource(self, "Resource", service_token=handler.function_arn, resource_type=RESOURCE_TYPE,
                        properties={"LogGroups": list(SAGEMAKER_LOG_GROUPS), "KmsKeyArn": key.key_arn,
                                    "RetentionInDays": retention_days,

@@ -38,6 +38,7 @@ from tests.infra.iam import (
     resource_policies,
     resource_policy,
     role_policies,
+    stack_key_and_network,
 )
 
 EMULATOR_REGION = "us-east-1"  # demo/emulator.py REGION
@@ -301,13 +302,10 @@ def stack_view(doc: dict[str, Any], physical: Mapping[str, str], emulator_image:
              if v["Type"] == "AWS::IAM::Role" and k.split("Role")[0] in ("Training", "Model", "Notebook")}
     [bucket_id] = [k for k, v in resources.items()
                    if v["Type"] == "AWS::S3::Bucket" and "LoggingConfiguration" in v["Properties"]]
-    [key_id] = [k for k, v in resources.items() if v["Type"] == "AWS::KMS::Key"]
-    bucket, key = resolve(doc, {"Fn::GetAtt": [bucket_id, "Arn"]}), resolve(doc, {"Fn::GetAtt": [key_id, "Arn"]})
+    bucket = resolve(doc, {"Fn::GetAtt": [bucket_id, "Arn"]})
+    key, subnets, groups = stack_key_and_network(doc)
     policies = resource_policies(doc)
     assert {bucket, key} <= set(policies), "the data bucket's policy or the key's policy is missing"
-    outputs = doc["Outputs"]
-    subnets = str(resolve(doc, outputs["SubnetIds"]["Value"])).split(",") if "SubnetIds" in outputs else []
-    groups = str(resolve(doc, outputs["SecurityGroupIds"]["Value"])).split(",") if "SecurityGroupIds" in outputs else []
     return Stack(doc, names, roles, bucket, key, policies, subnets, groups, names[emulator_image])
 
 

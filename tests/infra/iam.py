@@ -168,6 +168,16 @@ def _implied(principal: str) -> dict[str, str]:
     return {"aws:PrincipalArn": principal, "aws:PrincipalAccount": principal.split(":")[4]}
 
 
+def stack_key_and_network(doc: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """The stack key's ARN, and the private subnets and security groups jobs run in (empty without a VPC), as the
+    launcher reads them from the stack's outputs."""
+    [key] = [k for k, v in doc["Resources"].items() if v["Type"] == "AWS::KMS::Key"]
+    outputs = doc["Outputs"]
+    subnets, groups = (str(resolve(doc, outputs[name]["Value"])).split(",") if name in outputs else []
+                       for name in ("SubnetIds", "SecurityGroupIds"))
+    return _arn(doc, key), subnets, groups
+
+
 def role_arn(doc: dict[str, Any], role_prefix: str) -> str:
     """The ARN of the one role whose logical id starts with `role_prefix`, its IAM path included (the data key's
     policy names the stack's roles by their path)."""

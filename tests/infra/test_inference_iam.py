@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from infra.constructs.roles import INFERENCE_ACTIONS
-from tests.infra.iam import ACCOUNT, REGION, Call, arn_of, expect, resolve, role_id
+from tests.infra.iam import ACCOUNT, REGION, Call, arn_of, expect, role_id, stack_key_and_network
 
 S3 = {"aws:SecureTransport": "true"}
 KINDS = {"Model": "model", "TransformJob": "transform-job", "EndpointConfig": "endpoint-config",
@@ -71,11 +71,8 @@ def test_the_model_role_pulls_the_image_and_logs_transform_jobs_and_endpoints(st
 def test_the_notebook_manages_inference_resources_of_this_account_and_region_only(stack):
     doc, _, variant = stack
     # The create calls are granted alone, with conditions (test_isolation_iam): here, each as the launcher sends it.
-    [key] = [arn_of(doc, k) for k, v in doc["Resources"].items() if v["Type"] == "AWS::KMS::Key"]
-    outputs = doc["Outputs"]
-    vpc = {"sagemaker:VpcSubnets": resolve(doc, outputs["SubnetIds"]["Value"]).split(","),
-           "sagemaker:VpcSecurityGroupIds": resolve(doc, outputs["SecurityGroupIds"]["Value"]).split(",")} \
-        if "SubnetIds" in outputs else {}
+    key, subnets, groups = stack_key_and_network(doc)
+    vpc = {"sagemaker:VpcSubnets": subnets, "sagemaker:VpcSecurityGroupIds": groups} if subnets else {}
     launcher_sends = {
         "sagemaker:CreateModel": {"sagemaker:NetworkIsolation": "true", **vpc},
         "sagemaker:CreateTransformJob": {"sagemaker:VolumeKmsKeyArn": key, "sagemaker:OutputKmsKeyArn": key},

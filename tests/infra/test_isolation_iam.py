@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.iam import ACCOUNT, REGION, Call, decide, resolve, role_policies
+from tests.infra.iam import ACCOUNT, REGION, Call, decide, role_policies, stack_key_and_network
 
 JOB = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/MonaiDicomSageMaker-a1b2-20261206000000"
 MODEL = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/MonaiDicomSageMaker-model-a1b2"
@@ -24,14 +24,6 @@ TRANSFORM = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:transform-job/MonaiDicomSageM
 ENDPOINT_CONFIG = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint-config/MonaiDicomSageMaker-endpoint-a1b2"
 OTHER_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1111aaaa-2222-bbbb-3333-cccc4444dddd"  # not the stack's
 OTHER_SUBNET, OTHER_GROUP = "subnet-0attacker0000000", "sg-0attacker00000000"
-
-
-def _stack_values(doc: dict[str, Any]) -> tuple[str, list[str], list[str]]:
-    [key] = [k for k, v in doc["Resources"].items() if v["Type"] == "AWS::KMS::Key"]
-    outputs = doc["Outputs"]
-    subnets = resolve(doc, outputs["SubnetIds"]["Value"]).split(",") if "SubnetIds" in outputs else []
-    groups = resolve(doc, outputs["SecurityGroupIds"]["Value"]).split(",") if "SecurityGroupIds" in outputs else []
-    return resolve(doc, {"Fn::GetAtt": [key, "Arn"]}), subnets, groups
 
 
 def _calls(key: str, subnets: list[str], groups: list[str]) -> list[tuple[Call, str]]:
@@ -83,7 +75,7 @@ def _calls(key: str, subnets: list[str], groups: list[str]) -> list[tuple[Call, 
 @pytest.mark.parametrize("variant", ["default", "vpc"])
 def test_the_notebook_runs_containers_only_isolated_with_the_stack_key_and_in_the_stack_network(synth, variant):
     doc = synth.get(variant).doc
-    key, subnets, groups = _stack_values(doc)
+    key, subnets, groups = stack_key_and_network(doc)
     assert bool(subnets) == (variant == "vpc") and bool(groups) == (variant == "vpc")
     calls = _calls(key, subnets, groups)
     decisions = decide(role_policies(doc, "NotebookRole"), [call for call, _ in calls],
