@@ -1,10 +1,10 @@
 """The benchmark cases: each measures one thing and returns its figures as a JSON-ready dict.
 
-(a) is the public sample (bench/public_sample.py); (b) is ours: training/data.py's `prepare` and `BatchLoader`,
-and training/train.py's own loop (`fit`, which runs `train_one_epoch` and `evaluate` each epoch) at the job's
-defaults except for the public sample's image size and batch size. `serving` has no (a): it trains a bundle with the
-real job and measures training/serve.py's HTTP server on one file. bench/child.py runs each case in a process of
-its own; the smoke tests call them directly on tiny sets.
+(a) is the public sample (bench/public_sample.py); (b) is ours: training/dataset/prepare.py's `prepare` and
+`BatchLoader`, and training/job/train.py's own loop (`fit`, which runs `train_one_epoch` and `evaluate` each epoch) at
+the job's defaults except for the public sample's image size and batch size. `serving` has no (a): it trains a bundle
+with the real job and measures training/serve.py's HTTP server on one file. bench/child.py runs each case in a process
+of its own; the smoke tests call them directly on tiny sets.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from bench import public_sample
 from bench.measure import Clock, median_after_first
-from training import runtime
-from training import train as loop
-from training.config import TrainConfig
-from training.data import BatchLoader, DataOptions, PreparedData, prepare
-from training.model import build_network
+from training.dataset.prepare import BatchLoader, DataOptions, PreparedData, prepare
+from training.job import runtime
+from training.job import train as loop
+from training.job.config import TrainConfig
+from training.job.networks import build_network
 from training.serve import measure_serving
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def train_ours(
     target_accuracy: float = 0.95,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """(b) Our loop as train.py runs it: `prepare`, then `training.train.fit` with the job's defaults (AdamW,
+    """(b) Our loop as train.py runs it: `prepare`, then `training.job.train.fit` with the job's defaults (AdamW,
     cosine schedule, augmentation, class weighting, autocast 'auto', channels_last) at the given image and batch
     size, early stopping off so that every epoch runs.
 
@@ -315,7 +315,7 @@ def serving(
     """Requests per second and latency of the served model: train a bundle with the real job, then measure
     training/serve.py's server (gunicorn, `python -m training.serve`) on localhost with one DICOM file.
 
-    The bundle comes from `training.train.main`, the job's own entry point (as training/local_demo.py runs it), with
+    The bundle comes from `training.job.train.main`, the job's own entry point (as training/local_demo.py runs it), with
     the job's defaults (96x96 DenseNet121) for `epochs` epochs on train_dir, val_dir as its validation channel, into
     a temporary model directory. Its accuracy does not matter here: the work per request does not depend on it.
 
@@ -388,7 +388,7 @@ def default_variants(device: str = "cpu") -> list[dict[str, Any]]:
 
 
 def best_precision(device: str = "cpu") -> str:
-    """The fastest autocast type this device computes natively, as training/train.py's precision 'auto' picks it:
+    """The fastest autocast type this device computes natively, as training/job/train.py's precision 'auto' picks it:
     'bf16' or 'fp16' on CUDA, 'bf16' on CPUs with AVX512-BF16 or AMX, else 'fp32'."""
     dtype = runtime.autocast_dtype("auto", torch.device(device))
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
@@ -397,7 +397,7 @@ def best_precision(device: str = "cpu") -> str:
 def _prepare(
     channels: dict[str, str], config: TrainConfig, *, val_fraction: float | None = None
 ) -> tuple[PreparedData, float]:
-    """training/data.py's prepare with the job's data options for this config; timed."""
+    """training/dataset/prepare.py's prepare with the job's data options for this config; timed."""
     options = DataOptions(
         image_size=config.image_size,
         seed=config.seed,

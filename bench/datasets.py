@@ -50,7 +50,7 @@ def make_set(root: Path, *, size: int, train_count: int, validation_count: int, 
     train, validation = root / f"{size}" / "train", root / f"{size}" / "validation"
     generate(train, count=train_count, size=size, label_format="metadata-json", seed=seed)
     # Patients are numbered from first_patient; starting after the last possible training patient keeps the two
-    # sets apart, as training/data.py requires of given channels.
+    # sets apart, as training/dataset/prepare.py requires of given channels.
     generate(
         validation,
         count=validation_count,

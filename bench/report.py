@@ -183,7 +183,7 @@ def serving_lines(serving: dict[str, Any] | None) -> list[str]:
         f"({kib:,.0f} KiB), {serving['requests']} timed requests from {serving['concurrency']} concurrent clients "
         f"after 2 per worker of warm-up, against `python -m training.serve` (gunicorn, {serving['workers']} "
         f"worker(s) on {serving['cores']} core(s)) on localhost, the clients on the same machine. The bundle is the "
-        f"job's own (training.train) after {epochs} epoch(s) on {serving.get('train_images', '?')} training images "
+        f"job's own (training.job.train) after {epochs} epoch(s) on {serving.get('train_images', '?')} training images "
         f"({model.get('train_seconds', 0):.0f} s). Latency is per request, as the client sees it. No target is set.",
     ]
     if serving.get("note"):

@@ -4,7 +4,7 @@ Starts moto's server in this process, synthesizes the app, bootstraps the emulat
 the real CDK CLI, shows what was created, then executes the notebook (notebooks/dicom_training.ipynb) headless with
 nbclient against it, as a user would on the notebook instance: the synthetic DICOM set is generated, checked and
 uploaded, the training job is created in the emulator and run on this machine by the local runner
-(launcher/local_runner.py), its results are collected and plotted, and the model classifies held-out images. The
+(launcher/local/runner.py), its results are collected and plotted, and the model classifies held-out images. The
 executed notebook is written to demo-output/ (with the data and results under demo-output/work/). Finally it runs
 `python -m infra.teardown` (what `make destroy` runs), which prints what the stack kept. Everything it starts is
 stopped before it returns, and it checks that no process of its own is left.
@@ -154,7 +154,7 @@ def show_journey(run: NotebookRun) -> None:
 
 def leftover_processes() -> list[str]:
     """Processes this one started that still run (zombies aside): none once the demo has stopped everything."""
-    from launcher.local_runner import descendants
+    from launcher.local.runner import descendants
 
     left = []
     for pid in descendants(os.getpid()):

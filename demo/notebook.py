@@ -9,7 +9,7 @@ The notebook is the one a user opens on the notebook instance; two things change
 the instance's `conda_pytorch`, here it runs on this Python's `python3` kernel. Its settings: a cell with this run's
 values (smaller data, fewer epochs) is put right after the cell tagged `parameters`, as papermill does. The kernel
 inherits the environment given to run_notebook: the emulator's endpoint and dummy credentials, and
-MONAI_DICOM_RUNNER=local, so `start_training` runs the job on this machine (launcher/local_runner.py).
+MONAI_DICOM_RUNNER=local, so `start_training` runs the job on this machine (launcher/local/runner.py).
 """
 
 from __future__ import annotations

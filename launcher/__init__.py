@@ -21,12 +21,12 @@ from typing import Any
 
 try:
     from launcher import runners as _runners  # noqa: F401 - registers the runners start_training chooses from
-    from launcher.follow import JobProgress, follow, stop_training
-    from launcher.jobs import TrainingJob, attach
-    from launcher.launch import TrainingRequest, register_runner, start_training
-    from launcher.results import JobResults, JobSummary, collect, list_jobs
+    from launcher.datasets.upload import DatasetManifest, read_manifest, upload_dataset
+    from launcher.jobs.follow import JobProgress, follow, stop_training
+    from launcher.jobs.handle import TrainingJob, attach
+    from launcher.jobs.launch import TrainingRequest, register_runner, start_training
+    from launcher.jobs.results import JobResults, JobSummary, collect, list_jobs
     from launcher.settings import Settings, SettingsError, load_settings
-    from launcher.upload import DatasetManifest, read_manifest, upload_dataset
 except ImportError as error:
     _IMPORT_ERROR: ImportError | None = error
 else:

@@ -16,7 +16,7 @@ outputs. The execution role is the stack's model role (ModelRoleArn), which may 
 jobs/ and read and write the inference/ prefix, and no dataset.
 
 With the local runner (Settings.runner "local", `make demo`) the same requests go to the local emulator, which records
-them, and launcher/local_inference.py does the service's part on this machine: start_transform returns once the
+them, and launcher/local/inference.py does the service's part on this machine: start_transform returns once the
 transform has run (every input's .out written), create_endpoint once the endpoint's server answers, delete_endpoint
 stops that server, and invoke_endpoint sends the body to it.
 """
@@ -37,8 +37,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from launcher.follow import TERMINAL_STATUSES
-from launcher.launch import DEFAULT_CPU_INSTANCE, LOCAL_RUNNER
+from launcher.jobs.follow import TERMINAL_STATUSES
+from launcher.jobs.launch import DEFAULT_CPU_INSTANCE, LOCAL_RUNNER
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def start_transform(
 
     Raises:
         ValueError: an input or output outside the inference/ prefix, or another content type.
-        launcher.local_inference.LocalTransformError: local runner only: the model refused objects (they got no .out).
+        launcher.local.inference.LocalTransformError: local runner only: the model refused objects (they got no .out).
     """
     prefix = f"s3://{settings.bucket}/{INFERENCE_PREFIX}"
     if not input_uri.startswith(prefix):
@@ -213,7 +213,7 @@ def start_transform(
                             "VolumeKmsKeyId": settings.data_key_arn},
     )
     if _local(settings):
-        from launcher.local_inference import run_transform
+        from launcher.local.inference import run_transform
 
         run_transform(settings, name)
     return name
@@ -321,7 +321,7 @@ def create_endpoint(
     )
     client.create_endpoint(EndpointName=name, EndpointConfigName=name)
     if _local(settings):
-        from launcher.local_inference import start_endpoint
+        from launcher.local.inference import start_endpoint
 
         try:
             start_endpoint(settings, name)
@@ -362,7 +362,7 @@ def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_
 def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type: str = DICOM) -> dict[str, Any]:
     """InvokeEndpoint with one DICOM file (or a zip): the model's JSON, {"predictions": [...]}."""
     if _local(settings):
-        from launcher.local_inference import invoke
+        from launcher.local.inference import invoke
 
         return invoke(name, body, content_type=content_type)
     runtime = settings.boto_session().client("sagemaker-runtime", region_name=settings.region)
@@ -380,7 +380,7 @@ def delete_endpoint(settings: Settings, name: str) -> None:
         client.delete_endpoint_config(EndpointConfigName=name)
     finally:
         if _local(settings):
-            from launcher.local_inference import stop_endpoint
+            from launcher.local.inference import stop_endpoint
 
             stop_endpoint(name)
 

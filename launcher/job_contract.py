@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from training.code_identity import code_commit as training_code_commit
+from training.job.code_identity import code_commit as training_code_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "training"  # shipped to the job as /opt/ml/input/data/code
@@ -29,20 +29,21 @@ IGNORE_PATTERNS = (
     "tests", "test_*.py", "conftest.py", "*.ipynb", "*.dcm", "*.DCM", "data", "model", "output", "checkpoints",
     "*.pt", "*.ts", "*.tar.gz",
 )
-DATA_CHANNELS = ("train", "validation", "test")  # training.contract.DATA_CHANNELS
-MANIFEST_CHANNEL = "manifest"  # training.contract.MANIFEST_CHANNEL: the S3 record of the data (training/lineage.py)
-RESUME_CHANNEL = "resume"  # training.contract.RESUME_CHANNEL: an earlier job's checkpoints to start from
+DATA_CHANNELS = ("train", "validation", "test")  # training.job.environment.DATA_CHANNELS
+# training.job.environment.MANIFEST_CHANNEL: the S3 record of the data (training/job/lineage.py)
+MANIFEST_CHANNEL = "manifest"
+RESUME_CHANNEL = "resume"  # training.job.environment.RESUME_CHANNEL: an earlier job's checkpoints to start from
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with CheckpointConfig.S3Uri (spot resumes)
-CODE_COMMIT_VARIABLE = "TRAINING_CODE_COMMIT"  # training.contract reads it: a job's code has no .git to ask
+CODE_COMMIT_VARIABLE = "TRAINING_CODE_COMMIT"  # training.job.environment reads it: a job's code has no .git to ask
 MODEL_ARCHIVE = "model.tar.gz"  # SageMaker's archive of /opt/ml/model: the MONAI bundle
 OUTPUT_ARCHIVE = "output.tar.gz"  # SageMaker's archive of /opt/ml/output/data: metrics.json and figures
-BUNDLE_METADATA = "configs/metadata.json"  # in the bundle (training/bundle.py)
-METRICS_FILE = "metrics.json"  # in the output data (training/train.py write_outputs)
+BUNDLE_METADATA = "configs/metadata.json"  # in the bundle (training/job/bundle.py)
+METRICS_FILE = "metrics.json"  # in the output data (training/job/train.py write_outputs)
 
 
 def metric_definitions() -> list[dict[str, str]]:
     """The job's metric regexes, as SageMaker takes them: [{"Name": ..., "Regex": ...}]."""
-    from training.metrics import METRIC_DEFINITIONS
+    from training.job.metrics import METRIC_DEFINITIONS
 
     return [dict(d) for d in METRIC_DEFINITIONS]
 
@@ -73,13 +74,13 @@ def hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
     """Hyperparameters as the strings SageMaker passes, checked by the job's own parser.
 
     Args:
-        values: field names of training.config.TrainConfig to values: strings as the job reads them ("96,96",
+        values: field names of training.job.config.TrainConfig to values: strings as the job reads them ("96,96",
             "true"), or Python values (96, True, (96, 96), None), written the way the job parses them back.
 
     Raises:
         ValueError: an unknown name or a value the job would reject; the message names it (and lists the names).
     """
-    from training.config import TrainConfig, format_value
+    from training.job.config import TrainConfig, format_value
 
     strings = {str(k).replace("-", "_"): v if isinstance(v, str) else format_value(v) for k, v in values.items()}
     TrainConfig.from_strings(strings)
@@ -87,7 +88,7 @@ def hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def code_commit(repo: Path = REPO_ROOT) -> str | None:
-    """What the launcher declares its job runs (TRAINING_CODE_COMMIT): training/code_identity.py's one definition,
+    """What the launcher declares its job runs (TRAINING_CODE_COMMIT): training/job/code_identity.py's one definition,
     the last commit that changed training/ ("+dirty" with uncommitted changes), as the image records its own.
 
     Args:

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from launcher.jobs import TrainingJob
-    from launcher.results import JobResults
-    from launcher.upload import DatasetManifest
+    from launcher.datasets.upload import DatasetManifest
+    from launcher.jobs.handle import TrainingJob
+    from launcher.jobs.results import JobResults
 
 # Written by infra/lifecycle/on_start.sh (render.STATE_DIR and its markers); duplicated because the launcher never
 # imports infra/ (tests/launcher/test_notebook_helpers.py holds the two in step).
@@ -105,15 +105,15 @@ def check_kernel(
 
 
 def fetch_pseudonym_key(settings: Any, path: str | os.PathLike[str] | None = None) -> Path:
-    """Download the deployment's pseudonym key (launcher/launch.py, made on first use) to a 0600 file.
+    """Download the deployment's pseudonym key (launcher/jobs/launch.py, made on first use) to a 0600 file.
 
     Args:
         settings: the stack's launcher.settings.Settings.
-        path: where it goes; default the local key path (training/pseudonym_key.py), which then gives the job's
+        path: where it goes; default the local key path (training/dataset/pseudonym_key.py), which then gives the job's
             pseudonyms to every local check.
     """
-    from launcher.launch import PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
-    from training.pseudonym_key import default_key_path, load_key
+    from launcher.jobs.launch import PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
+    from training.dataset.pseudonym_key import default_key_path, load_key
 
     s3 = settings.boto_session().client("s3")
     ensure_pseudonym_key(settings, s3)
@@ -139,7 +139,7 @@ def check_dataset(data_dir: str | os.PathLike[str], settings: Any = None) -> int
     Returns:
         training.check's exit status: 0 every labeled file is usable, 1 some files are bad, 2 unusable.
     """
-    from launcher.upload import local_channels
+    from launcher.datasets.upload import local_channels
     from training import check
 
     channels = local_channels(Path(data_dir))
@@ -160,7 +160,7 @@ def labeled_files(channel_dir: str | os.PathLike[str], *, channel: str = "train"
     Returns:
         (path, label) pairs, sorted by path.
     """
-    from training.data_labels import list_channel
+    from training.dataset.labels import list_channel
 
     listing = list_channel(channel, channel_dir)
     return [(listing.root / item.file, item.label) for item in listing.items]
@@ -176,7 +176,7 @@ def held_out_files(data_dir: str | os.PathLike[str], count: int = 8) -> list[tup
     Raises:
         ValueError: the dataset has neither a test nor a validation folder.
     """
-    from launcher.upload import local_channels
+    from launcher.datasets.upload import local_channels
 
     channels = local_channels(Path(data_dir))
     name = next((c for c in ("test", "validation") if c in channels), None)
@@ -202,8 +202,8 @@ def show_samples(data_dir: str | os.PathLike[str], *, per_class: int = 4, seed: 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from launcher.upload import local_channels
-    from training.dicom import load_image
+    from launcher.datasets.upload import local_channels
+    from training.dataset.dicom import load_image
 
     channels = local_channels(Path(data_dir))
     counts = {name: Counter(label for _, label in labeled_files(folder, channel=name))
@@ -278,7 +278,7 @@ def show_predictions(predictions: Sequence[Any], truth: Mapping[str, str] | None
     """
     import matplotlib.pyplot as plt
 
-    from training.dicom import load_image
+    from training.dataset.dicom import load_image
 
     rows = max(1, math.ceil(len(predictions) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), layout="constrained",
@@ -320,7 +320,7 @@ def clean_up(job: TrainingJob | None, manifest: DatasetManifest | None = None) -
     Returns:
         What was stopped and what stays, several lines.
     """
-    from launcher.follow import TERMINAL_STATUSES, stop_training
+    from launcher.jobs.follow import TERMINAL_STATUSES, stop_training
 
     lines = []
     if job is not None:

@@ -60,8 +60,8 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
 if "PYTEST_XDIST_WORKER" in os.environ or "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-# The local pseudonym key (training/pseudonym_key.py) lives in the user's configuration folder: tests make theirs in a
-# folder of their own, never in the real ~/.config.
+# The local pseudonym key (training/dataset/pseudonym_key.py) lives in the user's configuration folder: tests make
+# theirs in a folder of their own, never in the real ~/.config.
 if "XDG_CONFIG_HOME" not in os.environ:
     _config = tempfile.mkdtemp(prefix="monai-dicom-test-config-")
     atexit.register(shutil.rmtree, _config, ignore_errors=True)
@@ -124,9 +124,9 @@ class TinyJob:
 
 @pytest.fixture(scope="session")
 def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
-    """The real job (training.train.main) on 24 + 8 synthetic images at 32x32, one epoch: a bundle and checkpoints
+    """The real job (training.job.train.main) on 24 + 8 synthetic images at 32x32, one epoch: a bundle and checkpoints
     for tests where their size is not the point. Copy before changing."""
-    from training import train
+    from training.job import train
     from training.local_demo import make_demo_data
 
     shared = shared_dir(tmp_path_factory)

@@ -1,10 +1,10 @@
-"""`python -m training ...`: the training job (see training/train.py for the flags)."""
+"""`python -m training ...`: the training job (see training/job/train.py for the flags)."""
 
 from __future__ import annotations
 
 import sys
 
-from training.train import main
+from training.job.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,8 @@
 
 Prints the label format of each channel, the classes with their counts, the patients (by keyed pseudonym), the
 planned train/validation split and every bad file with its reason. It runs the training job's own data layer
-(training/data.py) with on_bad_file='skip' at a small resolution, so what it reports is what training will see.
+(training/dataset/prepare.py) with on_bad_file='skip' at a small resolution, so what it reports is what training
+will see.
 
 Exit status: 0 when every labeled file is usable; 1 when some files are bad (listed); 2 when the data cannot be
 used at all (no labels, two label formats, fewer than two classes, a patient in two channels).
@@ -22,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.data import DataError, DataOptions, prepare
-from training.pseudonym_key import resolve_key
+from training.dataset.prepare import DataError, DataOptions, prepare
+from training.dataset.pseudonym_key import resolve_key
 
 CHECK_IMAGE_SIZE = (32, 32)  # decoding is the check; a small cache keeps it light on memory
 PATIENTS_SHOWN = 20  # the full list is in --json
@@ -45,7 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="held out when no validation channel")
     parser.add_argument("--seed", type=int, default=0, help="seeds the planned split (default 0)")
     parser.add_argument("--pseudonym-key-file", type=Path, default=None, metavar="PATH",
-                        help="the pseudonym key (default: the local key, training/pseudonym_key.py); use the job's")
+                        help="the pseudonym key (default: the local key, training/dataset/pseudonym_key.py); "
+                        "use the job's")
     parser.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"))
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--label-attribute", default=None, help="Ground Truth label attribute, if several")
@@ -91,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def report(manifest: dict[str, Any]) -> str:
-    """The human-readable report of a manifest (training/data.py).
+    """The human-readable report of a manifest (training/dataset/prepare.py).
 
     Args:
         manifest: PreparedData.manifest.

@@ -1,7 +1,7 @@
-"""MONAI transforms around `training.dicom.load_image`, for MONAI pipelines (inference, bundles, notebooks).
+"""MONAI transforms around `training.dataset.dicom.load_image`, for MONAI pipelines (inference, bundles, notebooks).
 
-They add nothing to the preprocessing: the same function produces the training cache (training/data.py) and
-these transforms' output, so a model sees identical inputs in both. Kept apart from training/dicom.py because
+They add nothing to the preprocessing: the same function produces the training cache (training/dataset/prepare.py) and
+these transforms' output, so a model sees identical inputs in both. Kept apart from training/dataset/dicom.py because
 importing MONAI costs about 2.5 s, which decoding processes should not pay.
 """
 
@@ -14,7 +14,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from training.dicom import Source, Window, load_image
+from training.dataset.dicom import Source, Window, load_image
 
 
 class LoadDicomImage(Transform):
@@ -42,7 +42,7 @@ class LoadDicomImage(Transform):
             float32 tensor (1, H, W).
 
         Raises:
-            training.dicom.DicomReadError: the file cannot become an image.
+            training.dataset.dicom.DicomReadError: the file cannot become an image.
         """
         return torch.from_numpy(load_image(source, image_size=self.image_size, window=self.window))
 

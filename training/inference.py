@@ -9,10 +9,10 @@ or in Python:
     for p in predictor.predict(["a.dcm", "b.dcm"]): print(p.file, p.label, p.probabilities)
 
 The first is MONAI's tool and evaluates the config (run it on bundles you trust); from_bundle (and model_fn) read
-the bundle's plain fields as data (training.bundle.read_bundle), never evaluating it, and load models/model.pt, the
-plain state dict (weights_only=True), into a fresh MONAI network from training.model: no TorchScript, so a PyTorch
-older than the one that trained the model (the notebook kernel's) loads it too. Preprocessing is
-training.dicom.load_image (through training.dicom_transforms), the one
+the bundle's plain fields as data (training.job.bundle.read_bundle), never evaluating it, and load models/model.pt, the
+plain state dict (weights_only=True), into a fresh MONAI network from training.job.networks: no TorchScript, so a
+PyTorch older than the one that trained the model (the notebook kernel's) loads it too. Preprocessing is
+training.dataset.dicom.load_image (through training.dicom_transforms), the one
 definition training used.
 """
 
@@ -35,8 +35,8 @@ import pydicom
 import torch
 from pydicom.errors import InvalidDicomError
 
-from training.dicom import DICM_OFFSET, DicomReadError, Source, has_dicom_marker
-from training.evaluation import predict as decide
+from training.dataset.dicom import DICM_OFFSET, DicomReadError, Source, has_dicom_marker
+from training.job.evaluation import predict as decide
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None) -> Predictor:
-        """The predictor a bundle describes: training.bundle.read_bundle's checked fields, our own network and
+        """The predictor a bundle describes: training.job.bundle.read_bundle's checked fields, our own network and
         preprocessing; the bundle's configs are read as data, never evaluated (its MONAI `evaluator` is not built).
 
         Args:
@@ -104,10 +104,10 @@ class Predictor:
             device: "cpu", "cuda", ...; default: a GPU when there is one.
 
         Raises:
-            training.bundle.BundleError: a field of the bundle fails its check (a ValueError naming file and field).
+            training.job.bundle.BundleError: a field of the bundle fails its check (a ValueError naming file and field).
         """
-        from training.bundle import load_network, read_bundle  # MONAI is needed only here
         from training.dicom_transforms import LoadDicomImage
+        from training.job.bundle import load_network, read_bundle  # MONAI is needed only here
 
         spec = read_bundle(Path(bundle_dir).resolve())  # plain fields as data: nothing in the bundle is evaluated
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,7 +137,7 @@ class Predictor:
             names: how results and errors name each file; default its path, or '<bytes #i>'.
 
         Raises:
-            training.dicom.DicomReadError: a file cannot be read; the message names it.
+            training.dataset.dicom.DicomReadError: a file cannot be read; the message names it.
             ValueError: names and sources differ in length.
         """
         if names is not None and len(names) != len(sources):
@@ -281,8 +281,8 @@ def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
     """Load the bundle SageMaker extracted (model.tar.gz) into /opt/ml/model: its `evaluator` Predictor.
 
     The preprocessing (image size, window) and decision rule come from the bundle's configs/inference.json, read as
-    data and checked (training.bundle.read_bundle: a BundleError refuses a bad field), i.e. training.dicom.load_image
-    with the values the model was trained with.
+    data and checked (training.job.bundle.read_bundle: a BundleError refuses a bad field), i.e.
+    training.dataset.dicom.load_image with the values the model was trained with.
     """
     root = Path(model_dir)
     if not (root / "configs" / "inference.json").is_file():
@@ -295,7 +295,7 @@ def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInp
 
     Every limit is checked before the work it bounds: a zip's member count, declared sizes and compression ratios
     from its directory before anything is inflated; then each member, inflated alone and never beyond its declared
-    size, must be DICOM Part 10 with frames within training.dicom's limits and the request's pixel budget
+    size, must be DICOM Part 10 with frames within training.dataset.dicom's limits and the request's pixel budget
     (MAX_REQUEST_PIXELS). Its bytes are then dropped: predict_fn inflates members again, a batch at a time.
 
     Args:
@@ -460,13 +460,13 @@ def _ignored(member: str) -> bool:
 
 def _checked_header(name: str, data: bytes, place: str) -> tuple[str, int]:
     """The header's SOPInstanceUID and the samples of the frame that will be decoded (pixels not read); a body that
-    is not DICOM Part 10, or whose frame exceeds training.dicom's limits, is refused here, named by `name` to the
-    client and by `place` in the log."""
-    from training.dicom import check_frame_size, frame_samples
+    is not DICOM Part 10, or whose frame exceeds training.dataset.dicom's limits, is refused here, named by `name` to
+    the client and by `place` in the log."""
+    from training.dataset.dicom import check_frame_size, frame_samples
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's validation warnings quote values (training/dicom.py)
+            warnings.simplefilter("ignore")  # pydicom's validation warnings quote values (training/dataset/dicom.py)
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             uid = str(ds.get("SOPInstanceUID", "") or "").strip()  # converted, so validated, inside the suppression
             check_frame_size(ds, place)

@@ -4,7 +4,7 @@
 
 WORKDIR (default: a new temporary directory) receives data/train (400 images, labels.csv), data/test (100 images of
 other patients), model/ (the MONAI bundle) and output/ (metrics.json, figures). The run is the real job
-(training.train.main) with DEMO_HYPERPARAMETERS; extra flags override them. About a minute on 2 idle CPU cores.
+(training.job.train.main) with DEMO_HYPERPARAMETERS; extra flags override them. About a minute on 2 idle CPU cores.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from training.dicom import read_header
+from training.dataset.dicom import read_header
 from training.synthetic import generate
 
 # The demo's settings, beside the defaults (96x96 DenseNet121, AdamW, cosine, precise BN): 5 epochs; batches of 16
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: [WORKDIR] then hyperparameter flags overriding DEMO_HYPERPARAMETERS.
     """
-    from training.train import main as train_main
+    from training.job.train import main as train_main
 
     args = list(sys.argv[1:] if argv is None else argv)
     workdir = Path(args.pop(0)) if args and not args[0].startswith("-") else Path(tempfile.mkdtemp(prefix="demo-"))

@@ -4,7 +4,7 @@
 
 MODEL is the bundle (the job's model directory, or its model.tar.gz extracted). Directories are searched at any depth
 for DICOM files (by the 'DICM' marker, not the suffix). The output is training.inference's output_fn JSON, with
-each file named by its path; a file that cannot be classified, or a bundle refused (training.bundle.BundleError),
+each file named by its path; a file that cannot be classified, or a bundle refused (training.job.bundle.BundleError),
 stops the run with its reason (exit status 2).
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from training import inference
-from training.bundle import BundleError
+from training.job.bundle import BundleError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -52,7 +52,7 @@ PORT = 8080  # SageMaker's hosting contract
 MAX_BODY_BYTES = 100 * 1024**2  # batch transform's largest MaxPayloadInMB; endpoints allow less (6 MB)
 # gunicorn's worker timeout: a worker whose main loop is silent for longer is restarted. A gthread worker's loop keeps
 # beating while a request runs, so what bounds a request is training.inference's limits, sized to finish well inside
-# this (launcher/local_inference.py's client waits as long).
+# this (launcher/local/inference.py's client waits as long).
 TIMEOUT_S = 120
 BODY_TIMEOUT_S = 30.0  # the whole upload: 100 MiB at under 4 MB/s still fits; a stalled client gets a 408 then
 THREADS = 4  # connections a worker serves at once: inference (one at a time) and /ping beside up to 2 stalled uploads
@@ -122,7 +122,7 @@ class InferenceApp:
             log.info("refused a request: %s %s", exc.status, exc.logged)  # nothing the client chose
             return _error(start_response, exc.status, exc.reason)
         except Exception:
-            log.exception("inference failed")  # reasons of training/dicom.py carry no patient identifiers
+            log.exception("inference failed")  # reasons of training/dataset/dicom.py carry no patient identifiers
             return _error(start_response, 500, "inference failed; the server log has the details")
         return _respond(start_response, 200, payload, content_type)
 
@@ -196,8 +196,8 @@ def _drain(stream: Any, sock: socket.socket | None, deadline: float, limit: int)
 
 def quiet_pydicom() -> None:
     """Keep element values out of the server's log: pydicom quotes a value it finds invalid in a warning (a corrupted
-    element can hold PatientName; training.dicom reads inside a suppression, this makes it hold wherever a value is
-    read). Reading validation is off, and any warning that still comes is logged by its category and origin alone."""
+    element can hold PatientName; training.dataset.dicom reads inside a suppression, this makes it hold wherever a value
+    is read). Reading validation is off, and any warning that still comes is logged by its category and origin alone."""
     import pydicom
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

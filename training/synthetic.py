@@ -20,7 +20,7 @@ in the descriptions and ImageComments, BurnedInAnnotation NO, PatientIdentityRem
 seed (name-based UUIDs under 2.25), so the same seed gives byte-identical files. File paths never contain patient
 identifiers.
 
-Label formats (what training/data_labels.py reads):
+Label formats (what training/dataset/labels.py reads):
 - csv: images/study-NNN/img-NNNNN.dcm and labels.csv (file,label);
 - groundtruth: the same tree and output.manifest (source-ref s3://synthetic-dicom-bucket/datasets/synthetic/...,
   label attribute 'dicom-class');
@@ -56,7 +56,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from training.dicom import resize
+from training.dataset.dicom import resize
 
 CLASSES = ("normal", "abnormal")
 FORMATS = ("csv", "groundtruth", "metadata-json", "folders")

@@ -2,7 +2,7 @@
 
     python training/train_entry.py --train DIR --model-dir DIR ...    (what both SageMaker drivers run)
 
-Locally and in tests use `python -m training` or `from training.train import main` instead.
+Locally and in tests use `python -m training` or `from training.job.train import main` instead.
 
 Why a separate script: both SageMaker drivers run a *file* (`python train_entry.py --name value ...`), not a module.
 Run as a file, Python puts the file's own directory first on sys.path, so `import training` would fail and this
@@ -39,7 +39,7 @@ def _register_package() -> None:
 if not __package__:  # run as a file, not imported as training.train_entry
     _register_package()
 
-from training.train import main  # noqa: E402  (after the package is registered)
+from training.job.train import main  # noqa: E402  (after the package is registered)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from training.code_identity import code_commit
+from training.job.code_identity import code_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINING_DIR = REPO_ROOT / "training"
@@ -47,7 +47,7 @@ def base_image(variant: str, digest: str = "") -> str:
 
 
 def training_code_commit(repo_root: Path = REPO_ROOT) -> str:
-    """What the image records as its code (CODE_COMMIT, training/Dockerfile): training/code_identity.py's one
+    """What the image records as its code (CODE_COMMIT, training/Dockerfile): training/job/code_identity.py's one
     definition, the last commit that changed training/ ("+dirty" with uncommitted changes); "" without git.
 
     Args:

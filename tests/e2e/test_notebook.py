@@ -31,7 +31,7 @@ from demo.notebook import (
     run_notebook,
     small_size,
 )
-from launcher.local_runner import descendants, still_running
+from launcher.local.runner import descendants, still_running
 from tests.e2e.journey_calls import (
     ALLOWED,
     NOT_A_ROLE_CALL,
@@ -44,7 +44,7 @@ from tests.e2e.journey_calls import (
 )
 from tests.infra.conftest import SynthCache
 from tests.infra.iam import evaluate
-from training.metrics import parse_line
+from training.job.metrics import parse_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:Tried to parse:UserWarning:moto\.")]
 
@@ -215,7 +215,7 @@ def test_clean_up_deletes_the_endpoint_and_model_stops_nothing_that_ended_and_sa
 
 def test_no_output_names_a_patient_or_holds_a_guessable_pseudonym(journey: Journey) -> None:
     from tests.pseudonyms import guessable
-    from training.dicom import read_header
+    from training.dataset.dicom import read_header
 
     ids = sorted({read_header(path).patient_id for path in (journey.workdir / "synthetic").rglob("img-*")})
     assert len(ids) >= SIZE.train_images // 8  # about 4 images a patient

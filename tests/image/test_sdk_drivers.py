@@ -1,14 +1,14 @@
 """The per-job code path, without Docker: the SageMaker SDK's own driver scripts run the job shipped as a code channel.
 
-The launcher (launcher/launch.py) gives ModelTrainer `SourceCode(source_dir=training, entry_script=train_entry.py)`.
-The SDK then replaces the image's entrypoint with `/bin/bash -c "chmod +x .../sm_train.sh && .../sm_train.sh"` and
-ships its drivers (sagemaker/train/container_drivers/, sm_train.sh written from sagemaker/train/templates.py) as the
-channel sm_drivers, the code as the channel code. Here the SDK writes those files exactly as ModelTrainer.train()
-does, /opt/ml is rewritten to a temporary tree in the copies (the drivers hard-code it), and the container's command
-runs against that tree, next to the image's own code laid out as the Dockerfile lays it out, with the image's ENV and
-no network. Left to a real job: Docker and the base image (its Python 3.12, python3 and pip there), SageMaker's
-uploads of the code and drivers to S3 and downloads into the container, the Torchrun driver of multi-instance jobs,
-and GPUs.
+The launcher (launcher/jobs/launch.py) gives ModelTrainer `SourceCode(source_dir=training,
+entry_script=train_entry.py)`. The SDK then replaces the image's entrypoint with `/bin/bash -c "chmod +x .../sm_train.sh
+&& .../sm_train.sh"` and ships its drivers (sagemaker/train/container_drivers/, sm_train.sh written from
+sagemaker/train/templates.py) as the channel sm_drivers, the code as the channel code. Here the SDK writes those files
+exactly as ModelTrainer.train() does, /opt/ml is rewritten to a temporary tree in the copies (the drivers hard-code it),
+and the container's command runs against that tree, next to the image's own code laid out as the Dockerfile lays it out,
+with the image's ENV and no network. Left to a real job: Docker and the base image (its Python 3.12, python3 and pip
+there), SageMaker's uploads of the code and drivers to S3 and downloads into the container, the Torchrun driver of
+multi-instance jobs, and GPUs.
 """
 
 from __future__ import annotations

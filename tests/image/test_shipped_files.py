@@ -41,10 +41,10 @@ def test_the_code_channel_and_the_image_carry_every_python_file_of_the_package(t
 def test_a_subpackage_named_data_would_vanish_from_the_code_channel_and_be_caught(tmp_path: Path) -> None:
     source = tmp_path / "training"
     shutil.copytree(CONTEXT, source, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("data", "dataset"):
+    for name in ("data", "cohorts"):
         (source / name).mkdir()
         (source / name / "__init__.py").write_text("")
     channel = _channel_files(source, tmp_path / "staged")
-    assert "dataset/__init__.py" in channel  # a name that cannot collide ships
+    assert "cohorts/__init__.py" in channel  # a name that cannot collide ships
     assert "data/__init__.py" not in channel  # `data` at any depth is dropped from the channel
     assert "data/__init__.py" not in copied_files(source)  # and, at the root, from the image

@@ -1,6 +1,6 @@
 """No role of the stack can delete an object version (issue 18 item 3, in part): versioning is the data's last line of
 defence. A real IAM evaluator (tests/infra/iam.py) decides on the synthesized policies, both network variants; a plain
-delete, which only adds a delete marker, stays where the code needs it (launcher/upload.py removes objects a
+delete, which only adds a delete marker, stays where the code needs it (launcher/datasets/upload.py removes objects a
 re-uploaded folder no longer has).
 """
 

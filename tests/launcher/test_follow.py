@@ -10,15 +10,15 @@ import boto3
 import pytest
 
 from launcher import job_contract
-from launcher.follow import LOG_GROUP, follow, stop_training
-from launcher.jobs import TrainingJob
-from launcher.launch import start_training
-from launcher.upload import upload_dataset
+from launcher.datasets.upload import upload_dataset
+from launcher.jobs.follow import LOG_GROUP, follow, stop_training
+from launcher.jobs.handle import TrainingJob
+from launcher.jobs.launch import start_training
 from tests.launcher.conftest import Recording, Stack
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sagemaker.*")
 
-# Rows as training/train.py builds them for its epoch lines, and its test report.
+# Rows as training/job/train.py builds them for its epoch lines, and its test report.
 EPOCHS = [
     {"epoch": 1, "train_loss": 0.693147, "val_loss": 0.650321, "val_accuracy": 0.8125, "val_auc": 0.901234,
      "images_per_second": 85.31},
@@ -35,8 +35,8 @@ NAMES = {"epoch": "epoch", "train_loss": "train:loss", "val_loss": "validation:l
 
 
 def job_lines() -> list[str]:
-    """What the job prints, in its own format (training.metrics.format_line), between ordinary log lines."""
-    from training.metrics import format_line
+    """What the job prints, in its own format (training.job.metrics.format_line), between ordinary log lines."""
+    from training.job.metrics import format_line
 
     return ["classes abnormal, normal (positive: abnormal); 6 training and 2 validation images; 1 steps an epoch",
             *(format_line(row) for row in EPOCHS), "best epoch 2: " + format_line(EPOCHS[1]),
@@ -49,7 +49,7 @@ def expected(row: dict[str, float]) -> dict[str, float]:
 
 
 def test_the_regexes_read_every_metric_of_the_job_lines() -> None:
-    from training.metrics import METRIC_DEFINITIONS, format_line
+    from training.job.metrics import METRIC_DEFINITIONS, format_line
 
     assert job_contract.metric_definitions() == METRIC_DEFINITIONS
     for row in [*EPOCHS, TEST_REPORT]:

@@ -1,6 +1,6 @@
 """launcher/inference.py against the emulator: what CreateModel, CreateTransformJob, CreateEndpointConfig and
 CreateEndpoint carry (image, role, model data, KMS keys, network isolation, VPC), read from the requests themselves;
-then the local runner's part (launcher/local_inference.py): the same requests, and a trained bundle served here by
+then the local runner's part (launcher/local/inference.py): the same requests, and a trained bundle served here by
 training.serve for the transform (one .out per input, the bundle's own predictions) and the endpoint, no process left.
 """
 
@@ -21,8 +21,8 @@ import pytest
 
 from demo.emulator import Emulator
 from launcher import inference
-from launcher.local_inference import LocalInferenceError, LocalTransformError, served_endpoints
-from launcher.local_runner import descendants, still_running
+from launcher.local.inference import LocalInferenceError, LocalTransformError, served_endpoints
+from launcher.local.runner import descendants, still_running
 from launcher.settings import Settings
 from tests.launcher.conftest import BUCKET, Recording, Stack
 from tests.training import conftest as training_fixtures

@@ -17,8 +17,9 @@ import pytest
 
 from demo.emulator import Emulator
 from launcher import job_contract
-from launcher.jobs import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix
-from launcher.launch import (
+from launcher.datasets.upload import DatasetManifest, DatasetObject, upload_dataset
+from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix
+from launcher.jobs.launch import (
     DEFAULT_MAX_RUNTIME_S,
     LARGE_DATASET_BYTES,
     build_request,
@@ -26,7 +27,6 @@ from launcher.launch import (
     image_variant,
     start_training,
 )
-from launcher.upload import DatasetManifest, DatasetObject, upload_dataset
 from tests.launcher.conftest import BUCKET, STACK_NAME, Recording, Stack
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sagemaker.*")
@@ -115,7 +115,7 @@ def test_the_code_is_staged_under_code_with_the_stack_key(stack: Stack, default_
     prefix = code.removeprefix(f"s3://{BUCKET}/")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
     shipped = {k.removeprefix(prefix).lstrip("/") for k in keys}
-    assert job_contract.ENTRY_SCRIPT in shipped and "metrics.py" in shipped
+    assert job_contract.ENTRY_SCRIPT in shipped and "job/metrics.py" in shipped
     assert not any("__pycache__" in k or k.endswith(".pyc") for k in shipped)
     assert not {"Dockerfile", ".dockerignore"} & shipped  # the image's build files stay home
     head = s3.head_object(Bucket=BUCKET, Key=keys[0])
@@ -282,7 +282,7 @@ def test_resume_from_is_checked_before_anything_starts(stack: Stack, dataset: Da
 
 def test_the_pseudonym_key_is_made_once_and_sent_as_a_file_channel(stack: Stack, dataset: DatasetManifest,
                                                                      recording: Recording) -> None:
-    from launcher.launch import PSEUDONYM_KEY_CHANNEL, PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
+    from launcher.jobs.launch import PSEUDONYM_KEY_CHANNEL, PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
 
     s3 = boto3.Session().client("s3")
     start_training(stack.settings, dataset=dataset)

@@ -18,12 +18,12 @@ import boto3
 import pytest
 
 from demo.emulator import Emulator
-from launcher.follow import JobProgress, follow
-from launcher.jobs import RUNNER_TAG, TrainingJob, attach
-from launcher.launch import start_training
-from launcher.local_runner import LocalJobError, LocalRunner, download_prefix, job_environment
-from launcher.results import JobResults, collect
-from launcher.upload import DatasetManifest, upload_dataset
+from launcher.datasets.upload import DatasetManifest, upload_dataset
+from launcher.jobs.follow import JobProgress, follow
+from launcher.jobs.handle import RUNNER_TAG, TrainingJob, attach
+from launcher.jobs.launch import start_training
+from launcher.jobs.results import JobResults, collect
+from launcher.local.runner import LocalJobError, LocalRunner, download_prefix, job_environment
 from tests.launcher.conftest import BUCKET, Recording, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:sagemaker.*")]
@@ -211,7 +211,7 @@ def test_channels_download_as_sagemaker_lays_them_out(stack: Stack, tmp_path: Pa
 
 
 def _request(stack: Stack, dataset: DatasetManifest) -> Any:
-    from launcher.launch import DEFAULT_MAX_RUNTIME_S, build_request
+    from launcher.jobs.launch import DEFAULT_MAX_RUNTIME_S, build_request
 
     return build_request(stack.settings, dataset=dataset, hyperparameters=HYPERPARAMETERS, instance_type=None,
                          instance_count=1, spot=False, max_runtime_s=DEFAULT_MAX_RUNTIME_S, max_wait_s=None,

@@ -172,8 +172,8 @@ def test_summarize_gives_the_test_metrics_with_intervals() -> None:
 
 
 def test_clean_up_leaves_an_ended_job_and_the_data_alone(stack: Stack, dicom_folder: Path) -> None:
-    from launcher.launch import start_training
-    from launcher.upload import upload_dataset
+    from launcher.datasets.upload import upload_dataset
+    from launcher.jobs.launch import start_training
 
     settings = stack.settings
     manifest = upload_dataset(settings, dicom_folder, "cleanup", progress=False)
@@ -209,7 +209,7 @@ def test_the_notebook_checks_with_the_deployment_s_pseudonym_key(stack: Stack, d
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import boto3
 
-    from launcher.launch import PSEUDONYM_KEY_OBJECT
+    from launcher.jobs.launch import PSEUDONYM_KEY_OBJECT
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     path = notebook.fetch_pseudonym_key(stack.settings)

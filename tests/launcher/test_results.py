@@ -11,10 +11,10 @@ import boto3
 import pytest
 
 from launcher import job_contract
-from launcher.jobs import STACK_TAG, TrainingJob, attach
-from launcher.launch import start_training
-from launcher.results import collect, list_jobs, unpack
-from launcher.upload import upload_dataset
+from launcher.datasets.upload import upload_dataset
+from launcher.jobs.handle import STACK_TAG, TrainingJob, attach
+from launcher.jobs.launch import start_training
+from launcher.jobs.results import collect, list_jobs, unpack
 from tests.launcher.conftest import BUCKET, STACK_NAME, Stack
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sagemaker.*")
@@ -44,7 +44,7 @@ def job(stack: Stack, dicom_folder: Path) -> TrainingJob:
 @pytest.fixture(scope="module")
 def finished(job: TrainingJob, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> TrainingJob:
     """The job's archives where SageMaker writes them (jobs/<job>/output/), encrypted with the stack's key."""
-    from training.plots import learning_curve
+    from training.job.plots import learning_curve
 
     figure = learning_curve(HISTORY, tmp_path_factory.mktemp("figures") / "learning_curve.png", best_epoch=2)
     model = archive({job_contract.BUNDLE_METADATA: json.dumps(METADATA).encode(),

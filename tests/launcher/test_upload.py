@@ -13,8 +13,8 @@ import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from launcher.checksums import composite_sha256
-from launcher.upload import (
+from launcher.datasets.checksums import composite_sha256
+from launcher.datasets.upload import (
     DATASETS_PREFIX,
     MiB,
     UploadError,
@@ -54,7 +54,7 @@ def test_upload_writes_every_file_encrypted_with_its_checksum(stack: Stack, dico
 
 def test_the_manifest_next_to_the_data_is_what_the_job_reads(stack: Stack, dicom_folder: Path,
                                                              tmp_path: Path) -> None:
-    from training.lineage import read_s3_manifest
+    from training.job.lineage import read_s3_manifest
 
     manifest = upload_dataset(stack.settings, dicom_folder, "lineage", progress=False)
     path = tmp_path / "manifest" / "manifest.json"

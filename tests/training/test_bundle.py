@@ -1,4 +1,4 @@
-"""training/bundle.py and training/inference.py: the trained model as a MONAI bundle that loads offline.
+"""training/job/bundle.py and training/inference.py: the trained model as a MONAI bundle that loads offline.
 
 The bundle is the one the session's SageMaker-driver run wrote (conftest.py, `job_bundle`). Every way of loading it
 must predict the same classes for the same files: MONAI's ConfigParser (inference.json), `monai.bundle.load`,
@@ -20,9 +20,9 @@ import torch
 from monai.bundle import ConfigWorkflow, load, verify_metadata
 from monai.networks.nets import DenseNet121
 
-from training import bundle as bundle_module
-from training.dicom import load_image
+from training.dataset.dicom import load_image
 from training.inference import Predictor, find_dicom_files
+from training.job import bundle as bundle_module
 
 SCHEMA = Path(__file__).parent / "schemas" / "meta_schema_20240725.json"  # a stored copy: validation stays offline
 

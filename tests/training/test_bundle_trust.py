@@ -2,8 +2,8 @@
 
 A bundle is what a training job left in S3 or what someone handed over: its configs/inference.json is MONAI config
 syntax, where `_target_` names any callable and `$...` is Python. `Predictor.from_bundle`, `model_fn` and
-`load_network` must read its named plain fields (training.bundle.read_bundle), refuse one that fails its type or range
-with a BundleError naming the file and the field, and build the network from our own factory.
+`load_network` must read its named plain fields (training.job.bundle.read_bundle), refuse one that fails its type or
+range with a BundleError naming the file and the field, and build the network from our own factory.
 
 Every test copies the session's tiny trained bundle (tests/conftest.py `tiny_job`) before changing it: what is
 checked is how a bundle is read, whatever its size.
@@ -23,8 +23,8 @@ import torch
 
 from tests.conftest import TinyJob
 from training import inference
-from training.bundle import BundleError, load_network, read_bundle
 from training.inference import Predictor
+from training.job.bundle import BundleError, load_network, read_bundle
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

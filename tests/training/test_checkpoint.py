@@ -1,4 +1,4 @@
-"""training/checkpoint.py on small real checkpoints: which one a run goes on from, and what it refuses."""
+"""training/job/checkpoint.py on small real checkpoints: which one a run goes on from, and what it refuses."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint, contract, train
-from training.checkpoint import CheckpointError
-from training.config import TrainConfig
-from training.data import PreparedData, Split
+from training.dataset.prepare import PreparedData, Split
+from training.job import checkpoint, environment, train
+from training.job.checkpoint import CheckpointError
+from training.job.config import TrainConfig
 
 CLASSES = ["abnormal", "normal"]
 CONFIG = TrainConfig(network="resnet18", image_size=(32, 32), epochs=4)
@@ -149,7 +149,7 @@ def test_the_contract_finds_sagemakers_checkpoint_directory_and_the_resume_chann
     parser = train.build_parser()
     env = {"SM_TRAINING_ENV": "{}", "SAGEMAKER_BASE_DIR": str(tmp_path), "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
            "SM_CHANNEL_RESUME": str(tmp_path / "earlier")}
-    context = contract.read_context(parser.parse_args([]), env)
+    context = environment.read_context(parser.parse_args([]), env)
     assert context.checkpoint_dir == tmp_path / "checkpoints" and context.resume_from == tmp_path / "earlier"
-    local = contract.read_context(parser.parse_args([f"--train={tmp_path / 'train'}"]), {})
+    local = environment.read_context(parser.parse_args([f"--train={tmp_path / 'train'}"]), {})
     assert local.checkpoint_dir is None and local.resume_from is None  # locally: only when asked

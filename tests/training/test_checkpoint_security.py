@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import checkpoint
-from training.checkpoint import CheckpointError
-from training.config import TrainConfig
+from training.job import checkpoint
+from training.job.checkpoint import CheckpointError
+from training.job.config import TrainConfig
 
 CLASSES = ["abnormal", "normal"]
 CONFIG = TrainConfig(network="resnet18", image_size=(32, 32), epochs=4)

@@ -1,4 +1,4 @@
-"""training/config.py: every hyperparameter in one dataclass, filled from strings as SageMaker sends them."""
+"""training/job/config.py: every hyperparameter in one dataclass, filled from strings as SageMaker sends them."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from training import config as config_module
-from training.config import TrainConfig, format_value, json_to_string, parse_bool, parse_pair
-from training.train import build_parser
+from training.job import config as config_module
+from training.job.config import TrainConfig, format_value, json_to_string, parse_bool, parse_pair
+from training.job.train import build_parser
 
 
 def test_defaults_are_valid_and_documented() -> None:

@@ -1,4 +1,4 @@
-"""training/data_cache.py through prepare(): decode once, spill to disk, shard by rank, decode in a pool."""
+"""training/dataset/cache.py through prepare(): decode once, spill to disk, shard by rank, decode in a pool."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.training.dicom_builders import read_labels_csv, truncate
-from training.data import BatchLoader, DataOptions, prepare
-from training.data_cache import MIN_FILES_PER_WORKER
-from training.dicom import load_image, to_uint8
+from training.dataset.cache import MIN_FILES_PER_WORKER
+from training.dataset.dicom import load_image, to_uint8
+from training.dataset.prepare import BatchLoader, DataOptions, prepare
 from training.synthetic import generate
 
 

@@ -1,4 +1,4 @@
-"""training/data_labels.py: finding DICOM files and labels in each label format, and the errors."""
+"""training/dataset/labels.py: finding DICOM files and labels in each label format, and the errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.dicom_builders import gradient, write_image, write_labels_csv
-from training.data_labels import (
+from training.dataset.labels import (
     FORMAT_CSV,
     FORMAT_FOLDERS,
     FORMAT_GROUNDTRUTH,

@@ -1,4 +1,4 @@
-"""training/data_loader.py: batches from the cache, per-epoch shuffling and batched augmentation."""
+"""training/dataset/loader.py: batches from the cache, per-epoch shuffling and batched augmentation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.data import BatchLoader, Split
-from training.data_loader import _affine_grid, augment_batch
+from training.dataset.loader import _affine_grid, augment_batch
+from training.dataset.prepare import BatchLoader, Split
 
 
 def make_split(count: int = 23, size: tuple[int, int] = (12, 10)) -> Split:

@@ -1,4 +1,4 @@
-"""training/data.py prepare(): validation, the patient split, given channels and every kind of bad input."""
+"""training/dataset/prepare.py prepare(): validation, the patient split, given channels and every kind of bad input."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.training.dicom_builders import (
     write_labels_csv,
     write_structured_report,
 )
-from training.data import DataError, DataOptions, patient_hash, prepare
+from training.dataset.prepare import DataError, DataOptions, patient_hash, prepare
 from training.synthetic import generate
 
 SMALL = DataOptions(image_size=(32, 32), workers=1)

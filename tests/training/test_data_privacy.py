@@ -10,7 +10,7 @@ import pytest
 
 from tests.training.dicom_builders import gradient, truncate, write_image, write_labels_csv, write_structured_report
 from training import check
-from training.data import DataError, DataOptions, prepare
+from training.dataset.prepare import DataError, DataOptions, prepare
 
 # Distinctive identifiers; the 70-character name breaks PN's 64-character limit, so pydicom warns about it (and
 # would quote it, were its records let through).

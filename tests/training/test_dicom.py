@@ -1,4 +1,4 @@
-"""training/dicom.py: the one preprocessing definition, on DICOM files written with pydicom."""
+"""training/dataset/dicom.py: the one preprocessing definition, on DICOM files written with pydicom."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from tests.training.dicom_builders import gradient, secondary_capture, truncate, write_image, write_structured_report
-from training.dicom import (
+from training.dataset.dicom import (
     DicomReadError,
     apply_window,
     has_dicom_marker,

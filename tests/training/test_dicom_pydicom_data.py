@@ -1,4 +1,4 @@
-"""training/dicom.py on real DICOM files nobody here wrote: the 68 files of the pydicom-data package.
+"""training/dataset/dicom.py on real DICOM files nobody here wrote: the 68 files of the pydicom-data package.
 
 Every file must load to (1, H, W) float32 in [0, 1], or fail with a DicomReadError naming it and saying why;
 EXPECTED_FAILURES records which fail and why, and the test asserts exactly that set.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.training.dicom_builders import pydicom_data_dir
-from training.dicom import DicomReadError, load_image
+from training.dataset.dicom import DicomReadError, load_image
 
 SIZE = (48, 40)
 EXPECTED_FAILURES = {

@@ -10,7 +10,7 @@ import torch
 from monai.transforms import Compose
 
 from tests.training.dicom_builders import gradient, write_image
-from training.dicom import load_image
+from training.dataset.dicom import load_image
 from training.dicom_transforms import LoadDicomImage, LoadDicomImaged
 
 

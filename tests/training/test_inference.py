@@ -1,8 +1,8 @@
 """training/inference.py's SageMaker handlers and training/predict.py on the session's trained bundle.
 
-The reference is the bundle loaded directly: its network from models/model.pt (training.bundle.load_network) on
-training.dicom.load_image's output at the image size and window of configs/inference.json. The handlers must give
-the same labels and probabilities for the job's synthetic test files and for real files of pydicom-data.
+The reference is the bundle loaded directly: its network from models/model.pt (training.job.bundle.load_network) on
+training.dataset.dicom.load_image's output at the image size and window of configs/inference.json. The handlers must
+give the same labels and probabilities for the job's synthetic test files and for real files of pydicom-data.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 from tests.training.dicom_builders import pydicom_data_dir, write_structured_report
 from training import inference, predict
-from training.bundle import load_network
-from training.dicom import load_image
-from training.evaluation import predict as decide
+from training.dataset.dicom import load_image
+from training.job.bundle import load_network
+from training.job.evaluation import predict as decide
 
 # Real files of several kinds: JPEG 2000, colour (YBR_RCT, RGB), RLE multi-frame, JPEG lossless, 1-bit frames.
 PYDICOM_DATA = ["MR2_J2KR.dcm", "US1_UNCR.dcm", "emri_small_RLE.dcm", "SC_rgb.dcm", "JPEG-LL.dcm", "liver.dcm"]

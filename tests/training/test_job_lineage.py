@@ -1,4 +1,4 @@
-"""training/lineage.py: the launcher's S3 record merged into the data manifest; the code's commit."""
+"""training/job/lineage.py: the launcher's S3 record merged into the data manifest; the code's commit."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.training.job_sagemaker import ROOT
-from training import lineage
-from training.config import TrainConfig
-from training.contract import JobContext
+from training.job import lineage
+from training.job.config import TrainConfig
+from training.job.environment import JobContext
 
 OBJECTS = [
     {"channel": "train", "file": "a/1.dcm", "uri": "s3://b/d/train/a/1.dcm", "version_id": "v1", "etag": '"e1"'},
@@ -57,7 +57,7 @@ def test_code_identity_prefers_the_declared_commit() -> None:
 
 
 def test_the_image_the_launcher_and_the_lineage_name_the_code_one_way() -> None:
-    """One definition (training/code_identity.py): the last commit of training/, "+dirty" with uncommitted changes;
+    """One definition (training/job/code_identity.py): the last commit of training/, "+dirty" with uncommitted changes;
     the same string wherever it is asked, in a checkout."""
     from infra.constructs.training_image import training_code_commit
     from launcher.job_contract import code_commit

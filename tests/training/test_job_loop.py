@@ -1,4 +1,4 @@
-"""training/train.py: the epoch loop on small tensors (the real loop, a real MONAI network, tiny images)."""
+"""training/job/train.py: the epoch loop on small tensors (the real loop, a real MONAI network, tiny images)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import runtime, train
-from training.config import TrainConfig
-from training.data import PreparedData, Split
-from training.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, parse_line
+from training.dataset.prepare import PreparedData, Split
+from training.job import runtime, train
+from training.job.config import TrainConfig
+from training.job.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, parse_line
 
 SIZE = 32
 

@@ -14,8 +14,8 @@ import pytest
 
 from tests.training.conftest import JOB_HYPERPARAMETERS, JOB_IMAGE_VERSION
 from tests.training.job_sagemaker import JOB_NAME, SageMakerRun
+from training.job.metrics import EPOCH_KEYS, TEST_KEYS, parse_line
 from training.local_demo import TEST_IMAGES, TRAIN_IMAGES
-from training.metrics import EPOCH_KEYS, TEST_KEYS, parse_line
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""training/metrics.py (the printed lines and SageMaker's regexes) and training/evaluation.py (the numbers)."""
+"""training/job/metrics.py (the printed lines and SageMaker's regexes) and training/job/evaluation.py (the numbers)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training import metrics
-from training.evaluation import (
+from training.job import metrics
+from training.job.evaluation import (
     bootstrap_intervals,
     classification_metrics,
     confusion_matrix,
@@ -18,7 +18,7 @@ from training.evaluation import (
     predict,
     roc_auc,
 )
-from training.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, TEST_KEYS, format_line, parse_line
+from training.job.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, TEST_KEYS, format_line, parse_line
 
 
 def test_definitions_are_what_the_sdk_takes() -> None:

@@ -1,4 +1,5 @@
-"""Keyed patient pseudonyms (training/pseudonym_key.py): no output of a run holds a guessable hash or the key."""
+"""Keyed patient pseudonyms (training/dataset/pseudonym_key.py): no output of a run holds a guessable hash or the
+key."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.pseudonyms import guessable
-from training import check, train
-from training.data import DataOptions, patient_hash, prepare
-from training.pseudonym_key import PseudonymKeyError, load_key, local_key
+from training import check
+from training.dataset.prepare import DataOptions, patient_hash, prepare
+from training.dataset.pseudonym_key import PseudonymKeyError, load_key, local_key
+from training.job import train
 from training.synthetic import generate
 
 
@@ -96,16 +98,16 @@ def test_the_local_key_is_made_once_with_mode_0600(tmp_path: Path) -> None:
 def test_the_job_reads_the_key_from_its_channel(tmp_path: Path) -> None:
     import argparse
 
-    from training import contract
+    from training.job import environment
 
     (tmp_path / "train").mkdir()
     key_dir = tmp_path / "input" / "data" / "pseudonym_key"
     key_dir.mkdir(parents=True)
     _key(key_dir / "pseudonym-key", b"f", mode=0o644)  # the platform's mode: accepted for a channel
     parser = argparse.ArgumentParser()
-    contract.add_arguments(parser)
+    environment.add_arguments(parser)
     namespace = parser.parse_args(["--train", str(tmp_path / "train")])
-    context = contract.read_context(namespace, {"SM_TRAINING_ENV": "{}", "SM_CHANNEL_PSEUDONYM_KEY": str(key_dir)})
+    context = environment.read_context(namespace, {"SM_TRAINING_ENV": "{}", "SM_CHANNEL_PSEUDONYM_KEY": str(key_dir)})
     assert context.pseudonym_key_file == key_dir / "pseudonym-key" and context.pseudonym_key_from_channel
     options = train.data_options(train.TrainConfig(), context)
     assert options.pseudonym_key == b"f" * 32 and "f" * 32 not in repr(options)

@@ -4,9 +4,9 @@ member names carry patient names; a newline in one would forge log lines). The i
 test.
 
 An 18 KB JPEG 2000 file can claim 16,000 x 16,000 pixels (4 GB and 15 s to decode, ../shared/FACTS.md): the header's
-claim is checked against training.dicom.MAX_FRAME_PIXELS first, and a spy on pydicom's decoding shows that nothing
-was decoded. Through the server's WSGI application (training.serve.InferenceApp, in this process) each refusal is a
-JSON 400 that names the limit or the attribute, and no patient identifier of the file reaches it or the log.
+claim is checked against training.dataset.dicom.MAX_FRAME_PIXELS first, and a spy on pydicom's decoding shows that
+nothing was decoded. Through the server's WSGI application (training.serve.InferenceApp, in this process) each refusal
+is a JSON 400 that names the limit or the attribute, and no patient identifier of the file reaches it or the log.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-import training.dicom
+import training.dataset.dicom
 from tests.conftest import TinyJob
-from training.dicom import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, DicomReadError, load_image
+from training.dataset.dicom import MAX_FRAME_BYTES, MAX_FRAME_PIXELS, DicomReadError, load_image
 from training.inference import MAX_REQUEST_PIXELS
 
 PATIENT = ("DOE^JOHN", "MRN-998877")
@@ -60,9 +60,9 @@ def _file(rows: int, columns: int, *, compressed: bool = True, **attributes: Any
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """A spy on every way training.dicom reaches pixel data (pydicom's pixel_array, function and property)."""
+    """A spy on every way training.dataset.dicom reaches pixel data (pydicom's pixel_array, function and property)."""
     calls: list[str] = []
-    function = training.dicom.pixel_array
+    function = training.dataset.dicom.pixel_array
     prop = Dataset.pixel_array
 
     def spy_function(*args: Any, **kwargs: Any) -> Any:
@@ -73,7 +73,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         calls.append("Dataset.pixel_array")
         return prop.fget(self)  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(training.dicom, "pixel_array", spy_function)
+    monkeypatch.setattr(training.dataset.dicom, "pixel_array", spy_function)
     monkeypatch.setattr(Dataset, "pixel_array", property(spy_property))
     yield calls
 
@@ -128,7 +128,7 @@ def _post(app: Any, body: bytes, content_type: str = "application/dicom") -> tup
 
 
 @pytest.mark.parametrize(("hostile", "named"), [
-    (_file(16_000, 16_000), "training.dicom.MAX_FRAME_PIXELS"),
+    (_file(16_000, 16_000), "training.dataset.dicom.MAX_FRAME_PIXELS"),
     (_file(16, 16, compressed=False, RescaleSlope="NaN"), "RescaleSlope"),
 ], ids=["oversized header", "NaN slope"])
 def test_the_server_answers_a_json_400_naming_the_limit_and_logs_no_identifier(
@@ -185,7 +185,7 @@ def test_a_frame_claiming_more_decoded_bytes_than_the_limit_is_refused_before_an
 ) -> None:
     # 36 M samples pass MAX_FRAME_PIXELS; at 128 bits allocated each they would decode into 576 MB.
     hostile = _file(6_000, 6_000, BitsAllocated=128)
-    with pytest.raises(DicomReadError, match=rf"at most {MAX_FRAME_BYTES} \(training.dicom.MAX_FRAME_BYTES\)"):
+    with pytest.raises(DicomReadError, match=rf"at most {MAX_FRAME_BYTES} \(training.dataset.dicom.MAX_FRAME_BYTES\)"):
         load_image(hostile, image_size=(32, 32))
     assert decodes == []
 

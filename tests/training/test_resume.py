@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from training.checkpoint import list_checkpoints
+from training.job.checkpoint import list_checkpoints
+from training.job.metrics import parse_line
 from training.local_demo import make_demo_data
-from training.metrics import parse_line
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from training import synthetic
-from training.data import BatchLoader, DataOptions, prepare
-from training.dicom import load_image
+from training.dataset.dicom import load_image
+from training.dataset.prepare import BatchLoader, DataOptions, prepare
 
 
 @pytest.fixture(scope="module")

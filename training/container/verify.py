@@ -171,7 +171,7 @@ def check_job(python: str = sys.executable) -> list[str]:
     problems: list[str] = []
     try:
         training = importlib.import_module("training")
-        importlib.import_module("training.train")
+        importlib.import_module("training.job.train")
     except Exception as exc:  # noqa: BLE001  (any import failure is the finding)
         return [f"the job does not import: {type(exc).__name__}: {exc} (PYTHONPATH={os.environ.get('PYTHONPATH')})"]
     print(f"training imports from {Path(str(training.__file__)).parent}")

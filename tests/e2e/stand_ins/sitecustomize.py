@@ -2,8 +2,8 @@
 a boto3 client that the local stand-ins of the SageMaker service create carries the header X-Stand-In-For, naming
 the role SageMaker would make that request as, so that the emulator's recording tells them from the notebook's own.
 
-The stand-ins are launcher/local_runner.py (a training job: channels, logs, outputs: the training role) and
-launcher/local_inference.py (batch transforms and endpoints: the model role). A client belongs to the innermost
+The stand-ins are launcher/local/runner.py (a training job: channels, logs, outputs: the training role) and
+launcher/local/inference.py (batch transforms and endpoints: the model role). A client belongs to the innermost
 launcher module on the stack when it is created: S3 transfers send from worker threads, so the request's own stack
 cannot tell. Nothing else changes; botocore is patched only once it is imported.
 """

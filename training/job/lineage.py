@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.code_identity import DIRTY, code_commit
-from training.config import TrainConfig
-from training.contract import JobContext
-from training.data import DataError
+from training.dataset.prepare import DataError
+from training.job.code_identity import DIRTY, code_commit
+from training.job.config import TrainConfig
+from training.job.environment import JobContext
 
 S3_MANIFEST_VERSION = 1
 
@@ -50,7 +50,7 @@ def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(
             f"S3 manifest {path} is not readable as {{'objects': [{{'channel', 'file', 'uri', 'version_id', "
-            f"'etag'}}]}} ({type(exc).__name__}: {exc}); see training/lineage.py"
+            f"'etag'}}]}} ({type(exc).__name__}: {exc}); see training/job/lineage.py"
         ) from None
 
 
@@ -93,7 +93,7 @@ def data_lineage(manifest: Mapping[str, Any], s3: Mapping[tuple[str, str], Mappi
 
 
 def code_identity(commit_from_env: str | None) -> dict[str, Any]:
-    """The code's commit in training/code_identity.py's one definition (the last commit of training/, "+dirty" with
+    """The code's commit in training/job/code_identity.py's one definition (the last commit of training/, "+dirty" with
     uncommitted changes): the one the launcher or image declared, else asked of git where the code is a checkout.
 
     Args:
@@ -112,7 +112,7 @@ def job_lineage(*, config: TrainConfig, context: JobContext, data: Mapping[str, 
     """Everything the bundle records about how it was made.
 
     Args:
-        config: the hyperparameters (the pseudonym key is none of them: training/pseudonym_key.py).
+        config: the hyperparameters (the pseudonym key is none of them: training/dataset/pseudonym_key.py).
         context: the job's context.
         data: from `data_lineage`.
     """

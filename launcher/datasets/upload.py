@@ -5,7 +5,7 @@
 Layout in the bucket: `datasets/<name>/<channel>/<path inside the channel>` for the channels train, validation and
 test, and `datasets/<name>/manifest.json`, the record of every object (key, size, SHA-256, S3 version id). The
 training job receives that record as its `manifest` channel and copies it into the model's lineage
-(training/lineage.py); the launcher reads it back to start jobs on a dataset by name.
+(training/job/lineage.py); the launcher reads it back to start jobs on a dataset by name.
 
 A local folder holding `train/` (and optionally `validation/`, `test/`) is uploaded channel by channel; any other
 folder is the train channel (the job then holds out validation images by patient). Hidden files and folders
@@ -15,8 +15,8 @@ leads out of the folder (or nowhere) refuses the whole upload, so that nothing b
 reaches the bucket; a link back to a folder that contains it (a loop) is not followed.
 
 Every object is written with SSE-KMS under the stack's key and a SHA-256 checksum that S3 verifies. An object that
-already holds the file is not sent again: S3's own checksum is compared with the file's (launcher/checksums.py), so a
-second upload of the same folder transfers nothing.
+already holds the file is not sent again: S3's own checksum is compared with the file's
+(launcher/datasets/checksums.py), so a second upload of the same folder transfers nothing.
 
 A dataset is its set of (channel, path, SHA-256): a folder that differs from the dataset already under the name (files
 added, removed or changed, against manifest.json and against the objects under the prefix) is refused before anything
@@ -45,7 +45,7 @@ from botocore.exceptions import ClientError
 from s3transfer.subscribers import BaseSubscriber
 from tqdm.auto import tqdm
 
-from launcher import checksums
+from launcher.datasets import checksums
 from launcher.job_contract import DATA_CHANNELS
 from launcher.settings import Settings
 
@@ -152,7 +152,7 @@ class DatasetManifest:
     def document(self) -> dict[str, Any]:
         """The manifest.json document: deterministic, so an unchanged dataset gives the same bytes.
 
-        `objects` entries carry what training/lineage.py reads (channel, file, uri, version_id, etag) and more.
+        `objects` entries carry what training/job/lineage.py reads (channel, file, uri, version_id, etag) and more.
         """
         return {
             "version": MANIFEST_VERSION,

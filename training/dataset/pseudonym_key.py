@@ -1,9 +1,9 @@
-"""The secret key of the patient pseudonyms (training/data.py `patient_hash`: HMAC-SHA256 keyed with it).
+"""The secret key of the patient pseudonyms (training/dataset/prepare.py `patient_hash`: HMAC-SHA256 keyed with it).
 
 Where the key comes from, first found wins:
 
 1. an explicit file: `--pseudonym-key-file PATH` (the job, `python -m training.check`);
-2. under SageMaker, the file input channel `pseudonym_key` (training/contract.py reads its directory, which holds
+2. under SageMaker, the file input channel `pseudonym_key` (training/job/environment.py reads its directory, which holds
    one file: the launcher's `secrets/pseudonym-key` object in the stack's bucket);
 3. locally, `${XDG_CONFIG_HOME:-~/.config}/monai-dicom-sagemaker/pseudonym-key`, created on first use with
    `secrets.token_bytes(32)` and mode 0600.

@@ -8,7 +8,7 @@ The SageMaker runner builds a ModelTrainer from it: the stack's image and traini
 code/ of the stack's bucket; outputs under jobs/ and checkpoints under checkpoints/, everything encrypted with the
 stack's key; the stack's subnets when it has a VPC; network isolation and inter-container traffic encryption on;
 the job's metric regexes; a maximum runtime. Other runners register under a name and are chosen with Settings.runner
-(MONAI_DICOM_RUNNER), so notebook cells stay the same: "local" (launcher/local_runner.py, what `make demo` uses)
+(MONAI_DICOM_RUNNER), so notebook cells stay the same: "local" (launcher/local/runner.py, what `make demo` uses)
 creates the job the same way against the local AWS emulator, then runs it on this machine.
 """
 
@@ -23,7 +23,8 @@ from functools import cache
 from typing import Any, Protocol
 
 from launcher import job_contract
-from launcher.jobs import (
+from launcher.datasets.upload import DatasetManifest, read_manifest
+from launcher.jobs.handle import (
     CHECKPOINTS_PREFIX,
     CODE_PREFIX,
     DATASET_TAG,
@@ -34,7 +35,6 @@ from launcher.jobs import (
     new_base_job_name,
 )
 from launcher.settings import Settings
-from launcher.upload import DatasetManifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ LARGE_DATASET_BYTES = 50 * 1024**3
 INPUT_MODES = ("File", "FastFile")
 MIN_VOLUME_GB = 30  # SageMaker's default volume
 VOLUME_HEADROOM_GB = 10  # the job's decoded-image cache, the bundle, the outputs
-LOCAL_RUNNER = "local"  # launcher/local_runner.py: records the job in the emulator, runs it on this machine
+LOCAL_RUNNER = "local"  # launcher/local/runner.py: records the job in the emulator, runs it on this machine
 _INSTANCE_TYPE = re.compile(r"^ml\.(?P<family>[a-z][a-z0-9-]*)\.[a-z0-9]+$")
 
 
@@ -145,7 +145,7 @@ def start_training(
     Args:
         settings: the stack's values.
         dataset: a manifest from upload_dataset, or the name of a dataset uploaded earlier.
-        hyperparameters: fields of training.config.TrainConfig (e.g. {"epochs": 10, "image_size": (128, 128)}).
+        hyperparameters: fields of training.job.config.TrainConfig (e.g. {"epochs": 10, "image_size": (128, 128)}).
         instance_type: default ml.m5.xlarge with the CPU image, ml.g5.xlarge with the GPU image.
         instance_count: more than one runs the job under torchrun, one process per GPU (or one per CPU instance).
         spot: managed spot training: cheaper, may be interrupted; the job resumes from its checkpoints.
@@ -261,13 +261,15 @@ def build_request(
     )
 
 
-PSEUDONYM_KEY_CHANNEL = "pseudonym_key"  # one file, the key (training/contract.py); no hyphen: sm_train.sh exports it
+# One file, the key (training/job/environment.py); no hyphen: sm_train.sh exports it.
+PSEUDONYM_KEY_CHANNEL = "pseudonym_key"
 PSEUDONYM_KEY_OBJECT = "secrets/pseudonym-key"  # in the stack's bucket; made on first launch, never rewritten
 _FILE_CHANNELS = (job_contract.MANIFEST_CHANNEL, job_contract.RESUME_CHANNEL, PSEUDONYM_KEY_CHANNEL)
 
 
 def ensure_pseudonym_key(settings: Settings, s3: Any = None) -> str:
-    """The S3 URI of the deployment's pseudonym key (training/pseudonym_key.py), made with 32 random bytes on first use.
+    """The S3 URI of the deployment's pseudonym key (training/dataset/pseudonym_key.py), made of 32 random bytes on
+    first use.
 
     The object is encrypted with the stack's key and written with IfNoneMatch='*' after a HEAD, so that two
     launchers never replace each other's key (which would rename every patient).

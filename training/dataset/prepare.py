@@ -2,7 +2,7 @@
 
 `prepare(channels, options)` does everything before the first training step:
 
-1. Lists each channel (training/data_labels.py: DICOM files at any depth, one label format per channel).
+1. Lists each channel (training/dataset/labels.py: DICOM files at any depth, one label format per channel).
 2. Checks the labels: 2+ classes in train (sorted class names; a label's index is its position); validation and
    test labels must be among them.
 3. Reads every labeled file's header (every rank reads all of them: the split must come out the same on each).
@@ -13,8 +13,8 @@
    validation channel the split takes about `val_fraction` of each class's images (groups are assigned by their
    majority class, in a seeded random order). Given validation and test channels are used as they are; a patient
    in two channels is an error whatever `on_bad_file` says.
-5. Decodes this rank's shard once (training/dicom.py rules; a small process pool, training/data_cache.py) into a
-   uint8 cache at the training resolution: in memory within `cache_memory_mb`, else a memmap in `cache_dir`.
+5. Decodes this rank's shard once (training/dataset/dicom.py rules; a small process pool, training/dataset/cache.py)
+   into a uint8 cache at the training resolution: in memory within `cache_memory_mb`, else a memmap in `cache_dir`.
    Nothing reads a DICOM file after `prepare` returns.
 6. Bad files (missing, truncated, not DICOM, no pixel data, undecodable, unknown label): with
    on_bad_file='fail' one DataError lists them all with their reasons; with 'skip' each is logged, the rest is
@@ -27,7 +27,7 @@ summed across ranks; a distributed loop must cope with ranks having different nu
 by using the smallest count, obtained with an all-reduce).
 
 Privacy: files are named by their path inside the channel, patients by a keyed pseudonym (`patient_hash`:
-HMAC-SHA256 with a secret 32-byte key, training/pseudonym_key.py). PatientID and PatientName never reach a log,
+HMAC-SHA256 with a secret 32-byte key, training/dataset/pseudonym_key.py). PatientID and PatientName never reach a log,
 an error, the manifest or bad_files.json, and without the key nobody can hash guessed IDs to find a patient. The
 key (`DataOptions.pseudonym_key`; None: the local key of the user's configuration folder) is never written out;
 the same key gives the same pseudonyms in `python -m training.check` and in training runs.
@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data_cache import allocate, decode_into, read_headers
-from training.data_labels import LABEL_FORMATS, ChannelListing, DataError, LabeledFile, list_channel
-from training.data_loader import BatchLoader, Split  # Split: the loader's input, named here too
-from training.dicom import DICOMDIR_SOP_CLASS, DicomHeader
-from training.pseudonym_key import local_key
+from training.dataset.cache import allocate, decode_into, read_headers
+from training.dataset.dicom import DICOMDIR_SOP_CLASS, DicomHeader
+from training.dataset.labels import LABEL_FORMATS, ChannelListing, DataError, LabeledFile, list_channel
+from training.dataset.loader import BatchLoader, Split  # Split: the loader's input, named here too
+from training.dataset.pseudonym_key import local_key
 
 __all__ = [
     "BatchLoader",
@@ -82,12 +82,12 @@ class DataOptions:
         on_bad_file: 'fail' (one error listing every bad file; the default, so that nothing is dropped silently)
             or 'skip' (train on the rest, log each, write bad_files.json).
         window: (center, width) in modality units overriding every file's window; None: the file's window, else
-            percentile scaling (training/dicom.py).
+            percentile scaling (training/dataset/dicom.py).
         val_fraction: share of the train channel's images held out for validation when no validation channel is
             given; 0.2 is the usual compromise for small medical sets.
         seed: seeds the train/validation split.
         pseudonym_key: the 32-byte secret key of the patient pseudonyms; None: the local key
-            (training/pseudonym_key.py). Never written out.
+            (training/dataset/pseudonym_key.py). Never written out.
         cache_memory_mb: MiB the image cache may take in memory; beyond it the cache is a memmap on disk.
             2048 MiB holds about 230,000 images at 96x96.
         cache_dir: where a disk cache goes; None: the system's temporary directory.
@@ -120,7 +120,7 @@ class DataOptions:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.pseudonym_key is not None and len(self.pseudonym_key) != 32:
-            raise ValueError("pseudonym_key must be 32 bytes (training/pseudonym_key.py)")
+            raise ValueError("pseudonym_key must be 32 bytes (training/dataset/pseudonym_key.py)")
         if self.cache_memory_mb < 0:
             raise ValueError(f"cache_memory_mb must be >= 0; got {self.cache_memory_mb}")
         if self.workers < 1:

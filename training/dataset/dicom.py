@@ -26,7 +26,7 @@ its warnings may quote element values, PatientName included, and logs end up in 
 module gives instead never carry PatientID or PatientName.
 
 No further normalization follows: the network sees values in [0, 1] in training (from the cache, see
-training/data.py) and in inference (from this function). The MONAI transforms wrapping this function live in
+training/dataset/prepare.py) and in inference (from this function). The MONAI transforms wrapping this function live in
 training/dicom_transforms.py, so that decoding processes need not import MONAI (about 2.5 s).
 """
 
@@ -92,7 +92,7 @@ class DicomHeader:
     """The few header values the data layer needs before decoding.
 
     Attributes:
-        patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/data.py).
+        patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/dataset/prepare.py).
         patient_name: PatientName as text ('' when absent); kept only to scrub it from error messages.
         study_uid: StudyInstanceUID ('' when absent).
         sop_class_uid: SOPClassUID, or the file meta MediaStorageSOPClassUID.
@@ -383,13 +383,13 @@ def check_frame_size(ds: Dataset, name: str) -> None:
         raise DicomReadError(
             name, f"its header claims frames of {rows} x {columns} pixels x {samples} sample(s), "
                   f"{pixels} in all; at most {MAX_FRAME_PIXELS} are decoded "
-                  "(training.dicom.MAX_FRAME_PIXELS)")
+                  "(training.dataset.dicom.MAX_FRAME_PIXELS)")
     bits = _header_int(ds, "BitsAllocated", name, default=8)
     decoded = pixels * max(1, -(-bits // 8))
     if decoded > MAX_FRAME_BYTES:
         raise DicomReadError(
             name, f"its header claims frames of {pixels} samples x {bits} bits allocated, {decoded} bytes decoded; "
-                  f"at most {MAX_FRAME_BYTES} (training.dicom.MAX_FRAME_BYTES)")
+                  f"at most {MAX_FRAME_BYTES} (training.dataset.dicom.MAX_FRAME_BYTES)")
 
 
 def frame_samples(ds: Dataset, name: str) -> int:

@@ -1,11 +1,11 @@
 """Several processes, one job: what torchrun (SageMaker's Torchrun distribution) starts, with no flag to set.
 
 torchrun starts one process per GPU (or one per instance on CPU) and gives each RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR and MASTER_PORT; training/contract.py reads them. With WORLD_SIZE above 1 the job:
+MASTER_ADDR and MASTER_PORT; training/job/environment.py reads them. With WORLD_SIZE above 1 the job:
 
 - joins the process group: NCCL between GPUs, gloo on CPUs;
-- prepares only its shard of every split (training/data.py: each rank decodes and caches every WORLD_SIZE-th file);
-- trains a DistributedDataParallel model; `batch_size` stays the global batch, split evenly over the ranks, and
+- prepares only its shard of every split (training/dataset/prepare.py: each rank decodes and caches every WORLD_SIZE-th
+file); - trains a DistributedDataParallel model; `batch_size` stays the global batch, split evenly over the ranks, and
   every rank takes the same number of steps an epoch (the smallest shard's), so that the optimization is the same
   whatever the number of processes;
 - after each epoch, averages the BatchNorm statistics over the ranks (each recomputed them on its own shard) and
@@ -51,7 +51,7 @@ def start(*, rank: int, local_rank: int, world_size: int, device: torch.device, 
     """Join torchrun's process group when there is more than one process.
 
     Args:
-        rank, local_rank, world_size: from the environment torchrun sets (training/contract.py).
+        rank, local_rank, world_size: from the environment torchrun sets (training/job/environment.py).
         device: this process's device: NCCL for CUDA, gloo for the CPU.
         timeout_s: how long a collective may wait for the others (first-epoch decoding included).
 

@@ -69,7 +69,7 @@ class TrainConfig:
     positive_class: str = ""  # two classes: the class sensitivity is about; "" means the last class name
     bootstrap_samples: int = 1000  # resamples for the 95% confidence intervals (percentile bootstrap)
     torchscript: bool = True  # also write models/model.ts (deployment without MONAI); model.pt is always written
-    # --- data (passed to training.data.DataOptions) ---
+    # --- data (passed to training.dataset.prepare.DataOptions) ---
     val_fraction: float = 0.2  # share of train images held out (by patient) without a validation channel
     on_bad_file: str = "fail"  # "fail": stop on a bad file, listing all; "skip": train on the rest: nothing silent
     cache_memory_mb: int = 2048  # decoded uint8 images held in memory (~230,000 at 96x96); beyond it, on disk

@@ -11,11 +11,11 @@ Under SageMaker the job finds (whichever driver runs it, the SDK's sm_train.sh o
 Locally the same values come from flags: `--train DIR [--validation DIR] [--test DIR] [--manifest PATH]
 --model-dir DIR --output-dir DIR`, defaulting to ./model and ./output. A flag always wins over the environment.
 
-Checkpoints (training/checkpoint.py): under SageMaker /opt/ml/checkpoints when the job has a checkpoint location
+Checkpoints (training/job/checkpoint.py): under SageMaker /opt/ml/checkpoints when the job has a checkpoint location
 (SageMaker creates the directory then, and syncs it with S3); locally `--checkpoint-dir DIR`, none by default. A
 checkpoint to start a new job from: `--resume-from PATH` (a file or a directory of them), or a channel `resume`.
 
-The pseudonym key (training/pseudonym_key.py): `--pseudonym-key-file PATH`, else under SageMaker the file
+The pseudonym key (training/dataset/pseudonym_key.py): `--pseudonym-key-file PATH`, else under SageMaker the file
 channel `pseudonym_key` (SM_CHANNEL_PSEUDONYM_KEY, a directory holding one file), else the local key.
 
 Other variables read here (set by the image, the launcher or torchrun; all optional):
@@ -33,10 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import json_to_string
+from training.job.config import json_to_string
 
 DATA_CHANNELS = ("train", "validation", "test")  # what the job trains, selects and reports on
-MANIFEST_CHANNEL = "manifest"  # optional: the launcher's record of S3 objects and version ids (training/lineage.py)
+MANIFEST_CHANNEL = "manifest"  # optional: the launcher's record of S3 objects and version ids (training/job/lineage.py)
 RESUME_CHANNEL = "resume"  # optional: checkpoints of an earlier job to start from
 PSEUDONYM_KEY_CHANNEL = "pseudonym_key"  # optional: one file, the secret key of the patient pseudonyms
 LOCAL_MODEL_DIR = Path("model")  # local defaults mirror /opt/ml/model and /opt/ml/output/data
@@ -65,7 +65,7 @@ class JobContext:
         code_commit: TRAINING_CODE_COMMIT when set.
         checkpoint_dir: where this job writes its checkpoints and, after a restart, finds them; None: no checkpoints.
         resume_from: a checkpoint (file or directory) a new job starts from; None: a fresh start.
-        pseudonym_key_file: the pseudonym key's file; None: the local key (training/pseudonym_key.py).
+        pseudonym_key_file: the pseudonym key's file; None: the local key (training/dataset/pseudonym_key.py).
         pseudonym_key_from_channel: the file came from the `pseudonym_key` channel (its mode is the platform's).
     """
 
@@ -166,7 +166,7 @@ def read_context(
         key_channel = str(key_dir)
     from_channel = key_file is None and bool(key_channel)
     if from_channel:
-        from training.pseudonym_key import channel_key_file
+        from training.dataset.pseudonym_key import channel_key_file
 
         key_file = channel_key_file(str(key_channel))
     return JobContext(

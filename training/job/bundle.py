@@ -12,7 +12,8 @@ fetched (tests validate against a stored copy of the schema).
 
 Trust boundary: inference.json is MONAI config syntax (`_target_`, `$expression`) for MONAI's own tools. Our loaders
 never evaluate it: `read_bundle` reads named plain fields as data and checks each, `load_network` builds the network
-from training.model and loads model.pt with weights_only=True. models/model.ts (TorchScript is code) is never loaded.
+from training.job.networks and loads model.pt with weights_only=True. models/model.ts (TorchScript is code) is never
+loaded.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import monai
 import numpy as np
 import torch
 
-from training.config import NETWORKS, TrainConfig
-from training.model import build_network, network_spec
+from training.job.config import NETWORKS, TrainConfig
+from training.job.networks import build_network, network_spec
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ def write_bundle(
     Args:
         model_dir: the bundle's root (SageMaker's model directory); created.
         network: the network holding the weights to ship.
-        network_name: its name in training.config.NETWORKS.
+        network_name: its name in training.job.config.NETWORKS.
         classes: class names by output index.
         config: the hyperparameters (image size, window, threshold, torchscript).
         positive_index: the positive class (two classes).
         eval_metrics: headline metrics (the test set's, else validation's).
-        lineage: training/lineage.py `job_lineage`.
+        lineage: training/job/lineage.py `job_lineage`.
 
     Returns:
         model_dir.
@@ -133,7 +134,7 @@ def inference_config(
             "device": "@device",
         },
         "preprocessing": {
-            "_target_": "training.dicom_transforms.LoadDicomImage",  # training.dicom.load_image, as in training
+            "_target_": "training.dicom_transforms.LoadDicomImage",  # training.dataset.dicom.load_image, as in training
             "image_size": "@image_size",
             "window": "@window",
         },
@@ -174,7 +175,7 @@ def metadata(
     return {
         "schema": SCHEMA_URL,
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: "trained by the monai-dicom-sagemaker training job (training/train.py)"},
+        "changelog": {BUNDLE_VERSION: "trained by the monai-dicom-sagemaker training job (training/job/train.py)"},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
@@ -183,7 +184,7 @@ def metadata(
         "task": f"Classify a 2-D DICOM image as one of: {names}",
         "description": (
             f"MONAI {network_name} trained from scratch on labeled DICOM images. Input: one image decoded and "
-            f"preprocessed by training.dicom.load_image (modality LUT, window, MONOCHROME1 inverted, gray, "
+            f"preprocessed by training.dataset.dicom.load_image (modality LUT, window, MONOCHROME1 inverted, gray, "
             f"{image_size[0]}x{image_size[1]}, [0, 1]). Output: one logit per class; softmax gives probabilities."
             + (f" Decision: {classes[positive_index]} when its probability >= {threshold}." if two else "")
         ),
@@ -288,7 +289,7 @@ class BundleSpec:
 
     Attributes:
         root: the bundle.
-        network: a name in training.config.NETWORKS (metadata.json "network").
+        network: a name in training.job.config.NETWORKS (metadata.json "network").
         class_names: by output index (inference.json "class_names").
         image_size: (H, W) (inference.json "image_size").
         window: (center, width) or None (inference.json "window").
@@ -428,8 +429,8 @@ def _check_network_def(config_file: Path, network_def: Any, network: str, num_cl
 
 
 def load_network(bundle: str | os.PathLike[str] | BundleSpec, *, device: str = "cpu") -> torch.nn.Module:
-    """A fresh network from our own factory (training.model) with the bundle's weights (models/model.pt, loaded with
-    weights_only=True): no `_target_`, no config parsing, no TorchScript.
+    """A fresh network from our own factory (training.job.networks) with the bundle's weights (models/model.pt, loaded
+    with weights_only=True): no `_target_`, no config parsing, no TorchScript.
 
     Args:
         bundle: the bundle, or what read_bundle read from it.

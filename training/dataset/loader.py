@@ -1,12 +1,12 @@
 """Feeding cached images to the training step in batches, with random augmentation applied to whole batches.
 
-The cache (training/data.py) holds every image already decoded and resized, as uint8. A batch is one gather from
-it, one conversion to float32 in [0, 1], and, when `augment` > 0, one batched affine resampling and an intensity
+The cache (training/dataset/prepare.py) holds every image already decoded and resized, as uint8. A batch is one gather
+from it, one conversion to float32 in [0, 1], and, when `augment` > 0, one batched affine resampling and an intensity
 jitter: a handful of tensor operations per batch instead of a chain of per-image transforms, which is what moves
 the loader from hundreds to tens of thousands of images a second on two cores.
 
 Values stay in [0, 1] with no mean/std normalization, so the network sees at training exactly what
-`training.dicom.load_image` gives at inference.
+`training.dataset.dicom.load_image` gives at inference.
 
 Augmentation at strength s (0 = off, 1 = full), drawn independently per image:
 - horizontal flip with probability 0.5 (s > 0);
@@ -59,7 +59,7 @@ class BatchLoader:
     Iterating reads only the cache, never a DICOM file.
 
     Args:
-        split: the cached split (training/data.py).
+        split: the cached split (training/dataset/prepare.py).
         batch_size: images per batch.
         shuffle: a new random order every epoch (else the split's order).
         augment: augmentation strength in [0, 1]; 0 turns it off (use 0 for validation and test).

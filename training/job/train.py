@@ -2,11 +2,11 @@
 
     python -m training --train DIR [--validation DIR] [--test DIR] --model-dir DIR --output-dir DIR [--epochs N]
 
-Every hyperparameter is a flag of its field's name in training/config.py (`--learning_rate 3e-4`). Under SageMaker
-the paths and hyperparameters come from the training contract (training/contract.py) instead.
+Every hyperparameter is a flag of its field's name in training/job/config.py (`--learning_rate 3e-4`). Under SageMaker
+the paths and hyperparameters come from the training contract (training/job/environment.py) instead.
 
-Top to bottom: read the configuration, prepare the data (training/data.py decodes every image once into a cache),
-build the network and optimizer, then per epoch train, validate, print one metric line, keep the best weights by
+Top to bottom: read the configuration, prepare the data (training/dataset/prepare.py decodes every image once into a
+cache), build the network and optimizer, then per epoch train, validate, print one metric line, keep the best weights by
 validation AUC and stop on a plateau; finally evaluate the test channel once with the best weights (bootstrap 95%
 intervals), and write the MONAI bundle (model directory) and the metrics and figures (output directory).
 """
@@ -30,16 +30,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training import bundle, checkpoint, contract, evaluation, lineage, plots
-from training import config as config_module
-from training import distributed as dist
-from training.checkpoint import CheckpointError, Interrupted
-from training.config import TrainConfig
-from training.contract import JobContext
-from training.data import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
-from training.metrics import format_line
-from training.model import build_network
-from training.runtime import (
+from training.dataset.prepare import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
+from training.job import bundle, checkpoint, environment, evaluation, lineage, plots
+from training.job import config as config_module
+from training.job import distributed as dist
+from training.job.checkpoint import CheckpointError, Interrupted
+from training.job.config import TrainConfig
+from training.job.environment import JobContext
+from training.job.metrics import format_line
+from training.job.networks import build_network
+from training.job.runtime import (
     Compute,
     autocast_dtype,
     make_optimizer,
@@ -69,13 +69,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     parser = build_parser()
     namespace, unknown = parser.parse_known_args(argv)
-    ignored, rejected = contract.split_injected(unknown)
+    ignored, rejected = environment.split_injected(unknown)
     if rejected:
-        parser.error(f"unknown arguments {' '.join(rejected)}: hyperparameters are the fields of training/config.py")
+        parser.error(f"unknown arguments {' '.join(rejected)}: "
+                     "hyperparameters are the fields of training/job/config.py")
     if ignored:
         log.info("ignoring SageMaker's own arguments: %s", " ".join(ignored))
     try:
-        context = contract.read_context(namespace, environ, interactive=sys.stdout.isatty())
+        context = environment.read_context(namespace, environ, interactive=sys.stdout.isatty())
         config = config_module.from_arguments(namespace, context.hyperparameters)
         rank_batch_size(config.batch_size, dist.World(size=context.world_size))
     except ValueError as exc:
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         run(config, context)
     except (DataError, CheckpointError) as exc:
         log.error("error: %s", exc)
-        contract.write_failure(str(exc), environ)
+        environment.write_failure(str(exc), environ)
         return 1
     except Interrupted as exc:
         log.warning("stopped: %s; a restart of this job goes on from its last checkpoint", exc)
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
-    contract.add_arguments(parser)
+    environment.add_arguments(parser)
     config_module.add_arguments(parser)
     return parser
 
@@ -205,7 +206,7 @@ def run(config: TrainConfig, context: JobContext) -> JobResult:
 
     Args:
         config: the hyperparameters.
-        context: paths and environment (training/contract.py).
+        context: paths and environment (training/job/environment.py).
 
     Raises:
         DataError: the data cannot be used; the message lists every problem.
@@ -315,7 +316,7 @@ def fit(
         data: the prepared data (this rank's shard of it), or splits of tensors in tests.
         device: where to train.
         progress: show a progress bar per epoch.
-        world: the processes training together (training/distributed.py); None: this one alone.
+        world: the processes training together (training/job/distributed.py); None: this one alone.
         checkpoint_dir: write a checkpoint there after every epoch (rank 0 passes it; None: none).
         restore_from: this job's checkpoint directory: when it holds a checkpoint (a restarted job), go on from the
             newest complete one.
@@ -655,7 +656,7 @@ def positive_index(classes: Sequence[str], positive_class: str) -> int:
 
 def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
     """The data layer's options from the hyperparameters and this process's rank."""
-    from training.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
+    from training.dataset.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
 
     key_file, from_channel = context.pseudonym_key_file, context.pseudonym_key_from_channel
     extra: dict[str, Any] = {"pseudonym_key": resolve_key(key_file, from_channel=from_channel,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from training.dicom import has_dicom_marker
+from training.dataset.dicom import has_dicom_marker
 
 LABELS_CSV = "labels.csv"
 METADATA_JSON = "meta-data.json"

@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from launcher import job_contract
-from launcher.jobs import TrainingJob
+from launcher.jobs.handle import TrainingJob
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""training/contract.py: the SageMaker training contract, read in one place, with local defaults.
+"""training/job/environment.py: the SageMaker training contract, read in one place, with local defaults.
 
 The end-to-end check (SageMaker's own driver running the job in an /opt/ml-like tree) is in test_job_sagemaker.py.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.training.job_sagemaker import ROOT
-from training import contract
-from training.train import build_parser, main
+from training.job import environment
+from training.job.train import build_parser, main
 
 
-def _context(argv: list[str], env: dict[str, str]) -> contract.JobContext:
+def _context(argv: list[str], env: dict[str, str]) -> environment.JobContext:
     namespace, _ = build_parser().parse_known_args(argv)
-    return contract.read_context(namespace, env, interactive=True)
+    return environment.read_context(namespace, env, interactive=True)
 
 
 def _sagemaker_env(base: Path) -> dict[str, str]:
@@ -113,14 +113,14 @@ def test_bad_sm_hps_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_split_injected_arguments() -> None:
-    ignored, rejected = contract.split_injected(["--sagemaker_program", "train.py", "--lr", "0.1", "--x"])
+    ignored, rejected = environment.split_injected(["--sagemaker_program", "train.py", "--lr", "0.1", "--x"])
     assert ignored == ["--sagemaker_program", "train.py"]
     assert rejected == ["--lr", "0.1", "--x"]
 
 
 def test_write_failure_only_under_sagemaker(tmp_path: Path) -> None:
-    assert contract.write_failure("no", {}) is None
-    path = contract.write_failure("bad data" * 500, {"SM_TRAINING_ENV": "{}", "SM_OUTPUT_DIR": str(tmp_path)})
+    assert environment.write_failure("no", {}) is None
+    path = environment.write_failure("bad data" * 500, {"SM_TRAINING_ENV": "{}", "SM_OUTPUT_DIR": str(tmp_path)})
     assert path == tmp_path / "failure"
     assert len(path.read_text()) == 1024
 

@@ -1,5 +1,5 @@
 """Where and how the job computes: the device, the precision, the optimizer and its schedule, seeds and each rank's
-share of a batch (training/train.py tells the job's story with them)."""
+share of a batch (training/job/train.py tells the job's story with them)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import distributed as dist
-from training.config import TrainConfig
-from training.contract import JobContext
+from training.job import distributed as dist
+from training.job.config import TrainConfig
+from training.job.environment import JobContext
 
 
 def rank_batch_size(batch_size: int, world: dist.World) -> int:
@@ -96,7 +96,7 @@ class Compute:
         device: this process's GPU, else the CPU (pick_device).
         dtype: the autocast type, None for fp32 (autocast_dtype).
         memory_format: channels_last or contiguous, for the model and its batches.
-        world: the processes training together (training/distributed.py).
+        world: the processes training together (training/job/distributed.py).
     """
 
     device: torch.device

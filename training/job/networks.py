@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from monai.utils import instantiate
 
-from training.config import NETWORKS
+from training.job.config import NETWORKS
 
 
 def network_spec(name: str, *, num_classes: int, in_channels: int = 1) -> tuple[str, dict[str, Any]]:
     """The MONAI class path and its keyword arguments for a network name.
 
     Args:
-        name: one of training.config.NETWORKS.
+        name: one of training.job.config.NETWORKS.
         num_classes: output logits.
         in_channels: image channels (1: grayscale DICOM).
 
@@ -55,7 +55,7 @@ def build_network(name: str, *, num_classes: int, in_channels: int = 1) -> torch
     """Instantiate a MONAI network by name (see `network_spec`).
 
     Args:
-        name: one of training.config.NETWORKS.
+        name: one of training.job.config.NETWORKS.
         num_classes: output logits.
         in_channels: image channels.
 

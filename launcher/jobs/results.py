@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from launcher import job_contract
-from launcher.jobs import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix, job_tags
+from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix, job_tags
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)
