@@ -80,9 +80,17 @@ class Run:
         return [attempt for record in self.records for attempt in record["refused"]]
 
     def module_files(self, package: str) -> set[str]:
-        """Where the processes loaded `package` and its submodules from."""
-        return {Path(file).parent.as_posix() for record in self.records for name, file in record["modules"].items()
+        """Where the processes loaded `package` and its submodules from: the folder of the package itself, whichever
+        subpackage a module sits in (training.job.train from /x/training/job/train.py counts as /x/training)."""
+        return {_package_root(name, file) for record in self.records for name, file in record["modules"].items()
                 if file and (name == package or name.startswith(package + "."))}
+
+
+def _package_root(name: str, file: str) -> str:
+    """The folder of the top-level package, from a module's dotted name and its file."""
+    depth = name.count(".") + 1
+    up = depth - 1 if Path(file).name == "__init__.py" else depth - 2
+    return Path(file).parents[up].as_posix()
 
 
 @cache

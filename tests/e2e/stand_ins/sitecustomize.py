@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 LAUNCHER = Path(__file__).resolve().parents[3] / "launcher"
-STAND_INS = {"local_runner.py": "TrainingRole", "local_inference.py": "ModelRole"}
+STAND_INS = {"local/runner.py": "TrainingRole", "local/inference.py": "ModelRole"}  # under launcher/
 HEADER = "X-Stand-In-For"
 
 
@@ -26,8 +26,8 @@ def _stand_in() -> str | None:
     frame = sys._getframe(2)
     while frame is not None:
         path = Path(frame.f_code.co_filename)
-        if path.parent == LAUNCHER:
-            return STAND_INS.get(path.name)
+        if path.is_relative_to(LAUNCHER):
+            return STAND_INS.get(path.relative_to(LAUNCHER).as_posix())
         frame = frame.f_back  # type: ignore[assignment]
     return None
 
