@@ -25,6 +25,7 @@ from infra.constructs.storage import (
 from infra.constructs.training_image import TrainingImage
 from infra.nag import acknowledge, as_finding
 from infra.template_fixes import drop_redundant_provider_dependencies
+from launcher.stack_values import STACK_VALUES
 
 S3_GRANT_WILDCARDS = ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*", "Action::s3:Abort*")
 
@@ -124,51 +125,45 @@ class MonaiDicomStack(Stack):
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
 
         image_variant = "" if config.image.image_uri else config.image.variant  # a given image: unknown
+        # The stack's values by key (launcher/stack_values.py): written to the notebook's values file on each start.
+        values: dict[str, str | list[str]] = {
+            "stack_name": self.stack_name,
+            "region": self.region,
+            "bucket": bucket.bucket_name,
+            "data_key_arn": key.key_arn,
+            "training_role_arn": training.role.role_arn,
+            "model_role_arn": model.role.role_arn,
+            "notebook_role_arn": notebook_role.role.role_arn,
+            "training_image_uri": image.image_uri,
+            "training_image_variant": image_variant,
+            "subnets": subnet_ids,
+            "security_group_ids": security_group_ids,
+            "repo_url": nb.repo_url,
+            "repo_ref": nb.repo_ref,
+            "deployed_commit": nb.deployed_commit,
+            "log_retention_days": str(storage_cfg.log_retention_days),
+        }
         notebook = NotebookInstance(
             self, "Notebook", role=notebook_role.role, key=key,
             instance_type=nb.instance_type, volume_gb=nb.volume_gb, root_access=nb.root_access,
             repo_url=nb.repo_url, repo_ref=nb.repo_ref, idle_stop_minutes=nb.idle_stop_minutes,
             subnet=network.subnets[0] if network else None,
             security_group=network.security_group if network else None,
-            values={
-                "stack_name": self.stack_name,
-                "region": self.region,
-                "bucket": bucket.bucket_name,
-                "data_key_arn": key.key_arn,
-                "training_role_arn": training.role.role_arn,
-                "model_role_arn": model.role.role_arn,
-                "notebook_role_arn": notebook_role.role.role_arn,
-                "training_image_uri": image.image_uri,
-                "training_image_variant": image_variant,
-                "subnets": subnet_ids,
-                "security_group_ids": security_group_ids,
-                "repo_url": nb.repo_url,
-                "repo_ref": nb.repo_ref,
-                "deployed_commit": nb.deployed_commit,
-                "log_retention_days": str(storage_cfg.log_retention_days),
-            },
+            values=values,
         )
 
-        console = f"https://{self.region}.console.aws.amazon.com/sagemaker/home?region={self.region}"
-        outputs = {
-            "DataBucketName": (bucket.bucket_name, "Bucket for DICOM data, job code, artifacts and checkpoints"),
-            "DataKeyArn": (key.key_arn, "KMS key encrypting the bucket, notebook volume and jobs"),
-            "TrainingRoleArn": (training.role.role_arn, "Execution role for training jobs"),
-            "ModelRoleArn": (model.role.role_arn, "Execution role of the trained model (batch transform, endpoints)"),
-            "NotebookRoleArn": (notebook_role.role.role_arn, "Role of the notebook instance"),
-            "TrainingImageUri": (image.image_uri, "Training image (SageMaker PyTorch + MONAI + pydicom)"),
-            "TrainingImageVariant": (image_variant or "unknown",
-                                     "cpu or gpu: the image cdk deploy built (unknown for trainingImageUri)"),
-            "Region": (self.region, "Region of the stack"),
-            "LogRetentionDays": (str(storage_cfg.log_retention_days),
-                                 "Days SageMaker's log groups keep events (the launcher's endpoint groups too)"),
-            "NotebookName": (notebook.instance.attr_notebook_instance_name, "The notebook instance"),
-            "NotebookUrl": (f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",
-                            "Opens the notebook (JupyterLab) in the SageMaker console"),
-        }
+        # The same values as outputs, where they have one; an output cannot be empty or a list, and the network's
+        # are declared with a VPC only.
+        as_outputs = {key: text for key, text in values.items() if isinstance(text, str)}
+        as_outputs["training_image_variant"] = image_variant or "unknown"
         if network:
-            outputs["SubnetIds"] = (Fn.join(",", subnet_ids), "Private subnets for training jobs")
-            outputs["SecurityGroupIds"] = (Fn.join(",", security_group_ids), "Security group for training jobs")
-        for name, (value, description) in outputs.items():
-            CfnOutput(self, name, value=value, description=description)
+            as_outputs.update(subnets=Fn.join(",", subnet_ids), security_group_ids=Fn.join(",", security_group_ids))
+        for value in STACK_VALUES:
+            if value.key in as_outputs and value.output:
+                CfnOutput(self, value.output, value=as_outputs[value.key], description=value.description)
+        console = f"https://{self.region}.console.aws.amazon.com/sagemaker/home?region={self.region}"
+        CfnOutput(self, "NotebookName", value=notebook.instance.attr_notebook_instance_name,
+                  description="The notebook instance")
+        CfnOutput(self, "NotebookUrl", value=f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",
+                  description="Opens the notebook (JupyterLab) in the SageMaker console")
         drop_redundant_provider_dependencies(self)

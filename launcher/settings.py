@@ -3,10 +3,11 @@
     settings = load_settings()                      # on the notebook instance: the lifecycle script's values file
     settings = load_settings("MonaiDicomSageMaker")  # elsewhere: the stack's CloudFormation outputs
 
-On the notebook instance the lifecycle script writes VALUES_FILE on every start (its format is documented in
-infra/lifecycle/render.py; tests hold the two in step). Anywhere else (a laptop with credentials, CI) the same values
-come from the stack's outputs (infra/stack.py), by stack name. This is the launcher's only configuration edge: the
-modules below take a Settings and never read files, outputs or the environment themselves.
+On the notebook instance the lifecycle script writes VALUES_FILE on every start (infra/lifecycle/render.py says how).
+Anywhere else (a laptop with credentials, CI) the same values come from the stack's outputs (infra/stack.py), by stack
+name. Which values there are, their keys and their outputs: STACK_VALUES (launcher/stack_values.py). This is the
+launcher's only configuration edge: the modules below take a Settings and never read files, outputs or the
+environment themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from launcher.stack_values import OUTPUT_OF, STACK_VALUES
+
 # Written by infra/lifecycle/on_start.sh (render.VALUES_FILE); duplicated because the launcher never imports infra/.
 VALUES_FILE = Path("/home/ec2-user/SageMaker/.monai-dicom/stack.json")
 DEFAULT_STACK_NAME = "MonaiDicomSageMaker"  # cdk.json's stackName default
@@ -29,29 +32,6 @@ DEFAULT_STACK_NAME = "MonaiDicomSageMaker"  # cdk.json's stackName default
 # module registers (the local runner of `make demo`). Read here so that notebook cells stay the same everywhere.
 RUNNER_VARIABLE = "MONAI_DICOM_RUNNER"
 DEFAULT_RUNNER = "sagemaker"
-
-# Values-file key -> CloudFormation output, for the values every job needs.
-REQUIRED = {
-    "stack_name": None,  # the stack's own name, not an output
-    "region": "Region",
-    "bucket": "DataBucketName",
-    "data_key_arn": "DataKeyArn",
-    "training_role_arn": "TrainingRoleArn",
-    "training_image_uri": "TrainingImageUri",
-}
-# Values the stack has only in some configurations (a VPC), or that launching does not need.
-OPTIONAL = {
-    "notebook_role_arn": "NotebookRoleArn",
-    "model_role_arn": "ModelRoleArn",  # inference only (launcher/inference.py checks it there)
-    "subnets": "SubnetIds",
-    "security_group_ids": "SecurityGroupIds",
-    "training_image_variant": "TrainingImageVariant",
-    "repo_url": None,
-    "repo_ref": None,
-    "deployed_commit": None,
-    "log_retention_days": "LogRetentionDays",  # a stack from before it: 365, the setting's default
-}
-LIST_KEYS = ("subnets", "security_group_ids")
 
 
 class SettingsError(ValueError):
@@ -194,53 +174,36 @@ def _from_stack_outputs(stack_name: str, *, region: str | None, runner: str) -> 
                                 "with") from None
         raise SettingsError(f"cannot read {where}: {message}") from None
     outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stacks[0].get("Outputs", [])}
-    output_of = {**REQUIRED, **OPTIONAL}
 
     def get(key: str) -> Any:
         if key == "stack_name":
             return stacks[0].get("StackName", stack_name)
-        output = output_of.get(key)
-        return outputs.get(output) if output else None
+        return outputs.get(OUTPUT_OF[key]) if key in OUTPUT_OF else None
 
     return _build(get, where=where, remedy=remedy, runner=runner,
-                  name_of=lambda key: f"output {output_of[key]}" if output_of.get(key) else key)
+                  name_of=lambda key: f"output {OUTPUT_OF[key]}" if key in OUTPUT_OF else key)
 
 
 def _build(get: Callable[[str], Any], *, where: str, remedy: str, runner: str,
            name_of: Callable[[str], str]) -> Settings:
     values: dict[str, Any] = {}
-    for key in REQUIRED:
-        value = get(key)
-        if not isinstance(value, str) or not value.strip():
-            found = "is empty" if isinstance(value, str) else "is missing" if value is None else "is not a string"
-            raise SettingsError(f"stack value {name_of(key)} ({key}) {found} in {where}; {remedy}")
-        values[key] = value.strip()
-    for key in OPTIONAL:
-        value = get(key)
-        if key in LIST_KEYS:
-            values[key] = _as_list(value, name=name_of(key), where=where)
-        elif value is not None:
-            values[key] = str(value).strip()
-    return Settings(
-        stack_name=values["stack_name"],
-        region=values["region"],
-        bucket=values["bucket"],
-        data_key_arn=values["data_key_arn"],
-        training_role_arn=values["training_role_arn"],
-        training_image_uri=values["training_image_uri"],
-        notebook_role_arn=values.get("notebook_role_arn", ""),
-        subnets=values["subnets"],
-        security_group_ids=values["security_group_ids"],
-        # The stack's output says "unknown" for an image given by URI (an output cannot be empty).
-        image_variant=values.get("training_image_variant", "").lower().replace("unknown", ""),
-        runner=runner,
-        repo_url=values.get("repo_url", ""),
-        repo_ref=values.get("repo_ref", ""),
-        deployed_commit=values.get("deployed_commit", ""),
-        source=where,
-        model_role_arn=values.get("model_role_arn", ""),
-        log_retention_days=_days(values.get("log_retention_days") or "365", where),
-    )
+    for value in STACK_VALUES:
+        found = get(value.key)
+        if value.required:
+            if not isinstance(found, str) or not found.strip():
+                how = "is empty" if isinstance(found, str) else "is missing" if found is None else "is not a string"
+                raise SettingsError(f"stack value {name_of(value.key)} ({value.key}) {how} in {where}; {remedy}")
+            values[value.key] = found.strip()
+        elif value.listed:
+            values[value.key] = _as_list(found, name=name_of(value.key), where=where)
+        elif found is not None:
+            values[value.key] = str(found).strip()
+        if value.default is not None and not values.get(value.key):  # left out, or empty: a stack from before it
+            values[value.key] = value.default
+    # The stack's output says "unknown" for an image given by URI (an output cannot be empty).
+    variant = values.pop("training_image_variant", "").lower().replace("unknown", "")
+    days = _days(values.pop("log_retention_days"), where)
+    return Settings(**values, image_variant=variant, log_retention_days=days, runner=runner, source=where)
 
 
 def _days(value: str, where: str) -> int:

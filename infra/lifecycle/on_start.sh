@@ -7,13 +7,9 @@
 # and the script exits 0.
 #
 # 1. $STATE_DIR/stack.json (/home/ec2-user/SageMaker/.monai-dicom/stack.json): the stack's values, one JSON object,
-#    owned by the notebook user, mode 0600, replaced atomically (temporary file + rename):
-#      {"stack_name": str, "region": str, "bucket": str, "data_key_arn": str, "training_role_arn": str,
-#       "notebook_role_arn": str, "training_image_uri": str, "training_image_variant": str, "subnets": [str],
-#       "security_group_ids": [str],
-#       "repo_url": str, "repo_ref": str, "deployed_commit": str, "log_retention_days": str}
-#    training_image_variant is "cpu" or "gpu" ("" for an image given by URI); repo_ref is what the clone checked out; deployed_commit is the commit synthesized ("" when unknown); subnets and
-#    security_group_ids are empty lists when the notebook is not in a VPC.
+#    owned by the notebook user, mode 0600, replaced atomically (temporary file + rename). Its keys, their order and
+#    their meaning: STACK_VALUES in launcher/stack_values.py (tests hold the placeholders below and write_values to
+#    it); subnets and security_group_ids are lists (empty when the notebook is not in a VPC), the others strings.
 # 2. Clones the repository if it is missing (on_create.sh normally did), fetches it and appends to
 #    $STATE_DIR/repo-status.log whether the clone's HEAD is behind the deployed commit (UP TO DATE, AHEAD, BEHIND,
 #    UNKNOWN or NO CLONE). It never merges, resets, stashes or checks out: the user's work stays as it is.

@@ -15,26 +15,10 @@ and image URIs it stands for.
 What the notebook finds in `STATE_DIR` (`/home/ec2-user/SageMaker/.monai-dicom/`, kept across restarts):
 
 - `stack.json` (`VALUES_FILE`): the stack's values, written by on_start.sh on every start, owned by `ec2-user`, mode
-  0600, replaced atomically (temporary file, then rename). One JSON object, every key always present::
-
-      {
-        "stack_name": "MonaiDicomSageMaker",          # CloudFormation stack
-        "region": "eu-west-1",
-        "bucket": "...",                              # the data bucket
-        "data_key_arn": "arn:aws:kms:...",            # KMS key of bucket, volume and jobs
-        "training_role_arn": "arn:aws:iam::...",      # execution role for training jobs
-        "model_role_arn": "arn:aws:iam::...",         # execution role of the trained model (transform, endpoints)
-        "notebook_role_arn": "arn:aws:iam::...",      # the notebook's own role
-        "training_image_uri": "....dkr.ecr....",      # the training image
-        "training_image_variant": "cpu",              # "cpu" or "gpu" as built by cdk deploy; "" for a given URI
-        "subnets": ["subnet-..."],                    # [] when the stack has no VPC
-        "security_group_ids": ["sg-..."],             # [] when the stack has no VPC
-        "repo_url": "https://github.com/ORG/REPO.git",
-        "repo_ref": "<sha, branch or tag>",           # what the clone checked out
-        "deployed_commit": "<sha>",                   # the commit synthesized; "" when unknown
-        "log_retention_days": "365"                   # how long SageMaker's log groups keep events
-      }
-
+  0600, replaced atomically (temporary file, then rename). One JSON object with every key of STACK_VALUES
+  (launcher/stack_values.py, which says what each value is), in that order: `subnets` and `security_group_ids` are
+  lists of IDs (empty when the stack has no VPC), the others strings (`training_image_variant` is "" for an image given
+  by URI, `deployed_commit` "" when unknown).
 - `repo-status.log`: one line per start: whether the clone's HEAD is UP TO DATE with, AHEAD of or BEHIND the
   deployed commit (UNKNOWN when that commit is not on the remote, NO CLONE when there is no clone), and how many
   uncommitted changes it has. The scripts never merge, reset or stash.
@@ -57,23 +41,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from launcher.stack_values import STACK_VALUES
+
 LIFECYCLE_DIR = Path(__file__).resolve().parent
 SAGEMAKER_DIR = "/home/ec2-user/SageMaker"
 STATE_DIR = f"{SAGEMAKER_DIR}/.monai-dicom"
 VALUES_FILE = f"{STATE_DIR}/stack.json"
-REPO_STATUS_LOG = f"{STATE_DIR}/repo-status.log"
 KERNEL_INSTALL_LOG = f"{STATE_DIR}/kernel-install.log"
 KERNEL_READY_MARKER = f"{STATE_DIR}/kernel-ready"
 KERNEL_FAILED_MARKER = f"{STATE_DIR}/kernel-install-failed"
 
-# The keys of stack.json, in its order. `deployed_commit` may be left out (it is then ""); the others are required.
-STACK_VALUE_KEYS: tuple[str, ...] = (
-    "stack_name", "region", "bucket", "data_key_arn", "training_role_arn", "model_role_arn", "notebook_role_arn",
-    "training_image_uri", "training_image_variant", "subnets", "security_group_ids", "repo_url", "repo_ref",
-    "deployed_commit", "log_retention_days",
-)
-LIST_KEYS = frozenset({"subnets", "security_group_ids"})
-OPTIONAL_KEYS: Mapping[str, str] = {"deployed_commit": "", "log_retention_days": "365"}
+# The keys of stack.json, in its order; the ones with a default may be left out of render_on_start's values.
+STACK_VALUE_KEYS: tuple[str, ...] = tuple(value.key for value in STACK_VALUES)
+LIST_KEYS = frozenset(value.key for value in STACK_VALUES if value.listed)
+OPTIONAL_KEYS: Mapping[str, str] = {value.key: value.default for value in STACK_VALUES if value.default is not None}
 
 MAX_BASE64_CHARS = 16384  # SageMaker's limit on each hook's Content (base64 text)
 TOKEN_ALLOWANCE = 128  # characters counted for each unresolved CloudFormation token in the size check
@@ -337,8 +318,9 @@ def render_on_start(
 
     Args:
         values: the stack's values by `STACK_VALUE_KEYS` (plain strings or CloudFormation token strings; lists of
-            them, or one comma-separated string, for `subnets` and `security_group_ids`); `deployed_commit` may be
-            left out. `repo_url` and `repo_ref` must be the ones given to `render_on_create`.
+            them, or one comma-separated string, for `subnets` and `security_group_ids`); those with a default
+            (`deployed_commit`, `log_retention_days`) may be left out. `repo_url` and `repo_ref` must be the ones
+            given to `render_on_create`.
         idle_stop_minutes: stop the instance after this many idle minutes; 0 turns the auto-stop off.
         script_dir: where the scripts are (tests may render a copy).
 
