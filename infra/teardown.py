@@ -4,13 +4,12 @@
 the stack's resources, so that it knows what `cdk destroy` will leave behind; after `npx cdk destroy --force` (with
 the same `-c` settings) it checks which of those still exist and says how to reuse them or delete them by hand.
 
-The SageMaker endpoints and models that the launcher created for the stack (launcher/inference.py) are not part of
-the stack, and an endpoint bills per hour until it is deleted: they are listed before the stack is destroyed, and
-deleted first with `-c deleteEndpoints=true` (a setting of this command, not of the stack); otherwise the report ends
-with the commands that delete them. A model is the stack's when it runs as the stack's model role (ModelRoleArn); an
-endpoint when its configuration serves one of those models or, its model deleted already, is encrypted with the
-stack's key (DataKeyArn) and named as the launcher names endpoints (`<stack>-endpoint-<time>`).
-boto3 honours AWS_ENDPOINT_URL, so this works against the local emulator as well as against AWS.
+The SageMaker endpoints and models that the launcher created for the stack are not part of the stack, and an
+endpoint bills per hour until it is deleted: they are listed before the stack is destroyed (infra/stack_endpoints.py
+finds them), and deleted first with `-c deleteEndpoints=true` (a setting of this command, not of the stack);
+otherwise the report ends with the commands that delete them. The stack's name comes from the `-c` settings, else
+cdk.json, else its default, as the CDK app reads it (infra/config.py context_value). boto3 honours AWS_ENDPOINT_URL,
+so this works against the local emulator as well as against AWS.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -30,11 +28,13 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import SETTINGS, context_value
+from infra.stack_endpoints import Inference, delete_inference, find_inference
+from launcher.stack_values import OUTPUT_OF
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAINING_POLICIES = ("Retain", "RetainExceptOnCreate")
 KIND = {"AWS::S3::Bucket": "S3 bucket", "AWS::KMS::Key": "KMS key", "AWS::Logs::LogGroup": "CloudWatch log group"}
-DELETE_ENDPOINTS = "deleteEndpoints"  # this command's own setting: never passed to the CDK app, which rejects it
+DELETE_ENDPOINTS = "deleteEndpoints"  # this command's own setting, not the stack's: never passed to the CDK app
 
 
 class TeardownError(RuntimeError):
@@ -118,7 +118,7 @@ def stack_name(context: dict[str, str]) -> str:
 
 def _purpose(template: dict[str, Any], logical_id: str, physical_id: str, outputs: dict[str, str]) -> str:
     """What a resource holds, from the stack's outputs and what refers to it in the template."""
-    by_output = {"DataBucketName": "data", "DataKeyArn": "encrypts the data"}
+    by_output = {OUTPUT_OF["bucket"]: "data", OUTPUT_OF["data_key_arn"]: "encrypts the data"}
     for output, purpose in by_output.items():
         value = outputs.get(output, "")
         if value == physical_id or value.endswith(f"/{physical_id}"):
@@ -169,135 +169,10 @@ def find_holders(session: boto3.Session, name: str) -> tuple[list[Holder], list[
             if summary.get("ResourceType") in KIND and logical_id and physical_id:
                 holders.append(Holder(summary["ResourceType"], physical_id,
                                       _purpose(template, logical_id, physical_id, outputs), logical_id in retained))
-    bucket, key = outputs.get("DataBucketName"), outputs.get("DataKeyArn")
+    bucket, key = outputs.get(OUTPUT_OF["bucket"]), outputs.get(OUTPUT_OF["data_key_arn"])
     untouched = [f"S3 bucket {bucket} (data)"] if bucket and bucket not in owned else []
     untouched += [f"KMS key {key}"] if key and key.rsplit("/", 1)[-1] not in owned else []
     return holders, untouched
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A SageMaker endpoint of the stack.
-
-    Attributes:
-        name: the endpoint's name.
-        config: its endpoint configuration (the launcher gives it the endpoint's name).
-        status: e.g. InService (billed per instance-hour until deleted, whatever it answers).
-    """
-
-    name: str
-    config: str
-    status: str
-
-
-@dataclass(frozen=True)
-class Inference:
-    """The SageMaker endpoints and models the launcher created for the stack (not part of the stack itself).
-
-    Attributes:
-        endpoints: the endpoints, by name.
-        models: the models (free by themselves; they run as the stack's model role, which the stack deletes).
-    """
-
-    endpoints: tuple[Endpoint, ...] = ()
-    models: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.endpoints or self.models)
-
-    def describe(self) -> list[str]:
-        """One line per endpoint and model."""
-        return ([f"  endpoint {e.name} ({e.status}; billed per hour until deleted)" for e in self.endpoints]
-                + [f"  model {m}" for m in self.models])
-
-
-def find_inference(session: boto3.Session, name: str) -> Inference:
-    """The SageMaker endpoints and models the launcher created for the stack; read before it is destroyed.
-
-    Args:
-        session: credentials and region of the stack.
-        name: the stack name.
-
-    Returns:
-        What was found: models run as the stack's model role (ModelRoleArn); endpoints serve one of them, or, their
-        models gone, are encrypted with the stack's key (DataKeyArn) and named as the launcher names endpoints.
-    """
-    stack = session.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    role, key = outputs.get("ModelRoleArn"), outputs.get("DataKeyArn")
-    if not role:  # a stack from before inference: the launcher cannot have created any
-        return Inference()
-    sagemaker = session.client("sagemaker")
-    since = {"CreationTimeAfter": stack["CreationTime"]} if stack.get("CreationTime") else {}
-    models = []
-    for page in sagemaker.get_paginator("list_models").paginate(**since):
-        for summary in page["Models"]:
-            described = _described(sagemaker.describe_model, ModelName=summary["ModelName"])
-            if described is not None and described.get("ExecutionRoleArn") == role:
-                models.append(summary["ModelName"])
-    launcher_name = re.compile(rf"^{re.escape(name[:40])}-endpoint-\d{{8}}-\d{{6}}$")  # launcher/inference.py _name
-    endpoints = []
-    for page in sagemaker.get_paginator("list_endpoints").paginate(**since):
-        for summary in page["Endpoints"]:
-            endpoint = _described(sagemaker.describe_endpoint, EndpointName=summary["EndpointName"])
-            if endpoint is None:
-                continue
-            config = _described(sagemaker.describe_endpoint_config,
-                                EndpointConfigName=endpoint["EndpointConfigName"]) or {}
-            served = {v.get("ModelName") for v in config.get("ProductionVariants", [])}
-            own_model = bool(served & set(models))
-            orphan = bool(key) and config.get("KmsKeyId") == key and bool(launcher_name.match(endpoint["EndpointName"]))
-            if own_model or (orphan and not served & _existing(sagemaker, served)):
-                endpoints.append(Endpoint(endpoint["EndpointName"], endpoint["EndpointConfigName"],
-                                          str(endpoint.get("EndpointStatus", "unknown"))))
-    return Inference(endpoints=tuple(sorted(endpoints, key=lambda e: e.name)), models=tuple(sorted(models)))
-
-
-def delete_inference(session: boto3.Session, found: Inference) -> list[str]:
-    """Delete the endpoints (with their configurations), then the models; what was deleted, one line each.
-
-    Args:
-        session: credentials and region of the stack.
-        found: find_inference's answer.
-    """
-    sagemaker = session.client("sagemaker")
-    lines = []
-    for endpoint in found.endpoints:
-        _deleted(sagemaker.delete_endpoint, EndpointName=endpoint.name)
-        _deleted(sagemaker.delete_endpoint_config, EndpointConfigName=endpoint.config)
-        lines.append(f"  endpoint {endpoint.name} and its configuration {endpoint.config}")
-    for model in found.models:
-        _deleted(sagemaker.delete_model, ModelName=model)
-        lines.append(f"  model {model}")
-    return lines
-
-
-def _not_found(error: ClientError) -> bool:
-    # SageMaker answers a missing endpoint, configuration or model with a ValidationException "Could not find ...".
-    return "could not find" in str(error).lower() or error.response["Error"]["Code"] == "ResourceNotFound"
-
-
-def _described(call: Any, **name: str) -> dict[str, Any] | None:
-    """A Describe* answer; None when the resource is gone (deleted between listing and describing)."""
-    try:
-        answer: dict[str, Any] = call(**name)
-    except ClientError as error:
-        if _not_found(error):
-            return None
-        raise
-    return answer
-
-
-def _existing(sagemaker: Any, models: set[str | None]) -> set[str | None]:
-    return {m for m in models if m and _described(sagemaker.describe_model, ModelName=m) is not None}
-
-
-def _deleted(call: Any, **name: str) -> None:
-    try:
-        call(**name)
-    except ClientError as error:
-        if not _not_found(error):  # gone already: what was asked is done
-            raise
 
 
 def still_there(session: boto3.Session, holders: list[Holder]) -> tuple[list[Holder], dict[str, str]]:
@@ -347,7 +222,7 @@ def _pending_deletion(session: boto3.Session, key_id: str) -> bool:
 
 def report(name: str, region: str | None, holders: list[Holder], existing: list[Holder], untouched: list[str],
            key_arns: Mapping[str, str], context: Mapping[str, str], profile: str | None,
-           inference: Inference = Inference()) -> str:
+           inference: Inference) -> str:
     """The text printed after the stack is gone: what was kept, how to reuse it, how to delete it by hand.
 
     Args:
@@ -368,17 +243,15 @@ def report(name: str, region: str | None, holders: list[Holder], existing: list[
 def _inference_report(inference: Inference, profile: str | None) -> list[str]:
     if not inference:
         return []
+    return [f"Not deleted (no -c {DELETE_ENDPOINTS}=true): the stack's SageMaker endpoints and models above; an "
+            "endpoint bills per hour until it is deleted. To delete them by hand:",
+            *(_by_hand(code, profile) for code in inference.deletion_code())]
+
+
+def _by_hand(code: str, profile: str | None) -> str:
+    """A command line that runs `code` (Python, with boto3 imported) with the profile's credentials."""
     env = f"AWS_PROFILE={profile} " if profile else ""
-    lines = [f"Not deleted (no -c {DELETE_ENDPOINTS}=true): the stack's SageMaker endpoints and models above; an "
-             "endpoint bills per hour until it is deleted. To delete them by hand:"]
-    for endpoint in inference.endpoints:
-        code = (f"s = boto3.client('sagemaker'); s.delete_endpoint(EndpointName='{endpoint.name}'); "
-                f"s.delete_endpoint_config(EndpointConfigName='{endpoint.config}')")
-        lines.append(f'  {env}.venv/bin/python -c "import boto3; {code}"')
-    for model in inference.models:
-        lines.append(f'  {env}.venv/bin/python -c "import boto3; '
-                     f"boto3.client('sagemaker').delete_model(ModelName='{model}')\"")
-    return lines
+    return f'  {env}.venv/bin/python -c "import boto3; {code}"'
 
 
 def _report(name: str, region: str | None, holders: list[Holder], existing: list[Holder], untouched: list[str],
@@ -417,7 +290,6 @@ def _report(name: str, region: str | None, holders: list[Holder], existing: list
         args += [f"-c dataBucketName={data}", f"-c dataKeyArn={key}"]
         lines += ["Reuse them (the data stays readable only with this key):",
                   f'  make deploy CDK_ARGS="{" ".join(args)}"']
-    env = f"AWS_PROFILE={profile} " if profile else ""
     delete = {
         "AWS::S3::Bucket": "b = boto3.resource('s3').Bucket('{0}'); b.object_versions.delete(); b.delete()",
         "AWS::KMS::Key": "boto3.client('kms').schedule_key_deletion(KeyId='{0}', PendingWindowInDays=7)",
@@ -425,8 +297,7 @@ def _report(name: str, region: str | None, holders: list[Holder], existing: list
     }
     lines.append("To delete them by hand (irreversible: the data, and every version of it, is lost):")
     for h in existing:
-        code = delete[h.resource_type].format(key_arns.get(h.physical_id, h.physical_id))
-        lines.append(f'  {env}.venv/bin/python -c "import boto3; {code}"')
+        lines.append(_by_hand(delete[h.resource_type].format(key_arns.get(h.physical_id, h.physical_id)), profile))
     return "\n".join(lines)
 
 
