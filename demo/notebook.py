@@ -14,7 +14,6 @@ MONAI_DICOM_RUNNER=local, so `start_training` runs the job on this machine (laun
 
 from __future__ import annotations
 
-import json
 import signal
 import tempfile
 import time
@@ -102,7 +101,7 @@ def notebook_env(env: Mapping[str, str], emulator: Emulator) -> dict[str, str]:
     return {
         **env,
         "MONAI_DICOM_RUNNER": "local",
-        # moto has no iam:SimulatePrincipalPolicy, which ModelTrainer's role check calls (FACTS.md).
+        # moto has no iam:SimulatePrincipalPolicy, which ModelTrainer's role check calls.
         "SAGEMAKER_VALIDATE_ROLE": "false",
         "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config),
         "SAGEMAKER_ADMIN_CONFIG_OVERRIDE": str(config),
@@ -225,11 +224,3 @@ def first_line(cell: Any) -> str:
     text = lines[0] if lines else cell.source.splitlines()[0] if cell.source else ""
     return text if len(text) <= 70 else text[:67] + "..."
 
-
-def collected_metrics(workdir: Path) -> dict[str, Any]:
-    """The metrics.json that the notebook's collect() unpacked under WORK_DIR/results/<job>/output/."""
-    found = sorted((workdir / "results").glob("*/output/metrics.json"))
-    if not found:
-        raise FileNotFoundError(f"no metrics.json under {workdir / 'results'}: the notebook did not collect a job")
-    loaded: dict[str, Any] = json.loads(found[-1].read_text(encoding="utf-8"))
-    return loaded

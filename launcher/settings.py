@@ -88,11 +88,6 @@ class Settings:
         if self.image_variant not in ("", "cpu", "gpu"):
             raise SettingsError(f"{self.source or 'settings'}: image variant {self.image_variant!r} is not cpu or gpu")
 
-    @property
-    def has_vpc(self) -> bool:
-        """Whether jobs run in the stack's private subnets."""
-        return bool(self.subnets)
-
     def boto_session(self) -> boto3.Session:
         """A boto3 session in the stack's region (credentials from the environment or the instance's role).
 

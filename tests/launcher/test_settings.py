@@ -72,7 +72,7 @@ def test_values_file_gives_every_value(tmp_path: Path) -> None:
         source=f"values file {tmp_path / 'stack.json'}", model_role_arn=VALUES["model_role_arn"],
         log_retention_days=731,
     )
-    assert settings.has_vpc
+    assert settings.subnets  # jobs run in the stack's private subnets
 
 
 def test_values_a_stack_from_before_them_lacks_get_their_defaults(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_values_a_stack_from_before_them_lacks_get_their_defaults(tmp_path: Path
 def test_a_stack_without_vpc_has_empty_lists(tmp_path: Path) -> None:
     values = {**VALUES, "subnets": [], "security_group_ids": []}
     settings = load_settings(values_file=write_values(tmp_path / "stack.json", values), environ={})
-    assert (settings.subnets, settings.security_group_ids, settings.has_vpc) == ((), (), False)
+    assert (settings.subnets, settings.security_group_ids) == ((), ())
 
 
 @pytest.mark.parametrize("key", ["bucket", "training_image_uri", "data_key_arn", "region"])
