@@ -1,7 +1,10 @@
 """Every setting of the CDK app, read once from CDK context into frozen dataclasses.
 
-This is the only module that reads context. `cdk.json` holds the defaults; `-c key=value` overrides them (values
-given on the command line arrive as strings, so booleans and numbers are parsed here, explicitly).
+This is the only module that reads context, by one rule: a setting given with `-c key=value`, else cdk.json's context,
+else its default in SETTINGS. The CDK CLI (and build_app, for tests) merges the first two into the app's context,
+which InfraConfig.from_context reads; commands that run beside the app (`make destroy`) read a setting with
+context_value. cdk.json repeats a few of SETTINGS' defaults, where users change them (a test holds them equal).
+Values given on the command line arrive as strings, so booleans and numbers are parsed here, explicitly.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
                       3653)
 
-CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"  # its "context" holds the project's defaults
+CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"  # its "context": feature flags, and defaults users edit
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")

@@ -99,3 +99,12 @@ def test_make_destroy_names_the_stack_the_app_builds(tmp_path):
     for given in ({}, {"stackName": "Other"}):
         _, stack = build_app({**REPO, **given}, outdir=str(tmp_path / (given.get("stackName") or "default")))
         assert stack_name(dict(given)) == stack.stack_name == context_value("stackName", given)
+
+
+def test_the_defaults_cdk_json_repeats_are_those_of_settings():
+    """cdk.json shows users a few defaults to edit; as shipped, they are SETTINGS' (infra/config.py)."""
+    from infra.config import cdk_json_context
+
+    shipped = {key: value for key, value in cdk_json_context().items() if not key.startswith("@")}
+    assert shipped and set(shipped) <= set(SETTINGS)
+    assert shipped == {key: SETTINGS[key][0] for key in shipped}
