@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_cdk import CfnOutput, Fn, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
@@ -97,7 +99,42 @@ class MonaiDicomStack(Stack):
         notebook_role = NotebookRole(self, "NotebookRole", key=key, training_role=training.role,
                                      subnet_ids=subnet_ids, security_group_ids=security_group_ids)
 
-        bucket = storage.bucket
+        self._grant_access(storage.bucket, image, training, model, notebook_role)
+
+        image_variant = "" if config.image.image_uri else config.image.variant  # a given image: unknown
+        # The stack's values by key (launcher/stack_values.py): written to the notebook's values file on each start.
+        values: dict[str, str | list[str]] = {
+            "stack_name": self.stack_name,
+            "region": self.region,
+            "bucket": storage.bucket.bucket_name,
+            "data_key_arn": key.key_arn,
+            "training_role_arn": training.role.role_arn,
+            "model_role_arn": model.role.role_arn,
+            "notebook_role_arn": notebook_role.role.role_arn,
+            "training_image_uri": image.image_uri,
+            "training_image_variant": image_variant,
+            "subnets": subnet_ids,
+            "security_group_ids": security_group_ids,
+            "repo_url": nb.repo_url,
+            "repo_ref": nb.repo_ref,
+            "deployed_commit": nb.deployed_commit,
+            "log_retention_days": str(storage_cfg.log_retention_days),
+        }
+        notebook = NotebookInstance(
+            self, "Notebook", role=notebook_role.role, key=key,
+            instance_type=nb.instance_type, volume_gb=nb.volume_gb, root_access=nb.root_access,
+            repo_url=nb.repo_url, repo_ref=nb.repo_ref, idle_stop_minutes=nb.idle_stop_minutes,
+            subnet=network.subnets[0] if network else None,
+            security_group=network.security_group if network else None,
+            values=values,
+        )
+
+        self._declare_outputs(values, notebook, image_variant)
+        drop_redundant_provider_dependencies(self)
+
+    def _grant_access(self, bucket: s3.IBucket, image: TrainingImage, training: TrainingRole, model: ModelRole,
+                      notebook_role: NotebookRole) -> None:
+        """What each role may do with the bucket and the image (each role gets the key with it: constructs/roles.py)."""
         # Jobs read data, the per-job code and the pseudonym key (its channel; the model role never), write
         # artifacts, and read and write checkpoints (to resume). They list those prefixes only.
         _grant_prefixes(bucket, training.role, read=(DATASETS_PREFIX, CODE_PREFIX, PSEUDONYM_KEY_OBJECT),
@@ -124,40 +161,15 @@ class MonaiDicomStack(Stack):
                     "The notebook manages the data bucket's content (uploads, staged code, results): every object "
                     "of that one bucket.", [*S3_GRANT_WILDCARDS, f"Resource::{arn}/*"])
 
-        image_variant = "" if config.image.image_uri else config.image.variant  # a given image: unknown
-        # The stack's values by key (launcher/stack_values.py): written to the notebook's values file on each start.
-        values: dict[str, str | list[str]] = {
-            "stack_name": self.stack_name,
-            "region": self.region,
-            "bucket": bucket.bucket_name,
-            "data_key_arn": key.key_arn,
-            "training_role_arn": training.role.role_arn,
-            "model_role_arn": model.role.role_arn,
-            "notebook_role_arn": notebook_role.role.role_arn,
-            "training_image_uri": image.image_uri,
-            "training_image_variant": image_variant,
-            "subnets": subnet_ids,
-            "security_group_ids": security_group_ids,
-            "repo_url": nb.repo_url,
-            "repo_ref": nb.repo_ref,
-            "deployed_commit": nb.deployed_commit,
-            "log_retention_days": str(storage_cfg.log_retention_days),
-        }
-        notebook = NotebookInstance(
-            self, "Notebook", role=notebook_role.role, key=key,
-            instance_type=nb.instance_type, volume_gb=nb.volume_gb, root_access=nb.root_access,
-            repo_url=nb.repo_url, repo_ref=nb.repo_ref, idle_stop_minutes=nb.idle_stop_minutes,
-            subnet=network.subnets[0] if network else None,
-            security_group=network.security_group if network else None,
-            values=values,
-        )
+    def _declare_outputs(self, values: Mapping[str, str | list[str]], notebook: NotebookInstance,
+                         image_variant: str) -> None:
+        """The stack's values as CloudFormation outputs (launcher/stack_values.py), and the notebook's name and URL.
 
-        # The same values as outputs, where they have one; an output cannot be empty or a list, and the network's
-        # are declared with a VPC only.
-        as_outputs = {key: text for key, text in values.items() if isinstance(text, str)}
+        An output is a string, never empty: lists are comma-joined, and have no output when empty (no VPC).
+        """
+        as_outputs = {key: text if isinstance(text, str) else Fn.join(",", text)
+                      for key, text in values.items() if isinstance(text, str) or text}
         as_outputs["training_image_variant"] = image_variant or "unknown"
-        if network:
-            as_outputs.update(subnets=Fn.join(",", subnet_ids), security_group_ids=Fn.join(",", security_group_ids))
         for value in STACK_VALUES:
             if value.key in as_outputs and value.output:
                 CfnOutput(self, value.output, value=as_outputs[value.key], description=value.description)
@@ -166,4 +178,3 @@ class MonaiDicomStack(Stack):
                   description="The notebook instance")
         CfnOutput(self, "NotebookUrl", value=f"{console}#/notebook-instances/openNotebook/{notebook.name}?view=lab",
                   description="Opens the notebook (JupyterLab) in the SageMaker console")
-        drop_redundant_provider_dependencies(self)
