@@ -48,7 +48,7 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,99}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")  # an image digest (trainingBaseDigest; constructs/training_image.py)
 
 
 def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
@@ -178,7 +178,7 @@ class InfraConfig:
         if key_arn and not bucket:
             raise ConfigError("context setting dataKeyArn is set without dataBucketName: give both, or neither")
         image_uri = str(value("trainingImageUri")).strip()
-        digest = _check("trainingBaseDigest", str(value("trainingBaseDigest")).strip(), _DIGEST,
+        digest = _check("trainingBaseDigest", str(value("trainingBaseDigest")).strip(), DIGEST,
                         "an image digest: give sha256: and 64 lowercase hex digits, the digest of the base container's "
                         "tag (README, 'The training image', says how to look one up), or leave it unset")
         if image_uri and digest:

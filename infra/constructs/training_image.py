@@ -11,6 +11,7 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from infra.config import DIGEST
 from training.job.code_identity import code_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,6 @@ BASE_IMAGES = {
     "cpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cpu-amzn2023-sagemaker",
     "gpu": "public.ecr.aws/deep-learning-containers/pytorch:2.13-cu133-amzn2023-sagemaker",
 }
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PRIVATE_ECR = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+)[:@]"
 )
@@ -41,7 +41,7 @@ def base_image(variant: str, digest: str = "") -> str:
     """
     if variant not in BASE_IMAGES:
         raise ValueError(f"training image variant {variant!r} is not one of {sorted(BASE_IMAGES)}")
-    if digest and not _DIGEST.match(digest):
+    if digest and not DIGEST.match(digest):
         raise ValueError(f"base image digest {digest!r} is not sha256: and 64 lowercase hex digits")
     return f"{BASE_IMAGES[variant]}@{digest}" if digest else BASE_IMAGES[variant]
 
