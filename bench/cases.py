@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from bench import public_sample
 from bench.measure import Clock, median_after_first
-from training.dataset.prepare import BatchLoader, DataOptions, PreparedData, prepare
+from training.dataset.loader import BatchLoader
+from training.dataset.prepare import DataOptions, prepare
+from training.dataset.split import PreparedData
 from training.job import runtime
 from training.job import train as loop
 from training.job.config import TrainConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.dataset.prepare import PreparedData, Split
+from training.dataset.split import PreparedData, Split
 from training.job import checkpoint, environment, train
 from training.job.checkpoint import CheckpointError
 from training.job.config import TrainConfig

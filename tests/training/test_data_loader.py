@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.dataset.loader import _affine_grid, augment_batch
-from training.dataset.prepare import BatchLoader, Split
+from training.dataset.loader import BatchLoader, _affine_grid, augment_batch
+from training.dataset.split import Split
 
 
 def make_split(count: int = 23, size: tuple[int, int] = (12, 10)) -> Split:

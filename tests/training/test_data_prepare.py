@@ -17,7 +17,8 @@ from tests.training.dicom_builders import (
     write_labels_csv,
     write_structured_report,
 )
-from training.dataset.prepare import DataError, DataOptions, patient_hash, prepare
+from training.dataset.prepare import DataError, DataOptions, prepare
+from training.dataset.split import patient_hash
 from training.synthetic import generate
 
 SMALL = DataOptions(image_size=(32, 32), workers=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset.prepare import PreparedData, Split
+from training.dataset.split import PreparedData, Split
 from training.job import runtime, train
 from training.job.config import TrainConfig
 from training.job.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, parse_line

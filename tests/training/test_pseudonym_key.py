@@ -10,8 +10,9 @@ import pytest
 
 from tests.pseudonyms import guessable
 from training import check
-from training.dataset.prepare import DataOptions, patient_hash, prepare
+from training.dataset.prepare import DataOptions, prepare
 from training.dataset.pseudonym_key import PseudonymKeyError, load_key, local_key
+from training.dataset.split import patient_hash
 from training.job import train
 from training.synthetic import generate
 

@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from training import synthetic
 from training.dataset.dicom import load_image
-from training.dataset.prepare import BatchLoader, DataOptions, prepare
+from training.dataset.loader import BatchLoader
+from training.dataset.prepare import DataOptions, prepare
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ class DicomHeader:
     """The few header values the data layer needs before decoding.
 
     Attributes:
-        patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/dataset/prepare.py).
+        patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/dataset/split.py).
         patient_name: PatientName as text ('' when absent); kept only to scrub it from error messages.
         study_uid: StudyInstanceUID ('' when absent).
         sop_class_uid: SOPClassUID, or the file meta MediaStorageSOPClassUID.

@@ -1,9 +1,10 @@
 """Feeding cached images to the training step in batches, with random augmentation applied to whole batches.
 
-The cache (training/dataset/prepare.py) holds every image already decoded and resized, as uint8. A batch is one gather
-from it, one conversion to float32 in [0, 1], and, when `augment` > 0, one batched affine resampling and an intensity
-jitter: a handful of tensor operations per batch instead of a chain of per-image transforms, which is what moves
-the loader from hundreds to tens of thousands of images a second on two cores.
+The cache (filled by training/dataset/prepare.py; one side of it is a `Split`, training/dataset/split.py) holds every
+image already decoded and resized, as uint8. A batch is one gather from it, one conversion to float32 in [0, 1], and,
+when `augment` > 0, one batched affine resampling and an intensity jitter: a handful of tensor operations per batch
+instead of a chain of per-image transforms, which is what moves the loader from hundreds to tens of thousands of
+images a second on two cores.
 
 Values stay in [0, 1] with no mean/std normalization, so the network sees at training exactly what
 `training.dataset.dicom.load_image` gives at inference.
@@ -20,36 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from training.dataset.split import Split
 
 MAX_ROTATION_DEGREES = 15.0  # small enough to keep anatomy plausible
 MAX_ZOOM = 0.10
 MAX_SHIFT = 0.05
 MAX_CONTRAST = 0.10
 MAX_BRIGHTNESS = 0.05
-
-
-@dataclass
-class Split:
-    """One side (train, validation or test) of this rank, decoded and cached.
-
-    Attributes:
-        images: uint8 N x 1 x H x W (a view of the cache; memmap-backed when the cache is on disk).
-        labels: int64 N class indices.
-        files: paths inside the channel.
-        patients: patient pseudonyms (keyed hashes).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    files: list[str]
-    patients: list[str]
-
-    def __len__(self) -> int:
-        return len(self.files)
 
 
 class BatchLoader:
@@ -59,7 +41,7 @@ class BatchLoader:
     Iterating reads only the cache, never a DICOM file.
 
     Args:
-        split: the cached split (training/dataset/prepare.py).
+        split: the cached split (training/dataset/split.py).
         batch_size: images per batch.
         shuffle: a new random order every epoch (else the split's order).
         augment: augmentation strength in [0, 1]; 0 turns it off (use 0 for validation and test).

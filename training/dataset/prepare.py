@@ -6,13 +6,10 @@
 2. Checks the labels: 2+ classes in train (sorted class names; a label's index is its position); validation and
    test labels must be among them.
 3. Reads every labeled file's header (every rank reads all of them: the split must come out the same on each).
-4. Groups images by patient and splits train/validation by group, so no patient is on both sides. The key is the
-   labels.csv patient_id column, else PatientID. Where a file's PatientID is blank, or one value is shared by all
-   files (as some de-identification leaves it), the file is grouped by StudyInstanceUID, and where that is blank or
-   shared too, by the file itself; the manifest and the log say so (`split_key`, `split_key_counts`). Without a
-   validation channel the split takes about `val_fraction` of each class's images (groups are assigned by their
-   majority class, in a seeded random order). Given validation and test channels are used as they are; a patient
-   in two channels is an error whatever `on_bad_file` says.
+4. Groups images by patient and splits train/validation by group, so no patient is on both sides, then deals each
+   side out to the ranks (training/dataset/split.py: the grouping key, its fallbacks when PatientID is blank or
+   shared, `val_fraction`, the shards). Given validation and test channels are used as they are; a patient in two
+   channels is an error whatever `on_bad_file` says.
 5. Decodes this rank's shard once (training/dataset/dicom.py rules; a small process pool, training/dataset/cache.py)
    into a uint8 cache at the training resolution: in memory within `cache_memory_mb`, else a memmap in `cache_dir`.
    Nothing reads a DICOM file after `prepare` returns.
@@ -20,27 +17,24 @@
    on_bad_file='fail' one DataError lists them all with their reasons; with 'skip' each is logged, the rest is
    used, and `bad_files.json` is written to `output_dir` (rank r > 0 writes `bad_files-rank{r}.json`).
 
-Multi-process training: with (rank, world_size), each side (train, validation, test) is sorted by file path and
-rank r keeps every world_size-th image starting at r: the shards are disjoint and together cover the side, and
-their sizes differ by at most one (more where 'skip' drops files of one shard). Metrics computed per shard can be
-summed across ranks; a distributed loop must cope with ranks having different numbers of batches (for example
-by using the smallest count, obtained with an all-reduce).
+Multi-process training: with (rank, world_size), each rank decodes and returns only its shard of each side
+(training/dataset/split.py); shard sizes differ by at most one, more where 'skip' drops files of one shard. Metrics
+computed per shard can be summed across ranks; a distributed loop must cope with ranks having different numbers of
+batches (for example by using the smallest count, obtained with an all-reduce).
 
-Privacy: files are named by their path inside the channel, patients by a keyed pseudonym (`patient_hash`:
-HMAC-SHA256 with a secret 32-byte key, training/dataset/pseudonym_key.py). PatientID and PatientName never reach a log,
-an error, the manifest or bad_files.json, and without the key nobody can hash guessed IDs to find a patient. The
-key (`DataOptions.pseudonym_key`; None: the local key of the user's configuration folder) is never written out;
-the same key gives the same pseudonyms in `python -m training.check` and in training runs.
+Privacy: files are named by their path inside the channel, patients by a keyed pseudonym (`patient_hash` in
+training/dataset/split.py: HMAC-SHA256 with a secret 32-byte key, training/dataset/pseudonym_key.py). PatientID and
+PatientName never reach a log, an error, the manifest or bad_files.json, and without the key nobody can hash
+guessed IDs to find a patient. The key (`DataOptions.pseudonym_key`; None: the local key of the user's
+configuration folder) is never written out; the same key gives the same pseudonyms in `python -m training.check` and
+in training runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,27 +44,17 @@ import numpy as np
 import torch
 
 from training.dataset.cache import allocate, decode_into, read_headers
-from training.dataset.dicom import DICOMDIR_SOP_CLASS, DicomHeader
-from training.dataset.labels import LABEL_FORMATS, ChannelListing, DataError, LabeledFile, list_channel
-from training.dataset.loader import BatchLoader, Split  # Split: the loader's input, named here too
+from training.dataset.dicom import DICOMDIR_SOP_CLASS
+from training.dataset.labels import ChannelListing, DataError, list_channel
 from training.dataset.pseudonym_key import local_key
+from training.dataset.split import PreparedData, Record, Split, assign, in_shard_order
+from training.job.environment import DATA_CHANNELS
 
-__all__ = [
-    "BatchLoader",
-    "DataError",
-    "DataOptions",
-    "LABEL_FORMATS",
-    "PreparedData",
-    "Split",
-    "patient_hash",
-    "prepare",
-]
+__all__ = ["DataError", "DataOptions", "prepare"]  # DataError (training/dataset/labels.py): what prepare raises
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("train", "validation", "test")
 BAD_FILES_JSON = "bad_files.json"
-_SIDES = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -129,65 +113,6 @@ class DataOptions:
             raise ValueError(f"rank must be in [0, world_size); got rank={self.rank}, world_size={self.world_size}")
 
 
-@dataclass
-class PreparedData:
-    """Everything the training loop needs from the data.
-
-    Attributes:
-        classes: sorted class names; label index = position.
-        train: this rank's training shard.
-        validation: this rank's validation shard (possibly empty when there are fewer images than ranks).
-        test: this rank's test shard, or None without a test channel.
-        manifest: JSON-serializable lineage (module docstring; `manifest_keys` lists the keys).
-        bad_files: {"channel", "file", "reason"} for each file not used.
-    """
-
-    classes: list[str]
-    train: Split
-    validation: Split
-    test: Split | None
-    manifest: dict[str, Any]
-    bad_files: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class _Record:
-    """One labeled file on its way through prepare()."""
-
-    channel: str
-    item: LabeledFile
-    path: Path
-    header: DicomHeader | None = None
-    kind: str = ""  # what groups it: PatientID, patient_id column, StudyInstanceUID or file
-    key: str = ""  # the raw grouping value: in memory only, never written
-    patient: str = ""  # the keyed pseudonym
-    side: str = ""
-    owner: int = 0  # the rank that decodes and caches it
-
-    @property
-    def file(self) -> str:
-        return self.item.file
-
-    @property
-    def label(self) -> str:
-        return self.item.label
-
-
-def patient_hash(kind: str, value: str, key: bytes) -> str:
-    """The name a patient goes by in logs, errors and the manifest.
-
-    Args:
-        kind: 'patient', 'study' or 'file': what the value identifies (so equal strings of different kinds differ).
-        value: the raw identifier.
-        key: the secret 32-byte key (DataOptions.pseudonym_key).
-
-    Returns:
-        'p-' and 16 hex digits of HMAC-SHA256(key, kind \x1f value).
-    """
-    digest = hmac.new(key, f"{kind}\x1f{value}".encode(), hashlib.sha256).hexdigest()
-    return f"p-{digest[:16]}"
-
-
 def prepare(
     channels: Mapping[str, str | Path], options: DataOptions, *, output_dir: str | Path | None = None
 ) -> PreparedData:
@@ -205,7 +130,7 @@ def prepare(
         DataError: a dataset-level problem (no labels, two label formats, fewer than 2 classes, a patient in two
             channels, nothing left to train on), or bad files with on_bad_file='fail' (one error listing them all).
     """
-    unknown = sorted(set(channels) - set(CHANNELS))
+    unknown = sorted(set(channels) - set(DATA_CHANNELS))
     if unknown or "train" not in channels:
         raise DataError(
             f"channels must include 'train' and may include 'validation' and 'test'; got {sorted(channels)}"
@@ -213,7 +138,7 @@ def prepare(
         )
     listings = {
         name: list_channel(name, Path(channels[name]), label_attribute=options.label_attribute)
-        for name in CHANNELS
+        for name in DATA_CHANNELS
         if name in channels
     }
     bad: list[dict[str, str]] = [entry for listing in listings.values() for entry in listing.bad]
@@ -226,18 +151,22 @@ def prepare(
             "classification needs images of at least 2 classes"
         )
     records = [
-        _Record(name, item, listing.root / item.file) for name, listing in listings.items() for item in listing.items
+        Record(name, item, listing.root / item.file) for name, listing in listings.items() for item in listing.items
     ]
     records = _drop_unknown_labels(records, classes, bad)
     records = _read_headers(records, options.workers, bad)
     key = options.pseudonym_key
     if key is None:
         key = local_key(data_dirs=[Path(d) for d in channels.values()])
-    split_key = _assign_patients(records, key)
-    _check_overlap(records, split_key["split_key"])
-    _assign_sides(records, options, has_validation="validation" in listings)
-    _assign_shards(records, options.world_size)
-    mine = [r for side in _SIDES for r in _side(records, side) if r.owner == options.rank]
+    split_key = assign(
+        records,
+        key,
+        val_fraction=options.val_fraction,
+        seed=options.seed,
+        has_validation="validation" in listings,
+        world_size=options.world_size,
+    )
+    mine = [r for side in DATA_CHANNELS for r in in_shard_order(records, side) if r.owner == options.rank]
     buffer, decode_stats, decoded = _decode(mine, options)
     bad.extend(
         {"channel": r.channel, "file": r.file, "reason": reason}
@@ -271,7 +200,7 @@ def prepare(
     )
 
 
-def _drop_unknown_labels(records: list[_Record], classes: list[str], bad: list[dict[str, str]]) -> list[_Record]:
+def _drop_unknown_labels(records: list[Record], classes: list[str], bad: list[dict[str, str]]) -> list[Record]:
     """Validation and test labels must be train classes."""
     known = set(classes)
     keep = []
@@ -289,7 +218,7 @@ def _drop_unknown_labels(records: list[_Record], classes: list[str], bad: list[d
     return keep
 
 
-def _read_headers(records: list[_Record], workers: int, bad: list[dict[str, str]]) -> list[_Record]:
+def _read_headers(records: list[Record], workers: int, bad: list[dict[str, str]]) -> list[Record]:
     """Read every header; files whose header fails, or that are DICOMDIR indexes, are bad."""
     headers, reasons, stats = read_headers([(str(r.path), r.file) for r in records], workers)
     log.info("read %d headers in %.1f s (%d process(es))", stats.files, stats.seconds, stats.workers)
@@ -305,127 +234,7 @@ def _read_headers(records: list[_Record], workers: int, bad: list[dict[str, str]
     return keep
 
 
-def _assign_patients(records: list[_Record], key: bytes) -> dict[str, Any]:
-    """Choose each file's grouping key (module docstring, step 4) and hash it; report what was used."""
-
-    def usable(values: list[str]) -> set[str]:
-        held = Counter(v for v in values if v)
-        # One value on every file that has one (several files) identifies nobody: de-identification left it.
-        return set() if len(held) == 1 and next(iter(held.values())) > 1 else set(held)
-
-    column = usable([r.item.patient_id or "" for r in records])
-    patient_ids = usable([r.header.patient_id if r.header else "" for r in records])
-    studies = usable([r.header.study_uid if r.header else "" for r in records])
-    for record in records:
-        header = record.header
-        assert header is not None
-        if record.item.patient_id and record.item.patient_id in column:
-            record.kind, group, record.key = "patient_id column", "patient", record.item.patient_id
-        elif header.patient_id in patient_ids:
-            record.kind, group, record.key = "PatientID", "patient", header.patient_id
-        elif header.study_uid in studies:
-            record.kind, group, record.key = "StudyInstanceUID", "study", header.study_uid
-        else:
-            record.kind, group, record.key = "file", "file", f"{record.channel}/{record.file}"
-        record.patient = patient_hash(group, record.key, key)
-        record.key = f"{group}\x1f{record.key}"
-    counts = Counter(record.kind for record in records)
-    notes = []
-    total = len(records)
-    fallback = counts.get("StudyInstanceUID", 0) + counts.get("file", 0)
-    if fallback:
-        why = (
-            "PatientID is the same in every file (de-identified?)"
-            if not patient_ids and any(r.header and r.header.patient_id for r in records)
-            else "PatientID is blank"
-        )
-        notes.append(
-            f"{why} for {fallback} of {total} files: grouped by StudyInstanceUID ({counts.get('StudyInstanceUID', 0)})"
-            f" or, where that is blank or shared too, by file ({counts.get('file', 0)})"
-        )
-        for note in notes:
-            log.warning("patient split: %s", note)
-    main = counts.most_common(1)[0][0] if counts else "PatientID"
-    return {"split_key": main, "split_key_counts": dict(sorted(counts.items())), "split_key_notes": notes}
-
-
-def _check_overlap(records: list[_Record], split_key: str) -> None:
-    """A patient in two channels would leak between training and evaluation: always an error."""
-    by_key: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    hashes: dict[str, str] = {}
-    for record in records:
-        by_key[record.key][record.channel].append(record.file)
-        hashes[record.key] = record.patient
-    clashes = []
-    for key, sides in sorted(by_key.items(), key=lambda kv: hashes[kv[0]]):
-        if len(sides) > 1:
-            where = "; ".join(
-                f"{channel}: {len(files)} file(s), e.g. {sorted(files)[0]}" for channel, files in sorted(sides.items())
-            )
-            clashes.append(f"  patient {hashes[key]} in {where}")
-    if clashes:
-        raise DataError(
-            f"{len(clashes)} patient(s) appear in more than one channel (grouped by {split_key}, named by keyed "
-            "hash), so evaluation would see patients the model trained on:\n"
-            + "\n".join(clashes)
-            + "\nMove each patient's images into one channel."
-        )
-
-
-def _assign_sides(records: list[_Record], options: DataOptions, *, has_validation: bool) -> None:
-    """Train/validation by patient group (stratified by the group's majority class); given channels as they are."""
-    for record in records:
-        record.side = record.channel
-    if has_validation or options.val_fraction == 0:
-        return
-    groups: dict[str, list[_Record]] = defaultdict(list)
-    for record in records:
-        if record.channel == "train":
-            groups[record.key].append(record)
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(groups):
-        labels = Counter(r.label for r in groups[key])
-        majority = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        by_class[majority].append(key)
-    rng = random.Random(options.seed)
-    chosen: list[str] = []
-    for label in sorted(by_class):
-        keys = by_class[label]
-        rng.shuffle(keys)
-        target = options.val_fraction * sum(len(groups[k]) for k in keys)
-        taken = 0
-        for key in keys[:-1]:  # the last group stays in train: every class keeps training images
-            size = len(groups[key])
-            if taken + size / 2 > target:
-                break
-            chosen.append(key)
-            taken += size
-    if not chosen:
-        candidates = [keys[0] for keys in by_class.values() if len(keys) > 1]
-        if not candidates:
-            raise DataError(
-                f"cannot hold out a validation set: the train channel has {len(groups)} patient group(s), too few "
-                "to split by patient; add patients, give a validation channel, or set val_fraction=0"
-            )
-        chosen.append(sorted(candidates)[0])
-    for key in chosen:
-        for record in groups[key]:
-            record.side = "validation"
-
-
-def _side(records: list[_Record], side: str) -> list[_Record]:
-    """The records of one side, in their canonical (shard) order."""
-    return sorted((r for r in records if r.side == side), key=lambda r: (r.channel, r.file))
-
-
-def _assign_shards(records: list[_Record], world_size: int) -> None:
-    """Every world_size-th record of each side, by path, belongs to one rank."""
-    for side in _SIDES:
-        for position, record in enumerate(_side(records, side)):
-            record.owner = position % world_size
-
-
-def _decode(mine: list[_Record], options: DataOptions) -> tuple[Any, Any, list[str | None]]:
+def _decode(mine: list[Record], options: DataOptions) -> tuple[Any, Any, list[str | None]]:
     """Decode this rank's files into the cache."""
     size = (int(options.image_size[0]), int(options.image_size[1]))
     buffer = allocate(len(mine), size, budget_bytes=options.cache_memory_mb * 2**20, cache_dir=options.cache_dir)
@@ -460,13 +269,13 @@ def _compact(array: np.ndarray, keep: list[bool]) -> np.ndarray:
     return array[:target]
 
 
-def _splits(kept: list[_Record], images: np.ndarray, classes: list[str]) -> dict[str, Split]:
+def _splits(kept: list[Record], images: np.ndarray, classes: list[str]) -> dict[str, Split]:
     """Views of the cache per side (the cache is ordered train, validation, test)."""
     tensor = torch.from_numpy(images)
     index = {name: i for i, name in enumerate(classes)}
     splits = {}
     start = 0
-    for side in _SIDES:
+    for side in DATA_CHANNELS:
         part = [r for r in kept if r.side == side]
         end = start + len(part)
         splits[side] = Split(
@@ -481,7 +290,7 @@ def _splits(kept: list[_Record], images: np.ndarray, classes: list[str]) -> dict
 
 def _manifest(
     listings: dict[str, ChannelListing],
-    records: list[_Record],
+    records: list[Record],
     classes: list[str],
     options: DataOptions,
     split_key: dict[str, Any],
@@ -493,9 +302,10 @@ def _manifest(
     """The JSON-serializable lineage of the prepared data."""
     used = [r for r in records if (r.channel, r.file) not in failed]
     counts = {
-        side: {name: sum(1 for r in used if r.side == side and r.label == name) for name in classes} for side in _SIDES
+        side: {name: sum(1 for r in used if r.side == side and r.label == name) for name in classes}
+        for side in DATA_CHANNELS
     }
-    patients = {side: len({r.patient for r in used if r.side == side}) for side in _SIDES}
+    patients = {side: len({r.patient for r in used if r.side == side}) for side in DATA_CHANNELS}
     settings = asdict(options)
     settings.pop("pseudonym_key", None)  # the secret is never written out
     settings["cache_dir"] = str(options.cache_dir) if options.cache_dir is not None else None
@@ -579,7 +389,7 @@ def _log_listing(listing: ChannelListing) -> None:
 
 def _log_plan(manifest: dict[str, Any]) -> None:
     """The split in one line per side, and a warning for a class left without training images."""
-    for side in _SIDES:
+    for side in DATA_CHANNELS:
         counts = manifest["class_counts"][side]
         if sum(counts.values()):
             detail = ", ".join(f"{name} {count}" for name, count in counts.items())

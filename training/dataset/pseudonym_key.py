@@ -1,4 +1,4 @@
-"""The secret key of the patient pseudonyms (training/dataset/prepare.py `patient_hash`: HMAC-SHA256 keyed with it).
+"""The secret key of the patient pseudonyms (training/dataset/split.py `patient_hash`: HMAC-SHA256 keyed with it).
 
 Where the key comes from, first found wins:
 

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.dataset.prepare import BatchLoader, DataError, DataOptions, PreparedData, Split, prepare
+from training.dataset.loader import BatchLoader
+from training.dataset.prepare import DataError, DataOptions, prepare
+from training.dataset.split import PreparedData, Split
 from training.job import bundle, checkpoint, environment, evaluation, lineage, plots
 from training.job import config as config_module
 from training.job import distributed as dist
