@@ -56,7 +56,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from training.dataset.dicom import resize
+from training.dataset.grayscale import resize
 
 CLASSES = ("normal", "abnormal")
 FORMATS = ("csv", "groundtruth", "metadata-json", "folders")

@@ -11,7 +11,8 @@ import torch
 
 from tests.training.dicom_builders import read_labels_csv, truncate
 from training.dataset.cache import MIN_FILES_PER_WORKER
-from training.dataset.dicom import load_image, to_uint8
+from training.dataset.dicom import load_image
+from training.dataset.grayscale import to_uint8
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataOptions, prepare
 from training.synthetic import generate

@@ -12,15 +12,8 @@ import torch.nn.functional as F
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from tests.training.dicom_builders import gradient, secondary_capture, truncate, write_image, write_structured_report
-from training.dataset.dicom import (
-    DicomReadError,
-    apply_window,
-    has_dicom_marker,
-    load_image,
-    read_header,
-    resize,
-    to_uint8,
-)
+from training.dataset.dicom import DicomReadError, has_dicom_marker, load_image, read_header
+from training.dataset.grayscale import apply_window, resize, to_uint8
 
 
 @pytest.fixture

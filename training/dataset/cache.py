@@ -1,7 +1,8 @@
 """Reading headers and decoding images once, in a small process pool, into a cache at the training resolution.
 
-This module imports numpy, pydicom and training.dataset.dicom only (no torch, no MONAI): decoding processes need nothing
-more, and where they must be spawned (no fork on the platform) they start in about 0.3 s instead of 3.5 s.
+This module imports numpy, pydicom, training.dataset.dicom and training.dataset.grayscale only (no torch, no MONAI):
+decoding processes need nothing more, and where they must be spawned (no fork on the platform) they start in about
+0.3 s instead of 3.5 s.
 
 The cache is one contiguous uint8 array (N, 1, H, W), 1/255 steps of the [0, 1] image that `load_image` returns.
 It is held in memory when it fits `budget_bytes`; otherwise it is a numpy memmap in `cache_dir`, whose file is
@@ -25,7 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from training.dataset.dicom import DicomHeader, DicomReadError, Window, load_image, read_header, to_uint8
+from training.dataset.dicom import DicomHeader, DicomReadError, load_image, read_header
+from training.dataset.grayscale import Window, to_uint8
 
 log = logging.getLogger(__name__)
 
