@@ -17,8 +17,10 @@ from tests.training.dicom_builders import (
     write_labels_csv,
     write_structured_report,
 )
+from training.dataset.dicom import load_image
 from training.dataset.prepare import DataError, DataOptions, prepare
 from training.dataset.split import patient_hash
+from training.job.config import TrainConfig
 from training.synthetic import generate
 
 SMALL = DataOptions(image_size=(32, 32), workers=1)
@@ -232,3 +234,30 @@ def test_channel_names_are_checked(dataset: Path) -> None:
 def test_options_are_validated(kwargs: dict[str, object], setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
         DataOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_options_take_the_job_defaults_and_fields() -> None:
+    # DataOptions' defaults are TrainConfig's (issue 19 item 4: written once), and from_config carries every data
+    # field of the hyperparameters, "" becoming None where DataOptions says "not given" that way.
+    assert DataOptions.from_config(TrainConfig()) == DataOptions()
+    shared = {"image_size": (48, 40), "on_bad_file": "skip", "window": (40.0, 400.0), "val_fraction": 0.3, "seed": 7,
+              "cache_memory_mb": 5, "workers": 3}
+    config = TrainConfig(**shared, cache_dir="/tmp/cache", label_attribute="disease")  # type: ignore[arg-type]
+    options = DataOptions.from_config(config, pseudonym_key=b"k" * 32, rank=1, world_size=2)
+    assert options == DataOptions(**shared, cache_dir=Path("/tmp/cache"), label_attribute="disease",  # type: ignore[arg-type]
+                                  pseudonym_key=b"k" * 32, rank=1, world_size=2)
+
+
+@pytest.mark.parametrize(("size", "allowed"), [((8, 4096), True), ((96, 96), True), ((7, 96), False),
+                                               ((96, 4097), False), ((96,), False)])
+def test_one_image_size_rule(tmp_path: Path, size: tuple[int, ...], allowed: bool) -> None:
+    # TrainConfig, DataOptions and load_image accept and refuse the same sizes: one rule (training/job/config.py).
+    image = write_image(tmp_path / "ct.dcm", gradient(16, 16))
+    makers = [lambda: TrainConfig(image_size=size), lambda: DataOptions(image_size=size),  # type: ignore[arg-type]
+              lambda: load_image(image, image_size=size)]
+    for make in makers:
+        if allowed:
+            make()
+        else:
+            with pytest.raises(ValueError, match="image_size"):
+                make()

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import re
 import warnings
@@ -60,6 +59,7 @@ from training.dataset.grayscale import (
     resize,
     rgb_to_unit,
 )
+from training.job.config import check_image_size, check_window
 
 Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 
@@ -235,8 +235,8 @@ def preprocess(
     Raises:
         DicomReadError: no pixel data, a decoder is missing or fails, or the pixel layout is unsupported.
     """
-    height, width = _check_size(image_size)
-    _check_window(window)
+    height, width = check_image_size(image_size)
+    check_window(window)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # value-quoting validation warnings, as in read_header
         scrub = _identifiers(ds)
@@ -252,14 +252,6 @@ def preprocess(
     out = resize(gray, (height, width))
     np.clip(out, 0.0, 1.0, out=out)
     return out[None]
-
-
-
-
-
-
-
-
 
 
 def middle_frame_index(ds: Dataset) -> int | None:
@@ -339,44 +331,6 @@ def _header_int(ds: Dataset, keyword: str, name: str, default: int = 0) -> int:
     if number < 0:
         raise DicomReadError(name, f"its {keyword} is negative ({number})")
     return number
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """Validate (H, W)."""
-    size = tuple(int(v) for v in image_size)
-    if len(size) != 2 or min(size) < 8 or max(size) > 4096:
-        raise ValueError(f"image_size must be (H, W) with 8 <= H, W <= 4096; got {tuple(image_size)}")
-    return size[0], size[1]
-
-
-def _check_window(window: Window | None) -> None:
-    """Validate a (center, width) window."""
-    if window is None:
-        return
-    if len(window) != 2 or not math.isfinite(float(window[0])) or not (math.isfinite(float(window[1]))
-                                                                       and float(window[1]) > 0):
-        raise ValueError(f"window must be (center, width), finite numbers with width > 0, e.g. (40, 400) for CT; "
-                         f"got {window}")
 
 
 def _identifiers(ds: Dataset) -> list[str]:

@@ -48,6 +48,7 @@ from training.dataset.dicom import DICOMDIR_SOP_CLASS
 from training.dataset.labels import ChannelListing, DataError, list_channel
 from training.dataset.pseudonym_key import local_key
 from training.dataset.split import PreparedData, Record, Split, assign, in_shard_order
+from training.job.config import TrainConfig, check_data_fields
 from training.job.environment import DATA_CHANNELS
 
 __all__ = ["DataError", "DataOptions", "prepare"]  # DataError (training/dataset/labels.py): what prepare raises
@@ -59,58 +60,65 @@ BAD_FILES_JSON = "bad_files.json"
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How the data is read, checked, split and cached.
+    """How the data is read, checked, split and cached: the data fields of the job's hyperparameters, with their
+    defaults and rules taken from TrainConfig (training/job/config.py explains each), and this process's place.
 
     Attributes:
-        image_size: (H, W) the training resolution; 96x96 keeps DenseNet121 fast on CPUs and shows a lesion.
-        on_bad_file: 'fail' (one error listing every bad file; the default, so that nothing is dropped silently)
-            or 'skip' (train on the rest, log each, write bad_files.json).
-        window: (center, width) in modality units overriding every file's window; None: the file's window, else
-            percentile scaling (training/dataset/dicom.py).
-        val_fraction: share of the train channel's images held out for validation when no validation channel is
-            given; 0.2 is the usual compromise for small medical sets.
-        seed: seeds the train/validation split.
+        image_size, on_bad_file, window, val_fraction, seed, cache_memory_mb, workers: as TrainConfig's.
+        cache_dir: TrainConfig.cache_dir as a path; None (TrainConfig's ""): the system's temporary directory.
+        label_attribute: TrainConfig.label_attribute; None (TrainConfig's ""): a manifest's only attribute.
         pseudonym_key: the 32-byte secret key of the patient pseudonyms; None: the local key
             (training/dataset/pseudonym_key.py). Never written out.
-        cache_memory_mb: MiB the image cache may take in memory; beyond it the cache is a memmap on disk.
-            2048 MiB holds about 230,000 images at 96x96.
-        cache_dir: where a disk cache goes; None: the system's temporary directory.
-        workers: decoding processes on first read; 2 matches the smallest training instances (and this machine).
         rank: this process's rank in a multi-process job.
         world_size: the number of processes; each decodes and caches only its shard.
-        label_attribute: the Ground Truth label attribute when a manifest holds several (chained jobs).
     """
 
-    image_size: tuple[int, int] = (96, 96)
-    on_bad_file: str = "fail"
-    window: tuple[float, float] | None = None
-    val_fraction: float = 0.2
-    seed: int = 0
+    image_size: tuple[int, int] = TrainConfig.image_size
+    on_bad_file: str = TrainConfig.on_bad_file
+    window: tuple[float, float] | None = TrainConfig.window
+    val_fraction: float = TrainConfig.val_fraction
+    seed: int = TrainConfig.seed
     pseudonym_key: bytes | None = field(default=None, repr=False)
-    cache_memory_mb: int = 2048
+    cache_memory_mb: int = TrainConfig.cache_memory_mb
     cache_dir: Path | None = None
-    workers: int = 2
+    workers: int = TrainConfig.workers
     rank: int = 0
     world_size: int = 1
     label_attribute: str | None = None
 
     def __post_init__(self) -> None:
-        if len(self.image_size) != 2 or not all(8 <= int(v) <= 4096 for v in self.image_size):
-            raise ValueError(f"image_size must be (H, W) with 8 <= H, W <= 4096; got {self.image_size}")
-        if self.on_bad_file not in ("fail", "skip"):
-            raise ValueError(f"on_bad_file must be 'fail' or 'skip'; got {self.on_bad_file!r}")
-        if self.window is not None and (len(self.window) != 2 or not float(self.window[1]) > 0):
-            raise ValueError(f"window must be (center, width) with width > 0, e.g. (40, 400); got {self.window}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        check_data_fields(self)
         if self.pseudonym_key is not None and len(self.pseudonym_key) != 32:
             raise ValueError("pseudonym_key must be 32 bytes (training/dataset/pseudonym_key.py)")
-        if self.cache_memory_mb < 0:
-            raise ValueError(f"cache_memory_mb must be >= 0; got {self.cache_memory_mb}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1; got {self.workers}")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size); got rank={self.rank}, world_size={self.world_size}")
+
+    @classmethod
+    def from_config(
+        cls, config: TrainConfig, *, pseudonym_key: bytes | None = None, rank: int = 0, world_size: int = 1
+    ) -> DataOptions:
+        """The options of a training job: its hyperparameters' data fields, its key and this process's rank.
+
+        Args:
+            config: the job's hyperparameters.
+            pseudonym_key: the 32-byte key; None: the local key.
+            rank: this process's rank.
+            world_size: the number of processes.
+        """
+        return cls(
+            image_size=config.image_size,
+            on_bad_file=config.on_bad_file,
+            window=config.window,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            pseudonym_key=pseudonym_key,
+            cache_memory_mb=config.cache_memory_mb,
+            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            workers=config.workers,
+            rank=rank,
+            world_size=world_size,
+            label_attribute=config.label_attribute or None,
+        )
 
 
 def prepare(

@@ -33,7 +33,7 @@ import monai
 import numpy as np
 import torch
 
-from training.job.config import NETWORKS, TrainConfig
+from training.job.config import IMAGE_SIZE_RANGE, NETWORKS, TrainConfig
 from training.job.networks import build_network, network_spec
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,6 @@ def export_torchscript(model_dir: Path, *, image_size: Sequence[int]) -> Path:
 
 MAX_CLASSES = 1000
 MAX_CLASS_NAME = 64
-IMAGE_SIZE_RANGE = (8, 4096)  # as TrainConfig allows
 
 
 class BundleError(ValueError):

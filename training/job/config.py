@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,9 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ON_BAD_FILE = ("fail", "skip")
+# Each of (H, W): the one image-size rule, for TrainConfig, training/dataset/prepare.py DataOptions,
+# training/dataset/dicom.py load_image and a bundle's inference.json (training/job/bundle.py).
+IMAGE_SIZE_RANGE = (8, 4096)
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class TrainConfig:
     positive_class: str = ""  # two classes: the class sensitivity is about; "" means the last class name
     bootstrap_samples: int = 1000  # resamples for the 95% confidence intervals (percentile bootstrap)
     torchscript: bool = True  # also write models/model.ts (deployment without MONAI); model.pt is always written
-    # --- data (passed to training.dataset.prepare.DataOptions) ---
+    # --- data: these, image_size, window and seed give training/dataset/prepare.py DataOptions its defaults; ---
+    # --- check_data_fields (below) is the rule of both ---
     val_fraction: float = 0.2  # share of train images held out (by patient) without a validation channel
     on_bad_file: str = "fail"  # "fail": stop on a bad file, listing all; "skip": train on the rest: nothing silent
     cache_memory_mb: int = 2048  # decoded uint8 images held in memory (~230,000 at 96x96); beyond it, on disk
@@ -82,19 +86,11 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
-        _choice("on_bad_file", self.on_bad_file, ON_BAD_FILE)
-        if len(self.image_size) != 2 or not all(8 <= v <= 4096 for v in self.image_size):
-            raise ValueError(
-                f"image_size must be two sizes (H, W) between 8 and 4096, e.g. 96,96; got {self.image_size}"
-            )
-        if self.window is not None and (len(self.window) != 2 or not self.window[1] > 0):
-            raise ValueError(f"window must be center,width with width > 0, e.g. 40,400 for CT; got {self.window}")
+        check_data_fields(self)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("patience", self.patience, 0)
         _at_least("threads", self.threads, 0)
-        _at_least("workers", self.workers, 1)
-        _at_least("cache_memory_mb", self.cache_memory_mb, 0)
         _at_least("bootstrap_samples", self.bootstrap_samples, 0)
         _at_least("precise_bn", self.precise_bn, 0)
         for name in ("learning_rate", "weight_decay", "momentum", "min_delta"):
@@ -104,8 +100,6 @@ class TrainConfig:
         for name in ("augment", "threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), e.g. 0.2 (0: no validation); got {self.val_fraction}")
 
     def hyperparameters(self) -> dict[str, str]:
         """The configuration as SageMaker hyperparameters: every field as the string this module parses back.
@@ -136,6 +130,57 @@ class TrainConfig:
             except ValueError as exc:
                 raise ValueError(f"hyperparameter {name}={text!r}: {exc}") from None
         return cls(**kwargs)
+
+
+def check_data_fields(settings: Any) -> None:
+    """The rules of the data fields, written once for the two classes that carry them: TrainConfig and
+    training/dataset/prepare.py DataOptions (the same names; DataOptions also takes its defaults from TrainConfig).
+
+    Args:
+        settings: a TrainConfig or a DataOptions.
+
+    Raises:
+        ValueError: a value out of range or not one of the allowed names; the message names the field.
+    """
+    _choice("on_bad_file", settings.on_bad_file, ON_BAD_FILE)
+    check_image_size(settings.image_size)
+    check_window(settings.window)
+    _at_least("workers", settings.workers, 1)
+    _at_least("cache_memory_mb", settings.cache_memory_mb, 0)
+    if not 0.0 <= settings.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), e.g. 0.2 (0: no validation); got {settings.val_fraction}")
+
+
+def check_image_size(size: Sequence[Any]) -> tuple[int, int]:
+    """The image-size rule: (H, W), each within IMAGE_SIZE_RANGE.
+
+    Args:
+        size: the two sizes.
+
+    Returns:
+        (H, W) as integers.
+
+    Raises:
+        ValueError: not two sizes, or one out of range.
+    """
+    low, high = IMAGE_SIZE_RANGE
+    if len(size) != 2 or not all(low <= int(v) <= high for v in size):
+        raise ValueError(f"image_size must be two sizes (H, W) between {low} and {high}, e.g. 96,96; got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
+def check_window(window: Sequence[float] | None) -> None:
+    """The window rule: None (each file's own window), or (center, width), finite numbers with width > 0.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if window is not None and (
+        len(window) != 2 or not all(math.isfinite(float(v)) for v in window) or not float(window[1]) > 0
+    ):
+        raise ValueError(
+            f"window must be center,width: finite numbers with width > 0, e.g. 40,400 for CT; got {window}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

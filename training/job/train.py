@@ -660,23 +660,9 @@ def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
     """The data layer's options from the hyperparameters and this process's rank."""
     from training.dataset.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
 
-    key_file, from_channel = context.pseudonym_key_file, context.pseudonym_key_from_channel
-    extra: dict[str, Any] = {"pseudonym_key": resolve_key(key_file, from_channel=from_channel,
-                                                          data_dirs=list(context.channels.values()))}
-    return DataOptions(
-        image_size=config.image_size,
-        on_bad_file=config.on_bad_file,
-        window=config.window,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        cache_memory_mb=config.cache_memory_mb,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-        workers=config.workers,
-        rank=context.rank,
-        world_size=context.world_size,
-        label_attribute=config.label_attribute or None,
-        **extra,
-    )
+    key = resolve_key(context.pseudonym_key_file, from_channel=context.pseudonym_key_from_channel,
+                      data_dirs=list(context.channels.values()))
+    return DataOptions.from_config(config, pseudonym_key=key, rank=context.rank, world_size=context.world_size)
 
 
 def print_test_report(report: Mapping[str, Any]) -> None:
