@@ -46,12 +46,10 @@ class CacheBuffer:
     Attributes:
         array: uint8 array (N, 1, H, W).
         location: 'memory' or 'disk'.
-        directory: where the (unlinked) memmap file was created, for disk caches.
     """
 
     array: np.ndarray
     location: str
-    directory: str | None = None
 
 
 @dataclass
@@ -178,7 +176,7 @@ def allocate(count: int, size: tuple[int, int], *, budget_bytes: int, cache_dir:
         ) from None
     finally:
         os.unlink(path)  # the mapping keeps the data; the name goes now so nothing is left behind
-    return CacheBuffer(array, "disk", directory)
+    return CacheBuffer(array, "disk")
 
 
 def read_headers(

@@ -42,7 +42,6 @@ FORMAT_CSV = "labels.csv"
 FORMAT_GROUNDTRUTH = "groundtruth"
 FORMAT_METADATA_JSON = "metadata-json"
 FORMAT_FOLDERS = "folders"
-LABEL_FORMATS = (FORMAT_CSV, FORMAT_GROUNDTRUTH, FORMAT_METADATA_JSON, FORMAT_FOLDERS)
 _EXPECTED = (
     "exactly one of: labels.csv (columns file,label and optional patient_id); a SageMaker Ground Truth output "
     "manifest (*.manifest); meta-data.json (consolidated annotations of the aws-samples DICOM labeling sample); "
@@ -84,7 +83,7 @@ class ChannelListing:
     Attributes:
         channel: the channel's name (train, validation, test).
         root: the channel directory.
-        label_format: one of LABEL_FORMATS.
+        label_format: FORMAT_CSV, FORMAT_GROUNDTRUTH, FORMAT_METADATA_JSON or FORMAT_FOLDERS.
         label_source: the file the labels came from, or 'class folders'.
         items: the labeled DICOM files, sorted by path.
         bad: labels that cannot be used, each {"channel", "file", "reason"}.

@@ -46,7 +46,7 @@ import torch
 from training.dataset.cache import allocate, decode_into, read_headers
 from training.dataset.dicom import DICOMDIR_SOP_CLASS
 from training.dataset.labels import ChannelListing, DataError, list_channel
-from training.dataset.pseudonym_key import local_key
+from training.dataset.pseudonym_key import KEY_BYTES, local_key
 from training.dataset.split import PreparedData, Record, Split, assign, in_shard_order
 from training.job.config import TrainConfig, check_data_fields
 from training.job.environment import DATA_CHANNELS
@@ -67,7 +67,7 @@ class DataOptions:
         image_size, on_bad_file, window, val_fraction, seed, cache_memory_mb, workers: as TrainConfig's.
         cache_dir: TrainConfig.cache_dir as a path; None (TrainConfig's ""): the system's temporary directory.
         label_attribute: TrainConfig.label_attribute; None (TrainConfig's ""): a manifest's only attribute.
-        pseudonym_key: the 32-byte secret key of the patient pseudonyms; None: the local key
+        pseudonym_key: the secret key (KEY_BYTES bytes) of the patient pseudonyms; None: the local key
             (training/dataset/pseudonym_key.py). Never written out.
         rank: this process's rank in a multi-process job.
         world_size: the number of processes; each decodes and caches only its shard.
@@ -88,8 +88,8 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         check_data_fields(self)
-        if self.pseudonym_key is not None and len(self.pseudonym_key) != 32:
-            raise ValueError("pseudonym_key must be 32 bytes (training/dataset/pseudonym_key.py)")
+        if self.pseudonym_key is not None and len(self.pseudonym_key) != KEY_BYTES:
+            raise ValueError(f"pseudonym_key must be {KEY_BYTES} bytes (training/dataset/pseudonym_key.py)")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size); got rank={self.rank}, world_size={self.world_size}")
 
