@@ -138,26 +138,7 @@ def prepare(
         DataError: a dataset-level problem (no labels, two label formats, fewer than 2 classes, a patient in two
             channels, nothing left to train on), or bad files with on_bad_file='fail' (one error listing them all).
     """
-    unknown = sorted(set(channels) - set(DATA_CHANNELS))
-    if unknown or "train" not in channels:
-        raise DataError(
-            f"channels must include 'train' and may include 'validation' and 'test'; got {sorted(channels)}"
-            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
-        )
-    listings = {
-        name: list_channel(name, Path(channels[name]), label_attribute=options.label_attribute)
-        for name in DATA_CHANNELS
-        if name in channels
-    }
-    bad: list[dict[str, str]] = [entry for listing in listings.values() for entry in listing.bad]
-    for listing in listings.values():
-        _log_listing(listing)
-    classes = sorted({item.label for item in listings["train"].items})
-    if len(classes) < 2:
-        raise DataError(
-            f"channel 'train' has {len(classes)} class(es) ({', '.join(classes) or 'none'}); single-label "
-            "classification needs images of at least 2 classes"
-        )
+    listings, classes, bad = _list_channels(channels, options.label_attribute)
     records = [
         Record(name, item, listing.root / item.file) for name, listing in listings.items() for item in listing.items
     ]
@@ -206,6 +187,33 @@ def prepare(
         manifest=manifest,
         bad_files=bad,
     )
+
+
+def _list_channels(
+    channels: Mapping[str, str | Path], label_attribute: str | None
+) -> tuple[dict[str, ChannelListing], list[str], list[dict[str, str]]]:
+    """Steps 1 and 2: each channel's labeled files, the train classes (2 or more) and the bad label entries."""
+    unknown = sorted(set(channels) - set(DATA_CHANNELS))
+    if unknown or "train" not in channels:
+        raise DataError(
+            f"channels must include 'train' and may include 'validation' and 'test'; got {sorted(channels)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    listings = {
+        name: list_channel(name, Path(channels[name]), label_attribute=label_attribute)
+        for name in DATA_CHANNELS
+        if name in channels
+    }
+    bad: list[dict[str, str]] = [entry for listing in listings.values() for entry in listing.bad]
+    for listing in listings.values():
+        _log_listing(listing)
+    classes = sorted({item.label for item in listings["train"].items})
+    if len(classes) < 2:
+        raise DataError(
+            f"channel 'train' has {len(classes)} class(es) ({', '.join(classes) or 'none'}); single-label "
+            "classification needs images of at least 2 classes"
+        )
+    return listings, classes, bad
 
 
 def _drop_unknown_labels(records: list[Record], classes: list[str], bad: list[dict[str, str]]) -> list[Record]:
