@@ -2,9 +2,10 @@
 
 The job is another package: the launcher ships its directory as the SDK's source_dir, runs ENTRY_SCRIPT in it, sends
 its hyperparameters (validated by the job's own parser first, so a typo fails here and not after the instances
-started), reads its metric lines with the job's own regexes, and opens what it writes. `training.*` is imported
-inside the functions: only modules that need nothing beyond the standard library (config, metrics, contract), and
-only when used, so that the settings and uploads work even where the job's package is broken or half-written.
+started), reads its metric lines with the job's own regexes, and opens what it writes. Only the job's modules that
+need nothing beyond the standard library are imported: its environment (training/job/environment.py: the channel
+names, one definition for the job and the launcher) and code_identity when this module is imported, config and
+metrics inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+# From the job: its code identity, and its channel names, re-exported (the launcher imports them from here): the data
+# channels (train, validation, test), the manifest (the S3 record of the data: training/job/lineage.py), an earlier
+# job's checkpoints to start from, the pseudonym key (one file; no hyphen in its name: sm_train.sh exports it).
 from training.job.code_identity import code_commit as training_code_commit
+from training.job.environment import (  # noqa: F401
+    DATA_CHANNELS,
+    MANIFEST_CHANNEL,
+    PSEUDONYM_KEY_CHANNEL,
+    RESUME_CHANNEL,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "training"  # shipped to the job as /opt/ml/input/data/code
@@ -29,10 +39,6 @@ IGNORE_PATTERNS = (
     "tests", "test_*.py", "conftest.py", "*.ipynb", "*.dcm", "*.DCM", "data", "model", "output", "checkpoints",
     "*.pt", "*.ts", "*.tar.gz",
 )
-DATA_CHANNELS = ("train", "validation", "test")  # training.job.environment.DATA_CHANNELS
-# training.job.environment.MANIFEST_CHANNEL: the S3 record of the data (training/job/lineage.py)
-MANIFEST_CHANNEL = "manifest"
-RESUME_CHANNEL = "resume"  # training.job.environment.RESUME_CHANNEL: an earlier job's checkpoints to start from
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with CheckpointConfig.S3Uri (spot resumes)
 CODE_COMMIT_VARIABLE = "TRAINING_CODE_COMMIT"  # training.job.environment reads it: a job's code has no .git to ask
 MODEL_ARCHIVE = "model.tar.gz"  # SageMaker's archive of /opt/ml/model: the MONAI bundle
