@@ -24,7 +24,8 @@ try:
     from launcher.datasets.upload import DatasetManifest, read_manifest, upload_dataset
     from launcher.jobs.follow import JobProgress, follow, stop_training
     from launcher.jobs.handle import TrainingJob, attach
-    from launcher.jobs.launch import TrainingRequest, register_runner, start_training
+    from launcher.jobs.launch import register_runner, start_training
+    from launcher.jobs.request import TrainingRequest
     from launcher.jobs.results import JobResults, JobSummary, collect, list_jobs
     from launcher.settings import Settings, SettingsError, load_settings
 except ImportError as error:

@@ -38,7 +38,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from launcher.jobs.follow import TERMINAL_STATUSES
-from launcher.jobs.launch import DEFAULT_CPU_INSTANCE, LOCAL_RUNNER
+from launcher.jobs.launch import LOCAL_RUNNER
+from launcher.jobs.request import DEFAULT_CPU_INSTANCE
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,9 @@ from botocore.exceptions import ClientError
 from launcher import job_contract
 from launcher.jobs.follow import LOG_GROUP
 from launcher.jobs.handle import TrainingJob
-from launcher.jobs.launch import LOCAL_RUNNER, SageMakerRunner, TrainingRequest
+from launcher.jobs.launch import LOCAL_RUNNER
+from launcher.jobs.request import TrainingRequest
+from launcher.jobs.sagemaker_runner import SageMakerRunner
 
 OPT_ML = "/opt/ml"  # the container's root of the training contract, hard-coded in the SDK's drivers
 HOST = "algo-1"  # SageMaker's name of a job's first (here: only) instance

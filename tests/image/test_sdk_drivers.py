@@ -1,6 +1,6 @@
 """The per-job code path, without Docker: the SageMaker SDK's own driver scripts run the job shipped as a code channel.
 
-The launcher (launcher/jobs/launch.py) gives ModelTrainer `SourceCode(source_dir=training,
+The launcher (launcher/jobs/sagemaker_runner.py) gives ModelTrainer `SourceCode(source_dir=training,
 entry_script=train_entry.py)`. The SDK then replaces the image's entrypoint with `/bin/bash -c "chmod +x .../sm_train.sh
 && .../sm_train.sh"` and ships its drivers (sagemaker/train/container_drivers/, sm_train.sh written from
 sagemaker/train/templates.py) as the channel sm_drivers, the code as the channel code. Here the SDK writes those files

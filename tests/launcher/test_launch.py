@@ -19,13 +19,13 @@ from demo.emulator import Emulator
 from launcher import job_contract
 from launcher.datasets.upload import DatasetManifest, DatasetObject, upload_dataset
 from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix
-from launcher.jobs.launch import (
+from launcher.jobs.launch import start_training
+from launcher.jobs.request import (
     DEFAULT_MAX_RUNTIME_S,
     LARGE_DATASET_BYTES,
     build_request,
     check_instance_type,
     image_variant,
-    start_training,
 )
 from tests.launcher.conftest import BUCKET, STACK_NAME, Recording, Stack
 
@@ -175,7 +175,7 @@ def test_an_unknown_runner_is_named(stack: Stack, dataset: DatasetManifest) -> N
 
 
 def test_the_staging_hook_launch_overrides_is_the_one_the_sdk_calls() -> None:
-    """launch._stack_model_trainer keeps code under code/ by overriding this method; the SDK must still use it."""
+    """sagemaker_runner._stack_model_trainer keeps code under code/ by overriding this method; the SDK must use it."""
     from sagemaker.train import ModelTrainer
 
     assert "self._resolve_staging_bucket()" in inspect.getsource(ModelTrainer.create_input_data_channel)
@@ -282,12 +282,12 @@ def test_resume_from_is_checked_before_anything_starts(stack: Stack, dataset: Da
 
 def test_the_pseudonym_key_is_made_once_and_sent_as_a_file_channel(stack: Stack, dataset: DatasetManifest,
                                                                      recording: Recording) -> None:
-    from launcher.jobs.launch import PSEUDONYM_KEY_CHANNEL, PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
+    from launcher.jobs.launch import PSEUDONYM_KEY_OBJECT, ensure_pseudonym_key
 
     s3 = boto3.Session().client("s3")
     start_training(stack.settings, dataset=dataset)
     channels = {c["ChannelName"]: c for c in created(recording)["InputDataConfig"]}
-    key_channel = channels[PSEUDONYM_KEY_CHANNEL]
+    key_channel = channels[job_contract.PSEUDONYM_KEY_CHANNEL]
     assert key_channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/{PSEUDONYM_KEY_OBJECT}"
     assert key_channel["InputMode"] == "File"
     first = s3.get_object(Bucket=BUCKET, Key=PSEUDONYM_KEY_OBJECT)

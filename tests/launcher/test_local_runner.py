@@ -211,7 +211,7 @@ def test_channels_download_as_sagemaker_lays_them_out(stack: Stack, tmp_path: Pa
 
 
 def _request(stack: Stack, dataset: DatasetManifest) -> Any:
-    from launcher.jobs.launch import DEFAULT_MAX_RUNTIME_S, build_request
+    from launcher.jobs.request import DEFAULT_MAX_RUNTIME_S, build_request
 
     return build_request(stack.settings, dataset=dataset, hyperparameters=HYPERPARAMETERS, instance_type=None,
                          instance_count=1, spot=False, max_runtime_s=DEFAULT_MAX_RUNTIME_S, max_wait_s=None,
