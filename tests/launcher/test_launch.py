@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from launcher.datasets.upload import DatasetManifest, DatasetObject, upload_data
 from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix
 from launcher.jobs.launch import start_training
 from launcher.jobs.request import (
+    DEFAULT_CPU_INSTANCE,
+    DEFAULT_GPU_INSTANCE,
     DEFAULT_MAX_RUNTIME_S,
     LARGE_DATASET_BYTES,
     build_request,
@@ -254,7 +257,21 @@ def test_the_gpu_image_defaults_to_a_gpu_instance(stack: Stack) -> None:
     request = build_request(gpu, dataset=big_dataset(1), hyperparameters={}, instance_type=None, instance_count=1,
                             spot=False, max_runtime_s=60, max_wait_s=None, input_mode=None, volume_size_gb=None,
                             network_isolation=True)
-    assert request.instance_type == "ml.g5.xlarge"
+    assert request.instance_type == "ml.g5.xlarge" == DEFAULT_GPU_INSTANCE
+
+
+def test_the_instance_types_the_notebook_and_the_readme_name_are_the_launchers_defaults() -> None:
+    """Prose cannot import DEFAULT_CPU_INSTANCE and DEFAULT_GPU_INSTANCE (launcher/jobs/request.py, their one
+    definition): every instance type the notebook and the README name is one of them, or, in the README, the notebook
+    instance's own default (infra/config.py)."""
+    from infra.config import SETTINGS
+
+    root = Path(__file__).resolve().parents[2]
+    named = re.compile(r"\bml\.[a-z0-9-]+\.[a-z0-9]+")
+    defaults = {DEFAULT_CPU_INSTANCE, DEFAULT_GPU_INSTANCE}
+    assert set(named.findall((root / "notebooks" / "dicom_training.ipynb").read_text(encoding="utf-8"))) == defaults
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert set(named.findall(readme)) == defaults | {SETTINGS["notebookInstanceType"][0]}
 
 
 def test_a_new_job_resumes_from_an_earlier_spot_jobs_checkpoints(stack: Stack, dataset: DatasetManifest,
