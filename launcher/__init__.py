@@ -21,7 +21,8 @@ from typing import Any
 
 try:
     from launcher import runners as _runners  # noqa: F401 - registers the runners start_training chooses from
-    from launcher.datasets.upload import DatasetManifest, read_manifest, upload_dataset
+    from launcher.datasets.manifest import DatasetManifest, read_manifest
+    from launcher.datasets.upload import upload_dataset
     from launcher.jobs.follow import JobProgress, follow, stop_training
     from launcher.jobs.handle import TrainingJob, attach
     from launcher.jobs.launch import register_runner, start_training

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from launcher.datasets.upload import DatasetManifest
+    from launcher.datasets.manifest import DatasetManifest
     from launcher.jobs.handle import TrainingJob
     from launcher.jobs.results import JobResults
 

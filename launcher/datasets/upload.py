@@ -3,9 +3,8 @@
     manifest = upload_dataset(settings, "data/synthetic", "synthetic")
 
 Layout in the bucket: `datasets/<name>/<channel>/<path inside the channel>` for the channels train, validation and
-test, and `datasets/<name>/manifest.json`, the record of every object (key, size, SHA-256, S3 version id). The
-training job receives that record as its `manifest` channel and copies it into the model's lineage
-(training/job/lineage.py); the launcher reads it back to start jobs on a dataset by name.
+test, and `datasets/<name>/manifest.json`, the record of every object (launcher/datasets/manifest.py: DatasetManifest,
+read_manifest).
 
 A local folder holding `train/` (and optionally `validation/`, `test/`) is uploaded channel by channel; any other
 folder is the train channel (the job then holds out validation images by patient). Hidden files and folders
@@ -28,32 +27,34 @@ resumed by the same folder: its objects must hold the folder's files, and missin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from dataclasses import replace as with_fields
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.exceptions import ClientError
 from s3transfer.subscribers import BaseSubscriber
 from tqdm.auto import tqdm
 
 from launcher.datasets import checksums
+from launcher.datasets.manifest import (
+    MANIFEST_NAME,
+    DatasetManifest,
+    DatasetObject,
+    UploadError,
+    dataset_prefix,
+    put_manifest,
+    recorded_sha256,
+)
 from launcher.job_contract import DATA_CHANNELS
 from launcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DATASETS_PREFIX = "datasets/"  # infra/constructs/storage.py: jobs may read only this prefix of the data
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
 MiB = 1024 * 1024
 # Multipart above 16 MiB in 16 MiB parts: most DICOM files (CT and MR slices, radiographs) go in one request, large
 # ones (mammograms, multi-frame) in parallel parts; 10 files or parts in flight saturate a notebook's network.
@@ -61,142 +62,6 @@ DEFAULT_TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=10, use_threads=True,
     preferred_transfer_client="classic",  # s3transfer's own client: SHA-256 checksums part by part, as described
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class UploadError(RuntimeError):
-    """The upload cannot proceed, or S3 holds something other than what was sent; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class DatasetObject:
-    """One uploaded file.
-
-    Attributes:
-        channel: train, validation or test.
-        file: the path inside the channel, '/'-separated (how the job names files).
-        key: the S3 key.
-        size: bytes.
-        sha256: hex SHA-256 of the whole file.
-        checksum_sha256: S3's checksum of the object (base64; for a multipart object the composite, "<value>-<parts>").
-        version_id: the S3 version (None in an unversioned bucket).
-        etag: the S3 ETag (an identifier; not an MD5 for KMS-encrypted or multipart objects).
-    """
-
-    channel: str
-    file: str
-    key: str
-    size: int
-    sha256: str
-    checksum_sha256: str
-    version_id: str | None
-    etag: str | None
-
-
-@dataclass(frozen=True)
-class DatasetManifest:
-    """What a dataset in the bucket is made of (also the document at `manifest_key`).
-
-    Attributes:
-        name: the dataset's name.
-        bucket: the data bucket.
-        objects: every file, sorted by channel and path.
-        manifest_version_id: the S3 version of manifest.json.
-        transferred_files: files sent by the upload that returned this (0 when everything was already there).
-        transferred_bytes: their bytes.
-    """
-
-    name: str
-    bucket: str
-    objects: tuple[DatasetObject, ...]
-    manifest_version_id: str | None = None
-    transferred_files: int = 0
-    transferred_bytes: int = 0
-
-    @property
-    def prefix(self) -> str:
-        """The dataset's key prefix, `datasets/<name>/`."""
-        return dataset_prefix(self.name)
-
-    @property
-    def manifest_key(self) -> str:
-        """The key of manifest.json."""
-        return f"{self.prefix}{MANIFEST_NAME}"
-
-    @property
-    def manifest_uri(self) -> str:
-        """The S3 URI of manifest.json (the job's `manifest` channel)."""
-        return f"s3://{self.bucket}/{self.manifest_key}"
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """The channels the dataset has, in the job's order."""
-        present = {o.channel for o in self.objects}
-        return tuple(c for c in DATA_CHANNELS if c in present)
-
-    @property
-    def total_bytes(self) -> int:
-        """The dataset's size in bytes."""
-        return sum(o.size for o in self.objects)
-
-    def channel_uri(self, channel: str) -> str:
-        """The S3 prefix URI of a channel, `s3://<bucket>/datasets/<name>/<channel>/`.
-
-        Args:
-            channel: train, validation or test.
-        """
-        if channel not in self.channels:
-            raise KeyError(f"dataset {self.name!r} has no {channel!r} channel; it has {', '.join(self.channels)}")
-        return f"s3://{self.bucket}/{self.prefix}{channel}/"
-
-    def document(self) -> dict[str, Any]:
-        """The manifest.json document: deterministic, so an unchanged dataset gives the same bytes.
-
-        `objects` entries carry what training/job/lineage.py reads (channel, file, uri, version_id, etag) and more.
-        """
-        return {
-            "version": MANIFEST_VERSION,
-            "dataset": self.name,
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "channels": {c: self.channel_uri(c) for c in self.channels},
-            "objects": [{**asdict(o), "uri": f"s3://{self.bucket}/{o.key}"} for o in self.objects],
-        }
-
-    @classmethod
-    def from_document(cls, document: Mapping[str, Any], *, version_id: str | None = None) -> DatasetManifest:
-        """Read a manifest.json document.
-
-        Args:
-            document: the parsed JSON.
-            version_id: the S3 version it was read from.
-
-        Raises:
-            UploadError: not a manifest of this version.
-        """
-        if document.get("version") != MANIFEST_VERSION:
-            raise UploadError(f"manifest of dataset {document.get('dataset')!r} has version "
-                              f"{document.get('version')!r}; this launcher reads version {MANIFEST_VERSION}: "
-                              "upload the dataset again")
-        fields = DatasetObject.__dataclass_fields__
-        objects = tuple(DatasetObject(**{k: v for k, v in o.items() if k in fields}) for o in document["objects"])
-        return cls(name=document["dataset"], bucket=document["bucket"], objects=objects,
-                   manifest_version_id=version_id)
-
-
-def dataset_prefix(name: str) -> str:
-    """`datasets/<name>/`, after checking the name.
-
-    Args:
-        name: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters.
-
-    Raises:
-        ValueError: another name.
-    """
-    if not _NAME.match(name):
-        raise ValueError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 100, "
-                         "starting with a letter or digit), e.g. 'chest-xray-2026'")
-    return f"{DATASETS_PREFIX}{name}/"
 
 
 def upload_dataset(
@@ -242,21 +107,11 @@ def upload_dataset(
     keys = {f"{prefix}{channel}/{rel}": (channel, rel, path) for channel, rel, path in files}
 
     remote = _list_objects(s3, bucket, prefix)
-    recorded = _recorded_sha256(s3, bucket, manifest_key) if remote.pop(manifest_key, None) is not None else None
+    recorded = recorded_sha256(s3, bucket, manifest_key) if remote.pop(manifest_key, None) is not None else None
+    paths = {key: path for key, (_, _, path) in keys.items()}
 
-    def check(key: str, bar: Any) -> tuple[bytes, dict[str, Any] | None]:
-        """The file's SHA-256, and the object's HeadObject response when it holds the file already."""
-        path = keys[key][2]
-        digest = checksums.sha256_file(path)
-        head = _matching_head(s3, bucket, key, path, digest) if remote.get(key) == path.stat().st_size else None
-        bar.update(1)
-        return digest, head
-
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            _bar(progress, total=len(keys), unit="file", desc=f"checking {name}") as bar:
-        checked = dict(zip(keys, pool.map(lambda k: check(k, bar), keys), strict=True))
-    digests = {k: digest for k, (digest, _) in checked.items()}
-    present: dict[str, dict[str, Any]] = {k: head for k, (_, head) in checked.items() if head is not None}
+    with _bar(progress, total=len(keys), unit="file", desc=f"checking {name}") as bar:
+        digests, present = _check(s3, bucket, paths, remote, workers, bar)
     difference = _Difference.of(digests, present, remote, recorded)
     if difference and not replace:
         raise UploadError(
@@ -268,27 +123,14 @@ def upload_dataset(
     if difference:
         log.warning("replacing dataset %r: %s", name, difference)
     extra = sorted(k for k in remote if k not in keys)
-    to_send = [k for k in keys if k not in present]
-    sent_bytes = sum(keys[k][2].stat().st_size for k in to_send)
-    extra_args = {"ChecksumAlgorithm": "SHA256", "ServerSideEncryption": "aws:kms",
-                  "SSEKMSKeyId": settings.data_key_arn}
+    to_send = {k: path for k, path in paths.items() if k not in present}
+    sent_bytes = sum(path.stat().st_size for path in to_send.values())
     if to_send:
         log.info("uploading %d of %d files (%d bytes) to s3://%s/%s", len(to_send), len(keys), sent_bytes, bucket,
                  prefix)
-        with _bar(progress, total=sent_bytes, unit="B", unit_scale=True, desc=f"uploading {name}") as bar, \
-                create_transfer_manager(s3, config) as manager:
-            futures = [manager.upload(str(keys[k][2]), bucket, k, extra_args=extra_args,
-                                      subscribers=[_Progress(bar)]) for k in to_send]
-            for future in futures:
-                future.result()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            sent = list(pool.map(lambda k: _matching_head(s3, bucket, k, keys[k][2], digests[k]), to_send))
-        unmatched = sum(head is None for head in sent)
-        if unmatched:
-            raise UploadError(f"{unmatched} of the {len(to_send)} objects sent to s3://{bucket}/{prefix} do not hold "
-                              "their file's SHA-256 after the upload (a file changed while uploading, or another "
-                              "writer replaced the object): upload again")
-        present.update({key: head for key, head in zip(to_send, sent, strict=True) if head is not None})
+        with _bar(progress, total=sent_bytes, unit="B", unit_scale=True, desc=f"uploading {name}") as bar:
+            _transfer(s3, bucket, to_send, settings.data_key_arn, config, bar)
+        present.update(_sent(s3, bucket, prefix, to_send, digests, workers))
     else:
         log.info("all %d files of %s are in s3://%s/%s already; nothing sent", len(keys), local_dir, bucket, prefix)
     if extra:
@@ -302,28 +144,61 @@ def upload_dataset(
     )
     manifest = DatasetManifest(name=name, bucket=bucket, objects=objects, transferred_files=len(to_send),
                                transferred_bytes=sent_bytes)
-    return with_fields(manifest, manifest_version_id=_put_manifest(s3, manifest, settings.data_key_arn))
+    return with_fields(manifest, manifest_version_id=put_manifest(s3, manifest, settings.data_key_arn))
 
 
-def read_manifest(settings: Settings, name: str) -> DatasetManifest:
-    """The manifest of a dataset uploaded earlier.
+def _check(s3: Any, bucket: str, paths: Mapping[str, Path], remote: Mapping[str, int], workers: int,
+           bar: Any) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
+    """Each file's SHA-256 (key to digest), and the HeadObject responses of the objects that hold their file already.
 
     Args:
-        settings: the stack's values.
-        name: the dataset's name.
+        s3: a boto3 S3 client.
+        bucket: the data bucket.
+        paths: key to the local file to read.
+        remote: the objects under the dataset's prefix, key to size (an object of another size is not asked).
+        workers: files read and asked in parallel.
+        bar: counts the files.
+    """
+    def check(key: str) -> tuple[bytes, dict[str, Any] | None]:
+        path = paths[key]
+        digest = checksums.sha256_file(path)
+        head = _matching_head(s3, bucket, key, path, digest) if remote.get(key) == path.stat().st_size else None
+        bar.update(1)
+        return digest, head
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        checked = dict(zip(paths, pool.map(check, paths), strict=True))
+    digests = {k: digest for k, (digest, _) in checked.items()}
+    present: dict[str, dict[str, Any]] = {k: head for k, (_, head) in checked.items() if head is not None}
+    return digests, present
+
+
+def _transfer(s3: Any, bucket: str, paths: Mapping[str, Path], key_arn: str, config: TransferConfig,
+              bar: Any) -> None:
+    """Send the files (key to local file) with SSE-KMS under the stack's key and a SHA-256 checksum S3 verifies."""
+    extra_args = {"ChecksumAlgorithm": "SHA256", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_arn}
+    with create_transfer_manager(s3, config) as manager:
+        futures = [manager.upload(str(path), bucket, key, extra_args=extra_args, subscribers=[_Progress(bar)])
+                   for key, path in paths.items()]
+        for future in futures:
+            future.result()
+
+
+def _sent(s3: Any, bucket: str, prefix: str, paths: Mapping[str, Path], digests: Mapping[str, bytes],
+          workers: int) -> dict[str, dict[str, Any]]:
+    """The HeadObject responses of the objects just sent, each checked to hold its file's SHA-256.
 
     Raises:
-        UploadError: the dataset has no manifest (never uploaded, or by another tool).
+        UploadError: an object holds something else (the file changed while uploading, or another writer).
     """
-    key = f"{dataset_prefix(name)}{MANIFEST_NAME}"
-    s3 = settings.boto_session().client("s3")
-    try:
-        response = s3.get_object(Bucket=settings.bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
-        raise UploadError(f"dataset {name!r} has no s3://{settings.bucket}/{key}: upload it with "
-                          f"upload_dataset(settings, local_dir, {name!r})") from None
-    document = json.loads(response["Body"].read())
-    return DatasetManifest.from_document(document, version_id=response.get("VersionId"))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sent = list(pool.map(lambda k: _matching_head(s3, bucket, k, paths[k], digests[k]), paths))
+    unmatched = sum(head is None for head in sent)
+    if unmatched:
+        raise UploadError(f"{unmatched} of the {len(paths)} objects sent to s3://{bucket}/{prefix} do not hold "
+                          "their file's SHA-256 after the upload (a file changed while uploading, or another "
+                          "writer replaced the object): upload again")
+    return {key: head for key, head in zip(paths, sent, strict=True) if head is not None}
 
 
 def local_channels(root: Path) -> dict[str, Path]:
@@ -447,15 +322,6 @@ def _list_objects(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
     return sizes
 
 
-def _recorded_sha256(s3: Any, bucket: str, manifest_key: str) -> dict[str, str]:
-    """Key to SHA-256 (hex) of every object manifest.json records; {} for a manifest this launcher cannot read."""
-    document = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-    objects = document.get("objects") if isinstance(document, dict) else None
-    if not isinstance(objects, list):
-        return {}
-    return {str(o["key"]): str(o["sha256"]) for o in objects if isinstance(o, dict) and "key" in o and "sha256" in o}
-
-
 @dataclass(frozen=True)
 class _Difference:
     """How a local folder differs from the dataset under its name, in counts (file names may be patient names)."""
@@ -501,24 +367,6 @@ def _matching_head(s3: Any, bucket: str, key: str, path: Path, digest: bytes) ->
         return head if remote.value == checksums.to_base64(digest) else None
     part_size = int(s3.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
     return head if checksums.composite_sha256(path, part_size) == (remote.value, remote.parts) else None
-
-
-def _put_manifest(s3: Any, manifest: DatasetManifest, key_arn: str) -> str | None:
-    """Write manifest.json unless S3 holds the same bytes already; returns its version id."""
-    body = (json.dumps(manifest.document(), indent=1, sort_keys=True) + "\n").encode("utf-8")
-    digest = checksums.to_base64(hashlib.sha256(body).digest())
-    try:
-        head = s3.head_object(Bucket=manifest.bucket, Key=manifest.manifest_key, ChecksumMode="ENABLED")
-        remote = checksums.RemoteChecksum.from_head(head)
-        if remote is not None and remote.parts is None and remote.value == digest:
-            return head.get("VersionId")
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-            raise
-    response = s3.put_object(Bucket=manifest.bucket, Key=manifest.manifest_key, Body=body,
-                             ContentType="application/json", ChecksumAlgorithm="SHA256",
-                             ServerSideEncryption="aws:kms", SSEKMSKeyId=key_arn)
-    return response.get("VersionId")
 
 
 def _delete(s3: Any, bucket: str, keys: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from launcher import job_contract
-from launcher.datasets.upload import DatasetManifest, read_manifest
+from launcher.datasets.manifest import DatasetManifest, read_manifest
 from launcher.jobs.handle import TrainingJob
 from launcher.jobs.request import DEFAULT_MAX_RUNTIME_S, TrainingRequest, build_request
 from launcher.settings import Settings

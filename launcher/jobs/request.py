@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import job_contract
-from launcher.datasets.upload import DatasetManifest
+from launcher.datasets.manifest import DatasetManifest
 from launcher.jobs.handle import (
     CHECKPOINTS_PREFIX,
     DATASET_TAG,

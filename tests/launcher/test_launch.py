@@ -18,7 +18,8 @@ import pytest
 
 from demo.emulator import Emulator
 from launcher import job_contract
-from launcher.datasets.upload import DatasetManifest, DatasetObject, upload_dataset
+from launcher.datasets.manifest import DatasetManifest, DatasetObject
+from launcher.datasets.upload import upload_dataset
 from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix
 from launcher.jobs.launch import start_training
 from launcher.jobs.request import (

@@ -18,7 +18,8 @@ import boto3
 import pytest
 
 from demo.emulator import Emulator
-from launcher.datasets.upload import DatasetManifest, upload_dataset
+from launcher.datasets.manifest import DatasetManifest
+from launcher.datasets.upload import upload_dataset
 from launcher.jobs.follow import JobProgress, follow
 from launcher.jobs.handle import RUNNER_TAG, TrainingJob, attach
 from launcher.jobs.launch import start_training

@@ -14,15 +14,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from launcher.datasets.checksums import composite_sha256
-from launcher.datasets.upload import (
-    DATASETS_PREFIX,
-    MiB,
-    UploadError,
-    dataset_prefix,
-    list_local_files,
-    read_manifest,
-    upload_dataset,
-)
+from launcher.datasets.manifest import DATASETS_PREFIX, UploadError, dataset_prefix, read_manifest
+from launcher.datasets.upload import MiB, list_local_files, upload_dataset
 from tests.launcher.conftest import BUCKET, Recording, Stack
 
 # The smallest parts S3 accepts, so that an 11 MiB file goes in three parts.
