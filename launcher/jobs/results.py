@@ -24,6 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from launcher import job_contract
+from launcher.jobs.follow import TERMINAL_STATUSES
 from launcher.jobs.handle import DATASET_TAG, STACK_TAG, TrainingJob, job_name_prefix, job_tags
 from launcher.settings import Settings
 
@@ -107,7 +108,7 @@ def collect(job: TrainingJob, dest: str | os.PathLike[str]) -> JobResults:
     if status == "Failed":
         raise JobNotFinishedError(f"training job {job.name} failed: {described.get('FailureReason', '(no reason)')}; "
                                   f"its logs are in CloudWatch, log group /aws/sagemaker/TrainingJobs")
-    if status not in ("Completed", "Stopped"):
+    if status not in TERMINAL_STATUSES:  # Completed or Stopped: Failed is answered above
         raise JobNotFinishedError(f"training job {job.name} is {status}: follow(job) waits until it ends")
     s3 = session.client("s3")
     directory = Path(dest) / job.name
