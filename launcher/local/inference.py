@@ -240,11 +240,6 @@ def stop_endpoint(name: str) -> bool:
     return True
 
 
-def served_endpoints() -> dict[str, int]:
-    """The endpoints this process serves: name to the server's process id."""
-    return {name: served.pid for name, served in _ENDPOINTS.items()}
-
-
 def stop_all() -> None:
     """Stop every endpoint server of this process."""
     for name in list(_ENDPOINTS):

@@ -390,18 +390,5 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def still_running(pids: list[int]) -> list[int]:
-    """The processes among `pids` that still run (a zombie has ended: it waits only for its parent to reap it)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue  # gone
-        if state != "Z":
-            alive.append(pid)
-    return alive
-
-
 def _write_json(path: Path, document: Any) -> None:
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")

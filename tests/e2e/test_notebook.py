@@ -31,7 +31,7 @@ from demo.notebook import (
     run_notebook,
     small_size,
 )
-from launcher.local.runner import descendants, still_running
+from launcher.local.runner import descendants
 from tests.e2e.journey_calls import (
     ALLOWED,
     NOT_A_ROLE_CALL,
@@ -44,6 +44,7 @@ from tests.e2e.journey_calls import (
 )
 from tests.infra.conftest import SynthCache
 from tests.infra.iam import evaluate
+from tests.processes import still_running
 from training.job.metrics import parse_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:Tried to parse:UserWarning:moto\.")]

@@ -21,10 +21,12 @@ import pytest
 
 from demo.emulator import Emulator
 from launcher import inference
-from launcher.local.inference import LocalInferenceError, LocalTransformError, served_endpoints
-from launcher.local.runner import descendants, still_running
+from launcher.local import inference as local_inference
+from launcher.local.inference import LocalInferenceError, LocalTransformError
+from launcher.local.runner import descendants
 from launcher.settings import Settings
 from tests.launcher.conftest import BUCKET, Recording, Stack
+from tests.processes import still_running
 from tests.training import conftest as training_fixtures
 
 # The training tests' trained bundle: one real job a test session, run once under a file lock and shared by every module
@@ -147,6 +149,11 @@ class LocalTransform:
     results: list[inference.TransformResult]
     expected: dict[str, Any]  # local file -> the bundle's own Prediction
     started: list[int]  # processes this one started during the transform and still had after it
+
+
+def served_endpoints() -> dict[str, int]:
+    """The endpoints this process serves (launcher/local/inference.py's registry): name to the server's process id."""
+    return {name: served.pid for name, served in local_inference._ENDPOINTS.items()}
 
 
 def _bundle_predictions(bundle: Path, files: list[str]) -> dict[str, Any]:
