@@ -25,7 +25,6 @@ from pathlib import Path
 __all__ = ["KEY_BYTES", "PseudonymKeyError", "default_key_path", "load_key", "local_key", "resolve_key"]
 
 KEY_BYTES = 32
-CHANNEL = "pseudonym_key"  # the SageMaker file input channel that carries the key
 
 
 class PseudonymKeyError(ValueError):
@@ -97,12 +96,12 @@ def local_key(environ: Mapping[str, str] | None = None, *, data_dirs: Iterable[P
 
 
 def channel_key_file(channel_dir: str | Path) -> Path:
-    """The one file of the `pseudonym_key` channel directory."""
+    """The one file of the directory of the key's channel (training/job/environment.py PSEUDONYM_KEY_CHANNEL)."""
     channel_dir = Path(channel_dir)
     files = sorted(p for p in channel_dir.rglob("*") if p.is_file()) if channel_dir.is_dir() else []
     if len(files) != 1:
         raise PseudonymKeyError(
-            f"the {CHANNEL} channel {channel_dir} must hold exactly one key file; it holds {len(files)}"
+            f"the pseudonym key's channel {channel_dir} must hold exactly one key file; it holds {len(files)}"
         )
     return files[0]
 
