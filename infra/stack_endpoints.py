@@ -9,13 +9,13 @@ stack's key (DataKeyArn) and named as the launcher names endpoints (`<stack>-end
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 
+from launcher.inference import name_pattern
 from launcher.stack_values import OUTPUT_OF
 
 
@@ -85,7 +85,7 @@ def find_inference(session: boto3.Session, name: str) -> Inference:
             described = _described(sagemaker.describe_model, ModelName=summary["ModelName"])
             if described is not None and described.get("ExecutionRoleArn") == role:
                 models.append(summary["ModelName"])
-    launcher_name = re.compile(rf"^{re.escape(name[:40])}-endpoint-\d{{8}}-\d{{6}}$")  # launcher/inference.py _name
+    launcher_name = name_pattern(name, "endpoint")
     endpoints = []
     for page in sagemaker.get_paginator("list_endpoints").paginate(**since):
         for summary in page["Endpoints"]:

@@ -54,8 +54,18 @@ _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, 
 
 def _name(settings: Settings, kind: str) -> str:
     # SageMaker names: at most 63 characters of [a-zA-Z0-9-]; unique per second, as the launcher's job names.
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{settings.stack_name[:40]}-{kind}-{stamp}"[:63]
+    return f"{_name_prefix(settings.stack_name, kind)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _name_prefix(stack_name: str, kind: str) -> str:
+    """The stack's name, cut so that the whole name fits in 63 characters with its '-YYYYmmdd-HHMMSS' stamp."""
+    return f"{stack_name[:63 - len(kind) - 17]}-{kind}"
+
+
+def name_pattern(stack_name: str, kind: str) -> re.Pattern[str]:
+    """The names `_name` gives a stack's resources of one kind (make destroy finds the stack's endpoints by it:
+    infra/stack_endpoints.py)."""
+    return re.compile(rf"^{re.escape(_name_prefix(stack_name, kind))}-\d{{8}}-\d{{6}}$")
 
 
 def _sagemaker(settings: Settings) -> Any:

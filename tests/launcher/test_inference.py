@@ -306,3 +306,13 @@ def test_a_stack_without_a_model_role_is_told_to_redeploy(stack, recording):
     with pytest.raises(ValueError, match=r"ModelRoleArn \(model_role_arn\) is missing in test fixture.*redeploy"):
         inference.create_model(older, MODEL_DATA)
     assert recording.calls("CreateModel") == []
+
+
+@pytest.mark.parametrize("stack_name", ["MonaiDicom", "a-stack-name-long-enough-to-be-cut-" * 2])
+def test_a_resource_name_fits_sagemaker_and_is_what_make_destroy_looks_for(stack_name: str) -> None:
+    settings: Any = type("StackOnly", (), {"stack_name": stack_name})()
+    for kind in ("model", "transform", "endpoint"):
+        name = inference._name(settings, kind)
+        assert len(name) <= 63 and name.replace("-", "").isalnum()
+        assert inference.name_pattern(stack_name, kind).match(name)  # infra/stack_endpoints.py finds it
+    assert not inference.name_pattern(stack_name, "endpoint").match(inference._name(settings, "model"))
