@@ -51,8 +51,8 @@ MODEL_DIR = "/opt/ml/model"  # where SageMaker extracts model.tar.gz
 PORT = 8080  # SageMaker's hosting contract
 MAX_BODY_BYTES = 100 * 1024**2  # batch transform's largest MaxPayloadInMB; endpoints allow less (6 MB)
 # gunicorn's worker timeout: a worker whose main loop is silent for longer is restarted. A gthread worker's loop keeps
-# beating while a request runs, so what bounds a request is training.inference's limits, sized to finish well inside
-# this (launcher/local/inference.py's client waits as long).
+# beating while a request runs, so what bounds a request is training.inference's limits (their derivation is in
+# training/serving/request.py), sized to finish well inside this (launcher/local/inference.py's client waits as long).
 TIMEOUT_S = 120
 BODY_TIMEOUT_S = 30.0  # the whole upload: 100 MiB at under 4 MB/s still fits; a stalled client gets a 408 then
 THREADS = 4  # connections a worker serves at once: inference (one at a time) and /ping beside up to 2 stalled uploads
@@ -137,7 +137,7 @@ def read_body(environ: dict[str, Any], timeout_s: float) -> bytes:
     Raises:
         training.inference.InvalidInput: 400 (a bad Content-Length), 408 (the deadline passed), 413 (too large).
     """
-    from training.inference import InvalidInput
+    from training.serving.request import InvalidInput  # pydicom, not torch: where training.inference has it from
 
     deadline = time.monotonic() + timeout_s
     declared = environ.get("CONTENT_LENGTH") or ""
