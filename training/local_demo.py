@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from training.dataset.dicom import read_header
-from training.synthetic import generate
+from training.synthetic import generate, write_labels_csv
 
 # The demo's settings, beside the defaults (96x96 DenseNet121, AdamW, cosine, precise BN): 5 epochs; batches of 16
 # give the from-scratch network 20 steps an epoch on 320 training images, at half the default rate to match the
@@ -69,8 +69,8 @@ def make_demo_data(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(train / row["file"]), target)
     moved_files = {row["file"] for row in moved}
-    _write_labels(train, [row for row in rows if row["file"] not in moved_files])
-    _write_labels(test, moved)
+    write_labels_csv(train, ((row["file"], row["label"]) for row in rows if row["file"] not in moved_files))
+    write_labels_csv(test, ((row["file"], row["label"]) for row in moved))
     return {"train": train, "test": test}
 
 
@@ -103,13 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bundle:  {workdir / 'model'}")
         print(f"metrics: {workdir / 'output' / 'metrics.json'}")
     return status
-
-
-def _write_labels(directory: Path, rows: Sequence[Mapping[str, str]]) -> None:
-    with open(directory / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "label"])
-        writer.writerows((row["file"], row["label"]) for row in rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ Little Endian. Every tenth file has no '.dcm' suffix, as PACS exports often have
 Identity: patients 'SYNTHETIC^PATIENT^0007' / 'SYN-0007' (about 4 images a patient, in 1-2 studies), 'SYNTHETIC'
 in the descriptions and ImageComments, BurnedInAnnotation NO, PatientIdentityRemoved YES; UIDs are derived from the
 seed (name-based UUIDs under 2.25), so the same seed gives byte-identical files. File paths never contain patient
-identifiers.
+identifiers. One file's picture and dataset are made by training/dataset/synthetic_dicom.py; this module decides
+which files the set holds, where they go and how they are labeled.
 
 Label formats (what training/dataset/labels.py reads):
 - csv: images/study-NNN/img-NNNNN.dcm and labels.csv (file,label);
@@ -31,32 +32,21 @@ Label formats (what training/dataset/labels.py reads):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import functools
 import hashlib
 import json
-import os
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    UID,
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    RLELossless,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
-from training.dataset.grayscale import resize
+from training.dataset.synthetic_dicom import Study, synthetic_dataset, transfer_syntax
 
 CLASSES = ("normal", "abnormal")
 FORMATS = ("csv", "groundtruth", "metadata-json", "folders")
@@ -64,7 +54,6 @@ IMAGES_PER_PATIENT = 4  # several images per patient, so that a patient split ma
 GROUNDTRUTH_ATTRIBUTE = "dicom-class"
 GROUNDTRUTH_PREFIX = "s3://synthetic-dicom-bucket/datasets/synthetic"
 ORTHANC_URL = "https://orthanc.example.invalid/instances"
-_UID_ROOT = "SYNTHETIC-DICOM"  # entropy label: our UIDs cannot collide with another generator's
 
 
 @dataclass(frozen=True)
@@ -84,15 +73,6 @@ class SyntheticImage:
     patient_id: str
     kind: str
     transfer_syntax: str
-
-
-@dataclass(frozen=True)
-class _Study:
-    patient: int
-    number: int
-    kind: str
-    photometric: str
-    windowed: bool
 
 
 def generate(
@@ -121,65 +101,37 @@ def generate(
     Raises:
         ValueError: an argument is out of range, or `out` is not empty.
     """
-    if label_format not in FORMATS:
-        raise ValueError(f"label_format must be one of {', '.join(FORMATS)}; got {label_format!r}")
-    if count < 4:
-        raise ValueError(f"count must be >= 4 (two classes, several patients); got {count}")
-    if not 64 <= size <= 1024:
-        raise ValueError(f"size must be in [64, 1024]; got {size}")
-    if first_patient < 1:
-        raise ValueError(f"first_patient must be >= 1; got {first_patient}")
+    _check_arguments(count=count, label_format=label_format, size=size, first_patient=first_patient)
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty; give a new or empty directory so that no data is mixed or lost")
     root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 0])
-    labels = np.array([i % 2 for i in range(count)])
-    rng.shuffle(labels)
-    patients = max(2, count // IMAGES_PER_PATIENT)
-    patient_of = np.sort(np.arange(count) % patients)
-    studies: dict[tuple[int, int], _Study] = {}
-    written = []
-    manifest_lines, metadata_records, csv_rows = [], [], []
-    for index in range(count):
-        patient = int(patient_of[index]) + first_patient - 1
-        study_number = index % 2 if count >= 2 * patients else 0  # 1-2 studies a patient
-        key = (patient, study_number)
-        if key not in studies:
-            srng = np.random.default_rng([seed, 1, patient, study_number])
-            kind = "ct" if srng.random() < 0.5 else "radiograph"
-            photometric = "MONOCHROME1" if kind == "radiograph" and srng.random() < 0.5 else "MONOCHROME2"
-            studies[key] = _Study(patient, len(studies), kind, photometric, kind == "ct" or srng.random() < 0.67)
-        study = studies[key]
-        label = CLASSES[int(labels[index])]
+    written: list[SyntheticImage] = []
+    metadata_records: list[dict[str, object]] = []
+    for index, study, label in _plan(count, seed, first_patient):
         irng = np.random.default_rng([seed, 2, index])
-        syntax = _transfer_syntax(irng.random())
-        ds = _dataset(index, study, label, syntax, seed, size, irng)
-        suffix = "" if index % 10 == 9 else ".dcm"
+        syntax = transfer_syntax(irng.random())
+        ds = synthetic_dataset(index, study, label == "abnormal", syntax, seed, size, irng)
         if label_format == "metadata-json":
             instance = _orthanc_id(ds)
             rel = f"{instance}.dcm"
             metadata_records.append(_metadata_record(index, instance, label))
-        elif label_format == "folders":
-            rel = f"{label}/img-{index:05d}{suffix}"
         else:
-            rel = f"images/study-{study.number:03d}/img-{index:05d}{suffix}"
+            rel = _tree_path(label_format, index, study, label)
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
-        csv_rows.append((rel, label))
-        manifest_lines.append(_manifest_line(rel, label))
         written.append(SyntheticImage(rel, label, str(ds.PatientID), study.kind, UID(syntax).name))
-    if label_format == "csv":
-        with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["file", "label"])
-            writer.writerows(csv_rows)
-    elif label_format == "groundtruth":
-        (root / "output.manifest").write_text("".join(line + "\n" for line in manifest_lines), encoding="utf-8")
-    elif label_format == "metadata-json":
-        (root / "meta-data.json").write_text(json.dumps(metadata_records, indent=1) + "\n", encoding="utf-8")
+    _write_labels(root, label_format, written, metadata_records)
     return written
+
+
+def write_labels_csv(directory: Path, rows: Iterable[tuple[str, str]]) -> None:
+    """DIRECTORY/labels.csv: a header `file,label`, then one (file, label) row each (training/dataset/labels.py)."""
+    with open(directory / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        writer.writerows(rows)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -237,184 +189,57 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transfer_syntax(draw: float) -> str:
-    """About 70 % uncompressed, 20 % RLE Lossless, 10 % JPEG 2000 Lossless."""
-    if draw < 0.2:
-        return str(RLELossless)
-    if draw < 0.3:
-        return str(JPEG2000Lossless)
-    return str(ExplicitVRLittleEndian)
+def _check_arguments(*, count: int, label_format: str, size: int, first_patient: int) -> None:
+    if label_format not in FORMATS:
+        raise ValueError(f"label_format must be one of {', '.join(FORMATS)}; got {label_format!r}")
+    if count < 4:
+        raise ValueError(f"count must be >= 4 (two classes, several patients); got {count}")
+    if not 64 <= size <= 1024:
+        raise ValueError(f"size must be in [64, 1024]; got {size}")
+    if first_patient < 1:
+        raise ValueError(f"first_patient must be >= 1; got {first_patient}")
 
 
-def _dataset(
-    index: int, study: _Study, label: str, syntax: str, seed: int, size: int, rng: np.random.Generator
-) -> Dataset:
-    """One image's dataset, pixel data encoded in the transfer syntax."""
-    lesion = label == "abnormal"
-    pid = f"{study.patient + 1:04d}"  # patients are numbered from 1
-    study_uid = _uid(seed, "study", study.patient, study.number)
-    series_uid = _uid(seed, "series", study.patient, study.number)
-    sop_uid = UID(_uid(seed, "image", index))
-    sop_class = CTImageStorage if study.kind == "ct" else ComputedRadiographyImageStorage
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = f"2024{1 + study.number % 12:02d}{1 + study.patient % 28:02d}"
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-    ds.AccessionNumber = f"SYNACC{study.number:05d}"
-    ds.Modality = "CT" if study.kind == "ct" else "CR"
-    ds.Manufacturer = "SYNTHETIC"
-    ds.InstitutionName = "SYNTHETIC DATA - NO REAL PATIENT"
-    ds.StudyDescription = "SYNTHETIC DEMO STUDY"
-    ds.SeriesDescription = f"SYNTHETIC {'CT-LIKE' if study.kind == 'ct' else 'RADIOGRAPH-LIKE'} SERIES"
-    ds.PatientName = f"SYNTHETIC^PATIENT^{pid}"
-    ds.PatientID = f"SYN-{pid}"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.PatientIdentityRemoved = "YES"
-    ds.BurnedInAnnotation = "NO"
-    ds.ImageComments = "SYNTHETIC IMAGE - NOT A REAL PATIENT"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = f"{study.number}"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = index + 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = study.photometric
-    ds.Rows = ds.Columns = size
-    ds.PixelSpacing = [f"{350.0 / size:.4f}", f"{350.0 / size:.4f}"]
-    ds.BitsAllocated = 16
-    if study.kind == "ct":
-        hu = _ct_image(size, lesion, rng)
-        pixels = np.clip(np.rint(hu + 1024.0), -1024, 3071).astype(np.int16)
-        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-    else:
-        shown = _radiograph_image(size, lesion, rng)
-        if study.photometric == "MONOCHROME1":
-            shown = 1.0 - shown
-        pixels = np.clip(np.rint(shown * 4095.0), 0, 4095).astype(np.uint16)
-        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
-        if study.windowed:
-            ds.WindowCenter, ds.WindowWidth = "2048", "4096"
-    ds.PixelData = pixels.tobytes()
-    if syntax != str(ExplicitVRLittleEndian):
-        with _quiet_stdout():
-            ds.compress(syntax, generate_instance_uid=False)
-    return ds
+def _plan(count: int, seed: int, first_patient: int) -> Iterator[tuple[int, Study, str]]:
+    """Each image's index, study and label: balanced classes in a seeded order, about IMAGES_PER_PATIENT images a
+    patient (patients in order), in one or two studies; a study's kind, photometric and window are drawn once."""
+    rng = np.random.default_rng([seed, 0])
+    labels = np.array([i % 2 for i in range(count)])
+    rng.shuffle(labels)
+    patients = max(2, count // IMAGES_PER_PATIENT)
+    patient_of = np.sort(np.arange(count) % patients)
+    studies: dict[tuple[int, int], Study] = {}
+    for index in range(count):
+        patient = int(patient_of[index]) + first_patient - 1
+        study_number = index % 2 if count >= 2 * patients else 0  # 1-2 studies a patient
+        key = (patient, study_number)
+        if key not in studies:
+            srng = np.random.default_rng([seed, 1, patient, study_number])
+            kind = "ct" if srng.random() < 0.5 else "radiograph"
+            photometric = "MONOCHROME1" if kind == "radiograph" and srng.random() < 0.5 else "MONOCHROME2"
+            studies[key] = Study(patient, len(studies), kind, photometric, kind == "ct" or srng.random() < 0.67)
+        yield index, studies[key], CLASSES[int(labels[index])]
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Silence file descriptor 1: the OpenJPEG encoder prints 'tile number 1 / 1' from C for every image."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+def _tree_path(label_format: str, index: int, study: Study, label: str) -> str:
+    """Where a file goes in the csv, groundtruth and folders layouts; every tenth file has no '.dcm' suffix."""
+    suffix = "" if index % 10 == 9 else ".dcm"
+    if label_format == "folders":
+        return f"{label}/img-{index:05d}{suffix}"
+    return f"images/study-{study.number:03d}/img-{index:05d}{suffix}"
 
 
-def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
-    """A chest-CT-like slice in Hounsfield units."""
-    y, x = _grid(size)
-    cy, cx = rng.normal(0.0, 0.03, 2)
-    ay, ax = 0.62 + rng.normal(0, 0.03), 0.85 + rng.normal(0, 0.03)
-    image = np.full((size, size), -1000.0, dtype=np.float32)
-    image[_ellipse(y, x, cy, cx, ay + 0.04, ax + 0.04)] = -100.0  # subcutaneous fat
-    body = _ellipse(y, x, cy, cx, ay, ax)
-    image[body] = 40.0
-    lungs = np.zeros_like(body)
-    for side in (-1.0, 1.0):
-        lungs |= _ellipse(y, x, cy - 0.05, cx + side * 0.38 * ax, 0.42 * ay / 0.62, 0.3 + rng.normal(0, 0.02))
-    lungs &= body
-    image[lungs] = -850.0
-    for _ in range(2):  # mediastinal organs
-        organ = _ellipse(y, x, cy + rng.uniform(-0.2, 0.2), cx + rng.uniform(-0.1, 0.1), 0.12, 0.1)
-        image[organ & body] = rng.uniform(20.0, 70.0)
-    vertebra = _ellipse(y, x, cy + 0.45 * ay, cx, 0.09, 0.08)
-    image[vertebra] = 700.0  # cortical bone around a darker marrow: a ring, not a disk like a lesion
-    image[_ellipse(y, x, cy + 0.45 * ay, cx, 0.06, 0.05)] = 60.0
-    image += 60.0 * _smooth_noise(size, rng) * body
-    if lesion:
-        _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 320.0))
-    image += rng.normal(0.0, 12.0, (size, size)).astype(np.float32)
-    return image
-
-
-def _radiograph_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
-    """A chest-radiograph-like image, display values in [0, 1] (bright = dense)."""
-    y, x = _grid(size)
-    image = np.full((size, size), 0.08, dtype=np.float32)
-    body = _ellipse(y, x, 0.05, 0.0, 1.05, 0.9 + rng.normal(0, 0.03))
-    image[body] = 0.55
-    lungs = np.zeros_like(body)
-    for side in (-1.0, 1.0):
-        lungs |= _ellipse(y, x, -0.05 + rng.normal(0, 0.02), side * 0.42, 0.62, 0.3 + rng.normal(0, 0.02))
-    image[lungs] = 0.22
-    ribs = (np.sin(y * 22.0 + 3.0 * x**2 + rng.uniform(0, 6.28)) > 0.55) & lungs
-    image[ribs] += 0.12
-    image[_ellipse(y, x, 0.1, 0.0, 0.75, 0.14)] = 0.7  # mediastinum and spine
-    image += 0.08 * _smooth_noise(size, rng) * body
-    if lesion:
-        _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 0.9))
-    image += rng.normal(0.0, 0.02, (size, size)).astype(np.float32)
-    return np.clip(image, 0.0, 1.0)
-
-
-def _add_lesion(
-    image: np.ndarray,
-    y: np.ndarray,
-    x: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    inside: np.ndarray,
-    value: Callable[[np.ndarray], np.ndarray],
+def _write_labels(
+    root: Path, label_format: str, written: Sequence[SyntheticImage], metadata_records: Sequence[dict[str, object]]
 ) -> None:
-    """One bright round lesion with a soft edge, centred on a random point of `inside`."""
-    points = np.flatnonzero(inside)
-    center = points[rng.integers(len(points))] if len(points) else image.size // 2
-    cy, cx = y.flat[center], x.flat[center]
-    radius = rng.uniform(0.1, 0.2)  # 5-10 % of the size (the grid spans 2 units): 5+ pixels at 96x96
-    distance = np.sqrt((y - cy) ** 2 + (x - cx) ** 2)
-    weight = np.clip((radius - distance) / (0.25 * radius), 0.0, 1.0)  # a soft rim a quarter of the radius wide
-    patch = weight > 0
-    image[patch] = image[patch] * (1 - weight[patch]) + value(image[patch]) * weight[patch]
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in [-1, 1]."""
-    axis = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2.0 - 1.0
-    y, x = np.meshgrid(axis, axis, indexing="ij")
-    return y, x
-
-
-def _ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, ay: float, ax: float) -> np.ndarray:
-    """The pixels inside an axis-aligned ellipse."""
-    return ((y - cy) / ay) ** 2 + ((x - cx) / ax) ** 2 <= 1.0
-
-
-def _smooth_noise(size: int, rng: np.random.Generator) -> np.ndarray:
-    """Low-frequency texture in about [-1, 1]: coarse random values resampled up."""
-    coarse = rng.normal(0.0, 1.0, (8, 8)).astype(np.float32)
-    return resize(coarse, (size, size)) / 2.0
-
-
-def _uid(seed: int, *parts: object) -> str:
-    """A deterministic UID: 2.25 and a name-based (version 5) UUID as an integer (PS3.5 B.2)."""
-    name = "/".join([_UID_ROOT, str(seed), *map(str, parts)])
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+    """The label file of the format (none for folders, whose directory names are the labels)."""
+    if label_format == "csv":
+        write_labels_csv(root, ((image.file, image.label) for image in written))
+    elif label_format == "groundtruth":
+        lines = [_manifest_line(image.file, image.label) for image in written]
+        (root / "output.manifest").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    elif label_format == "metadata-json":
+        (root / "meta-data.json").write_text(json.dumps(metadata_records, indent=1) + "\n", encoding="utf-8")
 
 
 def _orthanc_id(ds: Dataset) -> str:
