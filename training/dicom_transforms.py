@@ -1,18 +1,16 @@
-"""MONAI transforms around `training.dataset.dicom.load_image`, for MONAI pipelines (inference, bundles, notebooks).
+"""A MONAI transform around `training.dataset.dicom.load_image`, for MONAI pipelines (inference, bundles, notebooks).
 
-They add nothing to the preprocessing: the same function produces the training cache (training/dataset/prepare.py) and
-these transforms' output, so a model sees identical inputs in both. Kept apart from training/dataset/dicom.py because
+It adds nothing to the preprocessing: the same function produces the training cache (training/dataset/prepare.py) and
+this transform's output, so a model sees identical inputs in both. Kept apart from training/dataset/dicom.py because
 importing MONAI costs about 2.5 s, which decoding processes should not pay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from training.dataset.dicom import Source, Window, load_image
 
@@ -46,37 +44,3 @@ class LoadDicomImage(Transform):
         """
         return torch.from_numpy(load_image(source, image_size=self.image_size, window=self.window))
 
-
-class LoadDicomImaged(MapTransform):
-    """Dictionary version of LoadDicomImage: replaces each key's source by its image tensor.
-
-    Args:
-        keys: the keys holding DICOM sources.
-        image_size: (H, W).
-        window: (center, width) or None.
-        allow_missing_keys: skip keys that are absent.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        image_size: Sequence[int],
-        window: Window | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.loader = LoadDicomImage(image_size, window)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
-        """Load the images of one sample.
-
-        Args:
-            data: the sample.
-
-        Returns:
-            A copy of the sample with each key's source replaced by its image.
-        """
-        out = dict(data)
-        for key in self.key_iterator(out):
-            out[key] = self.loader(out[key])
-        return out
