@@ -6,12 +6,12 @@ Locally and in tests use `python -m training` or `from training.job.train import
 
 Why a separate script: both SageMaker drivers run a *file* (`python train_entry.py --name value ...`), not a module.
 Run as a file, Python puts the file's own directory first on sys.path, so `import training` would fail and this
-package's modules (config, data, model, metrics, ...) would shadow any top-level module of the same name. And the
-directory holding the package need not be called `training`: SDK v3 ships `SourceCode(source_dir="training")` as
-/opt/ml/input/data/code. So, only when run as a file, this script removes its directory from sys.path and
-registers that directory as the package `training`, whatever the directory is called. Imported as
-`training.train_entry` it does nothing of the kind. A spawned worker process re-runs this file as `__mp_main__`
-and registers the package the same way.
+package's modules and subpackages (check, inference, serve, job, dataset, ...) would shadow any top-level module of
+the same name. And the directory holding the package need not be called `training`: SDK v3 ships
+`SourceCode(source_dir="training")` as /opt/ml/input/data/code. So, only when run as a file, this script removes its
+directory from sys.path and registers that directory as the package `training`, whatever the directory is called.
+Imported as `training.train_entry` it does nothing of the kind. A spawned worker process re-runs this file as
+`__mp_main__` and registers the package the same way.
 """
 
 from __future__ import annotations
