@@ -5,8 +5,7 @@ Typical use::
     with start_emulator() as emulator:
         env = emulator_env(emulator)
         bootstrap(env)
-        deploy(env, emulator_context())
-        destroy(env, emulator_context())
+        deploy(env, emulator_context())   # then `python -m infra.teardown` with env, as `make destroy` runs it
 
 Every CLI call runs `npx cdk` from the repository root, so cdk.json's app and context apply as in `make deploy`.
 
@@ -329,16 +328,6 @@ def deploy(env: Mapping[str, str], context: Mapping[str, object]) -> str:
     """
     with _answering_custom_resources(env):
         return run_cdk(env, "deploy", "--require-approval", "never", "--method=direct", *context_args(context))
-
-
-def destroy(env: Mapping[str, str], context: Mapping[str, object]) -> str:
-    """`npx cdk destroy --force` of the app's stack (the one the context names, e.g. with stackName).
-
-    Args:
-        env: the emulator's environment.
-        context: the CDK context the stack was deployed with.
-    """
-    return run_cdk(env, "destroy", "--force", *context_args(context))
 
 
 @contextmanager
