@@ -4,15 +4,13 @@ The job is another package: the launcher ships its directory as the SDK's source
 its hyperparameters (validated by the job's own parser first, so a typo fails here and not after the instances
 started), reads its metric lines with the job's own regexes, and opens what it writes. Only the job's modules that
 need nothing beyond the standard library are imported: its environment (training/job/environment.py: the channel
-names, one definition for the job and the launcher) and code_identity when this module is imported, config and
-metrics inside the functions that use them.
+names, one definition for the job and the launcher), its metrics (the metric line's regexes and their reading) and
+code_identity when this module is imported, config inside the function that uses it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,11 @@ from training.job.environment import (  # noqa: F401
     PSEUDONYM_KEY_CHANNEL,
     RESUME_CHANNEL,
 )
+
+# The job's metric lines, read with the regexes SageMaker is given (training/job/metrics.py: the one definition of
+# the line's format and of its reading).
+from training.job.metrics import METRIC_DEFINITIONS
+from training.job.metrics import parse_line as parse_metrics  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "training"  # shipped to the job as /opt/ml/input/data/code
@@ -49,31 +52,7 @@ METRICS_FILE = "metrics.json"  # in the output data (training/job/train.py write
 
 def metric_definitions() -> list[dict[str, str]]:
     """The job's metric regexes, as SageMaker takes them: [{"Name": ..., "Regex": ...}]."""
-    from training.job.metrics import METRIC_DEFINITIONS
-
     return [dict(d) for d in METRIC_DEFINITIONS]
-
-
-@cache
-def _compiled() -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((d["Name"], re.compile(d["Regex"])) for d in metric_definitions())
-
-
-def parse_metrics(line: str) -> dict[str, float]:
-    """The metrics a printed line holds, read with the same regexes SageMaker is given.
-
-    Args:
-        line: one line of the job's output.
-
-    Returns:
-        Metric name (e.g. "validation:auc") to value; empty for lines without metrics.
-    """
-    found = {}
-    for name, pattern in _compiled():
-        match = pattern.search(line)
-        if match:
-            found[name] = float(match.group(1))
-    return found
 
 
 def hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:

@@ -41,6 +41,7 @@ _METRIC_NAMES = {
 METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": _METRIC_NAMES[key], "Regex": rf"\b{key}={_NUMBER}"} for key in EPOCH_KEYS + TEST_KEYS
 ]
+_PATTERNS = tuple((d["Name"], re.compile(d["Regex"])) for d in METRIC_DEFINITIONS)
 
 
 def format_line(values: Mapping[str, float | int]) -> str:
@@ -62,14 +63,18 @@ def format_line(values: Mapping[str, float | int]) -> str:
 
 
 def parse_line(line: str) -> dict[str, float]:
-    """Read back the metrics of a printed line with METRIC_DEFINITIONS, as SageMaker does (tests, the launcher).
+    """Read back the metrics of a printed line with METRIC_DEFINITIONS, as SageMaker does (the launcher follows a
+    local job's lines with it: launcher/job_contract.py parse_metrics).
+
+    Args:
+        line: one line of the job's output.
 
     Returns:
-        SageMaker metric name to value, for the metrics the line holds.
+        SageMaker metric name (e.g. "validation:auc") to value; empty for a line without metrics.
     """
     found = {}
-    for definition in METRIC_DEFINITIONS:
-        match = re.search(definition["Regex"], line)
+    for name, pattern in _PATTERNS:
+        match = pattern.search(line)
         if match:
-            found[definition["Name"]] = float(match.group(1))
+            found[name] = float(match.group(1))
     return found
