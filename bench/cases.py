@@ -1,10 +1,10 @@
 """The benchmark cases: each measures one thing and returns its figures as a JSON-ready dict.
 
 (a) is the public sample (bench/public_sample.py); (b) is ours: training/dataset/prepare.py's `prepare` and
-`BatchLoader`, and training/job/train.py's own loop (`fit`, which runs `train_one_epoch` and `evaluate` each epoch) at
-the job's defaults except for the public sample's image size and batch size. `serving` has no (a): it trains a bundle
-with the real job and measures training/serve.py's HTTP server on one file. bench/child.py runs each case in a process
-of its own; the smoke tests call them directly on tiny sets.
+`BatchLoader`, and the job's own loop (training/job/train.py `fit`, whose epochs run training/job/loop.py's
+`train_one_epoch` and `evaluate`) at the job's defaults except for the public sample's image size and batch size.
+`serving` has no (a): it trains a bundle with the real job and measures training/serve.py's HTTP server on one file.
+bench/child.py runs each case in a process of its own; the smoke tests call them directly on tiny sets.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from bench.measure import Clock, median_after_first
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataOptions, prepare
 from training.dataset.split import PreparedData
-from training.job import runtime
-from training.job import train as loop
+from training.job import loop, runtime, train
 from training.job.config import TrainConfig
 from training.job.networks import build_network
 from training.serve import measure_serving
@@ -101,7 +100,7 @@ def loader_ours(
         shuffle=True,
         augment=config.augment,
         seed=seed,
-        drop_last=len(data.train) > batch_size,  # as fit() builds it
+        drop_last=len(data.train) > batch_size,  # as fit builds it (training/job/train.py _train_loader)
         device=target,
     )
     rates: list[float] = []
@@ -184,7 +183,7 @@ def train_ours(
     cosine schedule, augmentation, class weighting, autocast 'auto', channels_last) at the given image and batch
     size, early stopping off so that every epoch runs.
 
-    The epoch time is the wall time of fit's own `train_one_epoch` (wrapped here only to read the clock); fit's
+    The epoch time is the wall time of the loop's own `train_one_epoch` (wrapped here only to read the clock); fit's
     per-epoch validation is not counted. Time-to-accuracy includes `prepare` (the decode cache is part of (b)).
 
     Args:
@@ -217,8 +216,8 @@ def train_ours(
         return result
 
     started = time.perf_counter()
-    with mock.patch.object(loop, "train_one_epoch", timed):
-        state, _ = loop.fit(config, data, device=target)
+    with mock.patch.object(loop, "train_one_epoch", timed):  # where loop.run_epochs looks it up
+        state, _ = train.fit(config, data, device=target)
     fit_seconds = time.perf_counter() - started
     images = (len(data.train) // batch_size) * batch_size if len(data.train) > batch_size else len(data.train)
     rows = [
@@ -353,7 +352,7 @@ def serving(
         for name, value in (hyperparameters or {}).items():
             argv += [f"--{name}", str(value)]
         started = time.perf_counter()
-        status = loop.main(argv)
+        status = train.main(argv)
         train_seconds = time.perf_counter() - started
         if status != 0:
             raise RuntimeError(f"the job (python -m training {' '.join(argv)}) failed with status {status}")
@@ -390,7 +389,7 @@ def default_variants(device: str = "cpu") -> list[dict[str, Any]]:
 
 
 def best_precision(device: str = "cpu") -> str:
-    """The fastest autocast type this device computes natively, as training/job/train.py's precision 'auto' picks it:
+    """The fastest autocast type this device computes natively, as training/job/runtime.py's precision 'auto' picks it:
     'bf16' or 'fp16' on CUDA, 'bf16' on CPUs with AVX512-BF16 or AMX, else 'fp32'."""
     dtype = runtime.autocast_dtype("auto", torch.device(device))
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"

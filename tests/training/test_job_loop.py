@@ -1,4 +1,5 @@
-"""training/job/train.py: the epoch loop on small tensors (the real loop, a real MONAI network, tiny images)."""
+"""training/job/train.py `fit` and training/job/loop.py: the epoch loop on small tensors (the real loop, a real MONAI
+network, tiny images)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from training.dataset.split import PreparedData, Split
-from training.job import runtime, train
+from training.job import distributed as dist
+from training.job import evaluation, loop, networks, runtime, train
 from training.job.config import TrainConfig
 from training.job.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, parse_line
 
@@ -94,9 +96,9 @@ def test_without_validation_images_the_last_epoch_is_kept() -> None:
 def test_state_dict_round_trip_resumes_exactly() -> None:
     state, _ = train.fit(_config(epochs=2), _data(), device=torch.device("cpu"))
     saved = state.state_dict()
-    model = train.build_network("resnet18", num_classes=2)
+    model = networks.build_network("resnet18", num_classes=2)
     optimizer = runtime.make_optimizer(_config(), model)
-    fresh = train.TrainState(
+    fresh = loop.TrainState(
         model=model,
         optimizer=optimizer,
         scheduler=runtime.make_scheduler(_config(), optimizer, steps_per_epoch=4),
@@ -112,9 +114,9 @@ def test_state_dict_round_trip_resumes_exactly() -> None:
 
 
 def test_selection_score() -> None:
-    assert train.selection_score({"val_auc": 0.9, "val_loss": 0.3}, 4) == 0.9
-    assert train.selection_score({"val_auc": float("nan"), "val_loss": 0.3}, 4) == -0.3
-    assert train.selection_score({"val_auc": float("nan"), "val_loss": float("nan")}, 4) == 4.0
+    assert loop.selection_score({"val_auc": 0.9, "val_loss": 0.3}, 4) == 0.9
+    assert loop.selection_score({"val_auc": float("nan"), "val_loss": 0.3}, 4) == -0.3
+    assert loop.selection_score({"val_auc": float("nan"), "val_loss": float("nan")}, 4) == 4.0
 
 
 @pytest.mark.parametrize(
@@ -128,12 +130,12 @@ def test_selection_score() -> None:
     ],
 )
 def test_positive_class(classes: list[str], setting: str, expected: int) -> None:
-    assert train.positive_index(classes, setting) == expected
+    assert evaluation.positive_index(classes, setting) == expected
 
 
 def test_unknown_positive_class_names_the_classes() -> None:
     with pytest.raises(ValueError, match="positive_class 'x' is not a class; the classes are a, b"):
-        train.positive_index(["a", "b"], "x")
+        evaluation.positive_index(["a", "b"], "x")
 
 
 def test_autocast_dtype() -> None:
@@ -145,13 +147,13 @@ def test_autocast_dtype() -> None:
 
 
 def test_class_weights_balance_the_classes() -> None:
-    weights = train.class_weights(torch.tensor([0, 0, 0, 1]), 2)
+    weights = loop.class_weights(torch.bincount(torch.tensor([0, 0, 0, 1]), minlength=2), 2)
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
     assert (weights * torch.tensor([3.0, 1.0])).tolist() == pytest.approx([2.0, 2.0])
 
 
 def test_no_weight_decay_on_biases_and_norms() -> None:
-    model = train.build_network("resnet18", num_classes=2)
+    model = networks.build_network("resnet18", num_classes=2)
     decayed, plain = runtime.make_optimizer(_config(weight_decay=0.05), model).param_groups
     assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
@@ -159,10 +161,10 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
 
 def test_evaluate_loss_is_plain_cross_entropy_without_a_criterion() -> None:
     data = _data()
-    model = train.build_network("resnet18", num_classes=2)
-    result = train.evaluate(
-        model, data.validation, device=torch.device("cpu"), dtype=None, config=_config(), num_classes=2
-    )
+    model = networks.build_network("resnet18", num_classes=2)
+    compute = runtime.Compute.of(_config(), torch.device("cpu"), dist.World())
+    assert compute.dtype is None  # fp32, as before
+    result = loop.evaluate(model, data.validation, compute, config=_config(), num_classes=2)
     assert result.labels.tolist() == data.validation.labels.tolist()
     assert np.allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert math.isfinite(result.loss)
@@ -177,7 +179,7 @@ def test_precise_bn_makes_evaluation_match_the_batch_statistics() -> None:
     with torch.no_grad():
         model.train()(images)  # one step of running averages: far from this data's statistics
     config = _config(batch_size=32, precise_bn=32, channels_last=False)
-    train.recompute_batchnorm(model, split, config=config, dtype=None, seed=0)
+    loop.recompute_batchnorm(model, split, config=config, dtype=None, seed=0)
     norm = model[1]
     assert isinstance(norm, torch.nn.BatchNorm2d) and norm.momentum == 0.1  # restored
     with torch.no_grad():

@@ -7,7 +7,7 @@ the restarted job finds its own checkpoints there and goes on from the newest co
 empty location and starts fresh, unless it is given a checkpoint to start from (`--resume-from`, or the `resume`
 channel).
 
-A checkpoint (`epoch-0003.pt`) holds what `training.job.train.TrainState.state_dict` returns (model, optimizer,
+A checkpoint (`epoch-0003.pt`) holds what `training.job.loop.TrainState.state_dict` returns (model, optimizer,
 scheduler, gradient scaler, epoch, best score and weights, history, and the Python, NumPy and PyTorch random
 states) and, beside it, the configuration, the class names and a format version. It is written to a temporary
 name (`.epoch-0003.pt.partial`), flushed to disk, and only then renamed: a rename is atomic, so the final name

@@ -1,5 +1,6 @@
-"""Evaluation of a classifier's outputs: predictions at the threshold, accuracy, AUC, sensitivity, specificity,
-the confusion matrix, and percentile-bootstrap 95% confidence intervals for the test report.
+"""Evaluation of a classifier's outputs: which class is the positive one, predictions at the threshold, accuracy,
+AUC, sensitivity, specificity, the confusion matrix, and percentile-bootstrap 95% confidence intervals for the test
+report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,26 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
+
+# Two-class names that mean "no finding": the other class is then the positive one (positive_class="").
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "no-finding", "nofinding", "control", "0")
+
+
+def positive_index(classes: Sequence[str], positive_class: str) -> int:
+    """The positive class of a two-class problem: the named one; else the class that is not a "normal"-like name;
+    else the second one. (Multi-class problems have none; 1 is returned and unused.)
+
+    Raises:
+        ValueError: a positive_class that is not a class.
+    """
+    if positive_class:
+        if positive_class not in classes:
+            raise ValueError(f"positive_class {positive_class!r} is not a class; the classes are {', '.join(classes)}")
+        return list(classes).index(positive_class)
+    negatives = [i for i, name in enumerate(classes) if name.strip().lower() in NEGATIVE_NAMES]
+    if len(classes) == 2 and len(negatives) == 1:
+        return 1 - negatives[0]
+    return 1
 
 
 def predict(probabilities: np.ndarray, *, threshold: float, positive: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Where and how the job computes: the device, the precision, the optimizer and its schedule, seeds and each rank's
-share of a batch (training/job/train.py tells the job's story with them)."""
+share of a batch (training/job/train.py tells the job's story with them; training/job/loop.py computes in the form
+one `Compute` gives)."""
 
 from __future__ import annotations
 
