@@ -1,4 +1,5 @@
-"""training/job/bundle.py and training/inference.py: the trained model as a MONAI bundle that loads offline.
+"""training/job/bundle_writer.py, training/job/bundle.py and training/inference.py: the trained model as a MONAI
+bundle that loads offline.
 
 The bundle is the one the session's SageMaker-driver run wrote (conftest.py, `job_bundle`). Every way of loading it
 must predict the same classes for the same files: MONAI's ConfigParser (inference.json), `monai.bundle.load`,

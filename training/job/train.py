@@ -12,7 +12,8 @@ the best weights by validation AUC and stop on a plateau; finally evaluate the t
 
 This module tells that story; the rest lives beside it in training/job/: the epoch loop, evaluation on a split and
 precise BatchNorm in loop.py, device, precision, optimizer and schedule in runtime.py, the metrics and the positive
-class in evaluation.py, the end-of-job reports in reports.py, the bundle in bundle.py.
+class in evaluation.py, the end-of-job reports in reports.py, the bundle in bundle_writer.py (its layout and how it is
+read back as data: bundle.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataError, DataOptions, prepare
 from training.dataset.split import PreparedData, Split
-from training.job import bundle, checkpoint, environment, evaluation, lineage, loop, reports
+from training.job import bundle_writer, checkpoint, environment, evaluation, lineage, loop, reports
 from training.job import config as config_module
 from training.job import distributed as dist
 from training.job.checkpoint import CheckpointError, Interrupted
@@ -172,7 +173,7 @@ def _run(
     origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.manifest, s3))
     if spread is not None:
         origin["distributed"] = spread
-    bundle_dir = bundle.write_bundle(
+    bundle_dir = bundle_writer.write_bundle(
         context.model_dir,
         network=state.model,
         network_name=config.network,
