@@ -26,8 +26,6 @@ from training.job.code_identity import DIRTY, code_commit
 from training.job.config import TrainConfig
 from training.job.environment import JobContext
 
-S3_MANIFEST_VERSION = 1
-
 
 def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
     """Read the launcher's S3 record (module docstring) into (channel, file) -> {uri, version_id, etag}.
