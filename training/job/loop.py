@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.dataset.prepare import BatchLoader, PreparedData, Split
+from training.dataset.loader import BatchLoader
+from training.dataset.split import PreparedData, Split
 from training.job import checkpoint, evaluation
 from training.job import distributed as dist
 from training.job.config import TrainConfig
