@@ -1,10 +1,10 @@
 """The SageMaker endpoints and models the launcher created for a stack: found, and deleted, when it is torn down.
 
-They are not part of the stack (launcher/inference.py creates them with the SageMaker API), and an endpoint bills per
-hour until it is deleted: `python -m infra.teardown` (infra/teardown.py) lists them before it destroys the stack, and
-deletes them first when asked. A model is the stack's when it runs as the stack's model role (ModelRoleArn); an
-endpoint when its configuration serves one of those models or, its model deleted already, is encrypted with the
-stack's key (DataKeyArn) and named as the launcher names endpoints (`<stack>-endpoint-<time>`).
+They are not part of the stack (launcher/inference.py and endpoints.py create them with the SageMaker API), and an
+endpoint bills per hour until it is deleted: `python -m infra.teardown` (infra/teardown.py) lists them before it
+destroys the stack, and deletes them first when asked. A model is the stack's when it runs as the stack's model role
+(ModelRoleArn); an endpoint when its configuration serves one of those models or, its model deleted already, is
+encrypted with the stack's key (DataKeyArn) and named as the launcher names endpoints (`<stack>-endpoint-<time>`).
 """
 
 from __future__ import annotations

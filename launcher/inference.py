@@ -1,13 +1,12 @@
-"""Use a trained model: batch transform over an S3 prefix, or a real-time endpoint (created, invoked, deleted).
+"""Use a trained model: its SageMaker model, and batch transform over an S3 prefix (real-time endpoints:
+launcher/endpoints.py).
 
     inputs = upload_inputs(settings, ["a.dcm", "b.dcm"], run="scan-1")  # s3://BUCKET/inference/scan-1/input/
     model = create_model(settings, job.model_uri)                     # the training image serves it (`serve`)
     transform = start_transform(settings, model, inputs.uri)
     described = wait_for_transform(settings, transform)               # JSON per file under .../output/
     results = transform_results(settings, described, inputs)         # file, label, probabilities
-    with endpoint(settings, model) as name:                           # deleted when the block ends
-        invoke_endpoint(settings, name, Path("image.dcm").read_bytes())
-    delete_model(settings, model)                                     # or clean_up_inference(settings, model=...)
+    delete_model(settings, model)                   # or launcher.endpoints.clean_up_inference(settings, model=...)
 
 Everything runs in the stack's training image, whose `serve` command answers SageMaker's hosting contract with
 training/inference.py's handlers (application/dicom or application/zip in, JSON out). The model runs with network
@@ -17,25 +16,21 @@ jobs/ and read and write the inference/ prefix, and no dataset.
 
 With the local runner (Settings.runner "local", `make demo`) the same requests go to the local emulator, which records
 them, and launcher/local/inference.py does the service's part on this machine: start_transform returns once the
-transform has run (every input's .out written), create_endpoint once the endpoint's server answers, delete_endpoint
-stops that server, and invoke_endpoint sends the body to it.
+transform has run (every input's .out written).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from botocore.exceptions import ClientError
 
 from launcher.jobs.follow import TERMINAL_STATUSES
 from launcher.jobs.launch import LOCAL_RUNNER
@@ -48,11 +43,11 @@ INFERENCE_PREFIX = "inference/"  # infra/constructs/storage.py: transform input 
 DICOM = "application/dicom"
 ZIP = "application/zip"
 DEFAULT_INSTANCE_TYPE = DEFAULT_CPU_INSTANCE  # the CPU image; the GPU image serves on DEFAULT_GPU_INSTANCE
-ENDPOINT_LOG_GROUP_PREFIX = "/aws/sagemaker/Endpoints/"  # SageMaker logs each endpoint to this prefix + its name
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, e.g. a training job's name
 
 
-def _name(settings: Settings, kind: str) -> str:
+def resource_name(settings: Settings, kind: str) -> str:
+    """A new name for a model, transform or endpoint of the stack (launcher/endpoints.py names its endpoints so)."""
     # SageMaker names: at most 63 characters of [a-zA-Z0-9-]; unique per second, as the launcher's job names.
     return f"{_name_prefix(settings.stack_name, kind)}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
@@ -68,11 +63,11 @@ def name_pattern(stack_name: str, kind: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(_name_prefix(stack_name, kind))}-\d{{8}}-\d{{6}}$")
 
 
-def _sagemaker(settings: Settings) -> Any:
+def sagemaker_client(settings: Settings) -> Any:
     return settings.boto_session().client("sagemaker", region_name=settings.region)
 
 
-def _local(settings: Settings) -> bool:
+def runs_locally(settings: Settings) -> bool:
     return settings.runner == LOCAL_RUNNER
 
 
@@ -102,8 +97,8 @@ def create_model(
     if not role_arn:
         raise ValueError(f"stack value ModelRoleArn (model_role_arn) is missing in {settings.source or 'settings'}: "
                          "the stack predates inference; redeploy it (make deploy) to create the model role")
-    name = name or _name(settings, "model")
-    _sagemaker(settings).create_model(
+    name = name or resource_name(settings, "model")
+    sagemaker_client(settings).create_model(
         ModelName=name,
         PrimaryContainer={"Image": settings.training_image_uri, "ModelDataUrl": model_data_url, "Mode": "SingleModel"},
         ExecutionRoleArn=role_arn,
@@ -202,12 +197,12 @@ def start_transform(
         raise ValueError(f"input_uri must be under {prefix} (the only prefix the model role reads); got {input_uri}")
     if content_type not in (DICOM, ZIP):
         raise ValueError(f"content_type must be {DICOM} or {ZIP}; got {content_type!r}")
-    name = name or _name(settings, "transform")
+    name = name or resource_name(settings, "transform")
     if output_uri is None:
         output_uri = input_uri.rstrip("/").rsplit("/", 1)[0] + "/output/"
     if not output_uri.startswith(prefix):
         raise ValueError(f"output_uri must be under {prefix} (the only prefix the model role writes); got {output_uri}")
-    _sagemaker(settings).create_transform_job(
+    sagemaker_client(settings).create_transform_job(
         TransformJobName=name,
         ModelName=model_name,
         BatchStrategy="SingleRecord",  # one file (or zip) per request: DICOM cannot be split into records
@@ -223,7 +218,7 @@ def start_transform(
         TransformResources={"InstanceType": instance_type, "InstanceCount": instance_count,
                             "VolumeKmsKeyId": settings.data_key_arn},
     )
-    if _local(settings):
+    if runs_locally(settings):
         from launcher.local.inference import run_transform
 
         run_transform(settings, name)
@@ -239,7 +234,7 @@ def wait_for_transform(
     Raises:
         RuntimeError: the job failed (its FailureReason) or did not finish within timeout_s (it is stopped).
     """
-    client = _sagemaker(settings)
+    client = sagemaker_client(settings)
     waited = 0.0
     while True:
         described: dict[str, Any] = client.describe_transform_job(TransformJobName=name)
@@ -309,147 +304,6 @@ def transform_results(
     return results
 
 
-def create_endpoint(
-    settings: Settings, model_name: str, *, instance_type: str = DEFAULT_INSTANCE_TYPE, name: str | None = None
-) -> str:
-    """CreateEndpointConfig (volume encrypted with the stack key) and CreateEndpoint of the same name, after its log
-    group: SageMaker logs an endpoint to /aws/sagemaker/Endpoints/NAME and would create that group unencrypted and
-    kept forever, so the launcher creates it first, encrypted with the stack key, kept the stack's
-    logRetentionDays (`endpoint_log_group`).
-
-    Returns:
-        The endpoint's name (its config has the same name). Call delete_endpoint when done: it costs while up.
-        With the local runner, its training.serve process (a child of this one) answers by then.
-    """
-    name = name or _name(settings, "endpoint")
-    endpoint_log_group(settings, name)
-    client = _sagemaker(settings)
-    client.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": model_name, "InstanceType": instance_type,
-                             "InitialInstanceCount": 1}],
-        KmsKeyId=settings.data_key_arn,
-    )
-    client.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    if _local(settings):
-        from launcher.local.inference import start_endpoint
-
-        try:
-            start_endpoint(settings, name)
-        except BaseException:
-            delete_endpoint(settings, name)  # as a failed endpoint on SageMaker, it would need deleting
-            raise
-    return name
-
-
-def endpoint_log_group(settings: Settings, endpoint: str) -> str:
-    """Create the endpoint's log group, encrypted with the stack key and kept settings.log_retention_days, before
-    SageMaker does (an existing group is given the retention; its encryption is left as it is).
-
-    Returns:
-        The group's name.
-    """
-    group = f"{ENDPOINT_LOG_GROUP_PREFIX}{endpoint}"
-    logs = settings.boto_session().client("logs", region_name=settings.region)
-    try:
-        logs.create_log_group(logGroupName=group, kmsKeyId=settings.data_key_arn)
-    except logs.exceptions.ResourceAlreadyExistsException:
-        log.warning("the endpoint's log group exists already: its encryption stays as it is")
-    logs.put_retention_policy(logGroupName=group, retentionInDays=settings.log_retention_days)
-    return group
-
-
-def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_attempts: int = 60) -> None:
-    """Until the endpoint is InService (boto3's waiter).
-
-    Raises:
-        botocore.exceptions.WaiterError: it failed, or was not in service within poll_s * max_attempts.
-    """
-    _sagemaker(settings).get_waiter("endpoint_in_service").wait(
-        EndpointName=name, WaiterConfig={"Delay": poll_s, "MaxAttempts": max_attempts}
-    )
-
-
-def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type: str = DICOM) -> dict[str, Any]:
-    """InvokeEndpoint with one DICOM file (or a zip): the model's JSON, {"predictions": [...]}."""
-    if _local(settings):
-        from launcher.local.inference import invoke
-
-        return invoke(name, body, content_type=content_type)
-    runtime = settings.boto_session().client("sagemaker-runtime", region_name=settings.region)
-    response = runtime.invoke_endpoint(EndpointName=name, Body=body, ContentType=content_type,
-                                       Accept="application/json")
-    result: dict[str, Any] = json.loads(response["Body"].read())
-    return result
-
-
-def delete_endpoint(settings: Settings, name: str) -> None:
-    """DeleteEndpoint and DeleteEndpointConfig (same name, create_endpoint's); the model stays."""
-    client = _sagemaker(settings)
-    try:
-        client.delete_endpoint(EndpointName=name)
-        client.delete_endpoint_config(EndpointConfigName=name)
-    finally:
-        if _local(settings):
-            from launcher.local.inference import stop_endpoint
-
-            stop_endpoint(name)
-
-
 def delete_model(settings: Settings, name: str) -> None:
     """DeleteModel (the artifact in S3 stays)."""
-    _sagemaker(settings).delete_model(ModelName=name)
-
-
-@contextlib.contextmanager
-def endpoint(
-    settings: Settings, model_name: str, *, instance_type: str = DEFAULT_INSTANCE_TYPE, wait: bool = True,
-    poll_s: float = 30,
-) -> Iterator[str]:
-    """A real-time endpoint for the block, deleted after it (also when the block raises)."""
-    name = create_endpoint(settings, model_name, instance_type=instance_type)
-    try:
-        if wait:
-            wait_for_endpoint(settings, name, poll_s=poll_s)
-        yield name
-    finally:
-        delete_endpoint(settings, name)
-
-
-def clean_up_inference(settings: Settings, *, model: str | None = None, endpoint: str | None = None) -> str:
-    """Delete the endpoint and the model a notebook created (only those named), and say what stays.
-
-    Args:
-        settings: the stack's values.
-        model: the model create_model made (None: none).
-        endpoint: the endpoint create_endpoint made (None: none).
-
-    Returns:
-        What was deleted and what stays, one line each.
-    """
-    lines = []
-    if endpoint is not None:
-        if _deleted(delete_endpoint, settings, endpoint):
-            lines.append(f"Deleted the endpoint {endpoint} and its configuration: it no longer bills.")
-        else:
-            lines.append(f"The endpoint {endpoint} was already deleted.")
-    if model is not None:
-        if _deleted(delete_model, settings, model):
-            lines.append(f"Deleted the model {model} (SageMaker's record of image, role and model.tar.gz; the archive "
-                         "stays in S3).")
-        else:
-            lines.append(f"The model {model} was already deleted.")
-    lines.append(f"Kept: batch transform inputs and results under s3://{settings.bucket}/{INFERENCE_PREFIX} (a "
-                 "finished transform job costs nothing more).")
-    return "\n".join(lines)
-
-
-def _deleted(delete: Callable[[Settings, str], None], settings: Settings, name: str) -> bool:
-    """Run a delete; False when SageMaker could not find the resource (deleted before)."""
-    try:
-        delete(settings, name)
-    except ClientError as exc:
-        if "could not find" not in str(exc).lower():
-            raise
-        return False
-    return True
+    sagemaker_client(settings).delete_model(ModelName=name)

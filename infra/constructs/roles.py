@@ -153,9 +153,9 @@ class TrainingRole(Construct):
 
 
 class ModelRole(Construct):
-    """The execution role of the trained model (launcher/inference.py: batch transform and endpoints): image pull,
-    logs, metrics, network interfaces in a VPC; the model artifacts and the inference/ prefix by grant. Unlike the
-    training role it reads no dataset: a served model sees only what it is sent.
+    """The execution role of the trained model (launcher/inference.py, endpoints.py: batch transform and endpoints):
+    image pull, logs, metrics, network interfaces in a VPC; the model artifacts and the inference/ prefix by grant.
+    Unlike the training role it reads no dataset: a served model sees only what it is sent.
 
     Attributes:
         role: the IAM role SageMaker assumes for models, transform jobs and endpoints.
@@ -248,7 +248,7 @@ class NotebookRole(Construct):
             actions=["logs:DescribeLogStreams", "logs:GetLogEvents", "logs:FilterLogEvents"],
             resources=[_log_group_arn(stack, TRAINING_LOG_GROUP)],
         ))
-        # An endpoint's log group, made before SageMaker would make it unencrypted (launcher/inference.py
+        # An endpoint's log group, made before SageMaker would make it unencrypted (launcher/endpoints.py
         # endpoint_log_group): encrypted with the stack key, with the stack's retention.
         endpoint_groups = stack.format_arn(service="logs", resource="log-group", resource_name=ENDPOINT_LOG_GROUPS,
                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)  # GROUP and GROUP:*

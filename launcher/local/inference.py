@@ -1,11 +1,12 @@
 """Batch transform and endpoints with the local runner: recorded in the emulator as on AWS, served on this machine.
 
-    MONAI_DICOM_RUNNER=local        # what `make demo` sets; launcher/inference.py then calls this module
+    MONAI_DICOM_RUNNER=local    # what `make demo` sets; launcher/inference.py and endpoints.py then call this module
 
-launcher/inference.py sends the same requests as on AWS (CreateModel, CreateTransformJob, CreateEndpointConfig,
-CreateEndpoint, the deletes), so the emulator (moto's server) records them. Where SageMaker would start containers
-that run the image's `serve`, this module runs `python -m training.serve` here (training.serve.running_server, on a
-free localhost port), with the model's model.tar.gz from the emulator's S3 extracted into a temporary folder:
+launcher/inference.py and endpoints.py send the same requests as on AWS (CreateModel, CreateTransformJob,
+CreateEndpointConfig, CreateEndpoint, the deletes), so the emulator (moto's server) records them. Where SageMaker would
+start containers that run the image's `serve`, this module runs `python -m training.serve` here
+(training.serve.running_server, on a free localhost port), with the model's model.tar.gz from the emulator's S3
+extracted into a temporary folder:
 
 - run_transform, right after CreateTransformJob: reads the job back (DescribeTransformJob, then DescribeModel for its
   ModelDataUrl), serves the model, POSTs every object under the job's input prefix to /invocations with the job's

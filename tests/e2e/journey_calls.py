@@ -429,7 +429,7 @@ def _on_create(call: Call, body: Mapping[str, Any], created: Mapping[str, Mappin
         for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
             yield JourneyCall(role, Call(action, _log_stream(group, stream, REGION)), "implied", ALLOWED)
         yield JourneyCall(role, Call("cloudwatch:PutMetricData", "*"), "implied", ALLOWED)
-    if kind == "Endpoint":  # the notebook's endpoint cell: launcher.inference.invoke_endpoint, local without AWS
+    if kind == "Endpoint":  # the notebook's endpoint cell: launcher.endpoints.invoke_endpoint, local without AWS
         yield JourneyCall(notebook, Call("sagemaker:InvokeEndpoint", call.resource), "implied", ALLOWED)
     if stack.subnets and kind in ("TrainingJob", "Model"):
         for action in NETWORK_INTERFACES:

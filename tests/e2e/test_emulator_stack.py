@@ -2,8 +2,8 @@
 
 Each variant is deployed once and torn down once (`python -m infra.teardown`, as `make destroy` runs it); what the
 emulator holds after each step is recorded with boto3 over HTTP, and the tests assert on those records. Between the
-two, launcher/inference.py creates SageMaker models and endpoints for the stack, next to look-alikes that are not the
-stack's: the default variant's teardown lists them, the other's deletes them (-c deleteEndpoints=true).
+two, launcher/inference.py and endpoints.py create SageMaker models and endpoints for the stack, next to look-alikes
+that are not the stack's: the default variant's teardown lists them, the other's deletes them (-c deleteEndpoints=true).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from demo.emulator import (
     start_emulator,
 )
 from infra.constructs.log_groups import SAGEMAKER_LOG_GROUPS
-from launcher import inference
+from launcher import endpoints, inference
 from launcher.settings import load_settings
 
 # moto warns, from its server thread, about what its CloudFormation skips (bucket policies, CDK metadata); the
@@ -145,7 +145,8 @@ def _exists(env: dict[str, str], resources: Resources) -> dict[str, bool]:
 
 
 def _serve(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Served:
-    """Create models and endpoints for the stack with launcher/inference.py, and look-alikes with boto3."""
+    """Create models and endpoints for the stack with launcher/inference.py and endpoints.py, and look-alikes with
+    boto3."""
     with pytest.MonkeyPatch.context() as patch:  # the launcher reaches AWS through this process's environment
         for key in [k for k in os.environ if k.startswith("AWS_")]:
             patch.delenv(key)
@@ -155,9 +156,9 @@ def _serve(env: dict[str, str], stack: str, outputs: dict[str, str]) -> Served:
         settings = load_settings(stack, region=REGION)
         artifact = f"s3://{settings.bucket}/jobs/job-1/output/model.tar.gz"
         model = inference.create_model(settings, artifact)
-        endpoint = inference.create_endpoint(settings, model)
+        endpoint = endpoints.create_endpoint(settings, model)
         gone = inference.create_model(settings, artifact, name=f"{stack}-model-gone")
-        orphan = inference.create_endpoint(settings, gone, name=f"{stack}-endpoint-20260101-000000")
+        orphan = endpoints.create_endpoint(settings, gone, name=f"{stack}-endpoint-20260101-000000")
         inference.delete_model(settings, gone)  # its endpoint still bills
     sagemaker = client(env, "sagemaker")
     foreign_model = f"{stack}-model-20260101-000001"

@@ -1,7 +1,8 @@
-"""launcher/inference.py against the emulator: what CreateModel, CreateTransformJob, CreateEndpointConfig and
-CreateEndpoint carry (image, role, model data, KMS keys, network isolation, VPC), read from the requests themselves;
-then the local runner's part (launcher/local/inference.py): the same requests, and a trained bundle served here by
-training.serve for the transform (one .out per input, the bundle's own predictions) and the endpoint, no process left.
+"""launcher/inference.py and endpoints.py against the emulator: what CreateModel, CreateTransformJob,
+CreateEndpointConfig and CreateEndpoint carry (image, role, model data, KMS keys, network isolation, VPC), read from the
+requests themselves; then the local runner's part (launcher/local/inference.py): the same requests, and a trained
+bundle served here by training.serve for the transform (one .out per input, the bundle's own predictions) and the
+endpoint, no process left.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import boto3
 import pytest
 
 from demo.emulator import Emulator
-from launcher import inference
+from launcher import endpoints, inference
 from launcher.local import inference as local_inference
 from launcher.local.inference import LocalInferenceError, LocalTransformError
 from launcher.local.runner import descendants
@@ -101,8 +102,8 @@ def test_an_endpoint_is_created_encrypted_invoked_and_deleted(emulator, stack, r
                                "probabilities": {"abnormal": 0.1, "normal": 0.9}}]}
     _canned_answer(emulator.endpoint, settings.region, answer)
     model = inference.create_model(settings, MODEL_DATA, name="model-endpoint")
-    with inference.endpoint(settings, model, instance_type="ml.m5.large", poll_s=1) as name:
-        assert inference.invoke_endpoint(settings, name, b"DICM") == answer
+    with endpoints.endpoint(settings, model, instance_type="ml.m5.large", poll_s=1) as name:
+        assert endpoints.invoke_endpoint(settings, name, b"DICM") == answer
     inference.delete_model(settings, model)
     (config,) = recording.calls("CreateEndpointConfig")
     assert config["EndpointConfigName"] == name
@@ -263,22 +264,22 @@ def test_a_local_endpoint_serves_the_bundle_until_the_clean_up_deletes_it(
         local_settings: Settings, job_bundle: Path, job_test_files: list[str], recording: Recording) -> None:
     before = set(descendants(os.getpid()))
     model = inference.create_model(local_settings, LOCAL_MODEL_DATA, name="model-endpoint-local")
-    name = inference.create_endpoint(local_settings, model, name="endpoint-local")
-    inference.wait_for_endpoint(local_settings, name, poll_s=1)
+    name = endpoints.create_endpoint(local_settings, model, name="endpoint-local")
+    endpoints.wait_for_endpoint(local_settings, name, poll_s=1)
     (server,) = served_endpoints().values()
     assert server in descendants(os.getpid())
-    answer = inference.invoke_endpoint(local_settings, name, Path(job_test_files[0]).read_bytes())
+    answer = endpoints.invoke_endpoint(local_settings, name, Path(job_test_files[0]).read_bytes())
     (expected,) = _bundle_predictions(job_bundle, job_test_files[:1]).values()
     (got,) = answer["predictions"]
     assert got["label"] == expected.label
     assert got["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
 
-    said = inference.clean_up_inference(local_settings, model=model, endpoint=name)
+    said = endpoints.clean_up_inference(local_settings, model=model, endpoint=name)
     assert f"Deleted the endpoint {name}" in said and f"Deleted the model {model}" in said
     assert served_endpoints() == {}
     assert still_running([pid for pid in descendants(os.getpid()) if pid not in before]) == []
     with pytest.raises(LocalInferenceError, match="not served by this Python process"):
-        inference.invoke_endpoint(local_settings, name, b"DICM")
+        endpoints.invoke_endpoint(local_settings, name, b"DICM")
     (config,) = recording.calls("CreateEndpointConfig")
     assert config["ProductionVariants"][0]["ModelName"] == model and config["KmsKeyId"] == local_settings.data_key_arn
     assert recording.calls("CreateEndpoint") == [{"EndpointName": name, "EndpointConfigName": name}]
@@ -288,7 +289,7 @@ def test_a_local_endpoint_serves_the_bundle_until_the_clean_up_deletes_it(
     sagemaker = boto3.client("sagemaker")
     assert sagemaker.list_endpoints()["Endpoints"] == []
     assert model not in {m["ModelName"] for m in sagemaker.list_models()["Models"]}
-    again = inference.clean_up_inference(local_settings, model=model, endpoint=name)
+    again = endpoints.clean_up_inference(local_settings, model=model, endpoint=name)
     assert f"The endpoint {name} was already deleted." in again and f"The model {model} was already deleted." in again
 
 
@@ -312,7 +313,7 @@ def test_a_stack_without_a_model_role_is_told_to_redeploy(stack, recording):
 def test_a_resource_name_fits_sagemaker_and_is_what_make_destroy_looks_for(stack_name: str) -> None:
     settings: Any = type("StackOnly", (), {"stack_name": stack_name})()
     for kind in ("model", "transform", "endpoint"):
-        name = inference._name(settings, kind)
+        name = inference.resource_name(settings, kind)
         assert len(name) <= 63 and name.replace("-", "").isalnum()
         assert inference.name_pattern(stack_name, kind).match(name)  # infra/stack_endpoints.py finds it
-    assert not inference.name_pattern(stack_name, "endpoint").match(inference._name(settings, "model"))
+    assert not inference.name_pattern(stack_name, "endpoint").match(inference.resource_name(settings, "model"))
