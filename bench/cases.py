@@ -9,6 +9,7 @@ bench/child.py runs each case in a process of its own; the smoke tests call them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import public_sample
-from bench.measure import Clock, median_after_first
+from bench.measure import Clock, append_rates, epoch_row, rates_summary, training_summary
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataOptions, prepare
 from training.dataset.split import PreparedData
@@ -64,8 +65,8 @@ def loader_public_sample(
             inputs = batch[0].to(target)
             images += int(inputs.shape[0])
         _sync(target)
-        _append_rates(rates, cpu_rates, images, clock)
-    return {**_rates(rates, cpu_rates), "images": len(files)}
+        append_rates(rates, cpu_rates, images, clock)
+    return {**rates_summary(rates, cpu_rates), "images": len(files)}
 
 
 def loader_ours(
@@ -111,9 +112,9 @@ def loader_ours(
         for batch, _ in loader:
             images += int(batch.shape[0])
         _sync(target)
-        _append_rates(rates, cpu_rates, images, clock)
+        append_rates(rates, cpu_rates, images, clock)
     return {
-        **_rates(rates, cpu_rates),
+        **rates_summary(rates, cpu_rates),
         "images": len(data.train),
         "prepare_seconds": round(prepare_seconds, 3),
         "decode": data.manifest.get("decode", {}),
@@ -163,9 +164,9 @@ def train_public_sample(
         seconds, cpu = clock.read()
         started = time.perf_counter()
         accuracy = public_sample.evaluate(model, val_files, val_labels, target, batch_size=batch_size, cuda=cuda)
-        rows.append(_row(epoch, seconds, cpu, images, loss, accuracy, time.perf_counter() - started))
+        rows.append(epoch_row(epoch, seconds, cpu, images, loss, accuracy, time.perf_counter() - started))
         log.info("(a) %s", rows[-1])
-    return _training_summary(rows, target_accuracy, setup_seconds=0.0)
+    return training_summary(rows, target_accuracy, setup_seconds=0.0)
 
 
 def train_ours(
@@ -221,10 +222,10 @@ def train_ours(
     fit_seconds = time.perf_counter() - started
     images = (len(data.train) // batch_size) * batch_size if len(data.train) > batch_size else len(data.train)
     rows = [
-        _row(epoch, seconds, cpu, images, loss, float(history["val_accuracy"]), None)
+        epoch_row(epoch, seconds, cpu, images, loss, float(history["val_accuracy"]), None)
         for epoch, ((seconds, cpu, loss), history) in enumerate(zip(clock, state.history, strict=True), start=1)
     ]
-    summary = _training_summary(rows, target_accuracy, setup_seconds=prepare_seconds)
+    summary = training_summary(rows, target_accuracy, setup_seconds=prepare_seconds)
     dtype = runtime.autocast_dtype(config.precision, target)
     summary.update(
         prepare_seconds=round(prepare_seconds, 3),
@@ -291,8 +292,8 @@ def compute_limit(
             if optimizer is not None:
                 optimizer.step()
             _sync(target)
-            _append_rates(rates, cpu_rates, batch_size, clock)
-        results.append({**variant, **_rates(rates, cpu_rates, key="steps")})
+            append_rates(rates, cpu_rates, batch_size, clock)
+        results.append({**variant, **rates_summary(rates, cpu_rates, key="steps")})
         log.info("limit %s", results[-1])
     return {
         "variants": results,
@@ -399,69 +400,12 @@ def _prepare(
     channels: dict[str, str], config: TrainConfig, *, val_fraction: float | None = None
 ) -> tuple[PreparedData, float]:
     """training/dataset/prepare.py's prepare with the job's data options for this config; timed."""
-    options = DataOptions(
-        image_size=config.image_size,
-        seed=config.seed,
-        cache_memory_mb=config.cache_memory_mb,
-        workers=config.workers,
-        val_fraction=config.val_fraction if val_fraction is None else val_fraction,
-    )
+    options = DataOptions.from_config(config)
+    if val_fraction is not None:
+        options = dataclasses.replace(options, val_fraction=val_fraction)
     started = time.perf_counter()
     data = prepare(channels, options)
     return data, time.perf_counter() - started
-
-
-def _append_rates(rates: list[float], cpu_rates: list[float], images: int, clock: Clock) -> None:
-    """Images per wall second and per CPU second since clock started."""
-    wall, cpu = clock.read()
-    rates.append(images / wall if wall > 0 else 0.0)
-    cpu_rates.append(images / cpu if cpu > 0 else 0.0)
-
-
-def _rates(rates: list[float], cpu_rates: list[float], *, key: str = "epochs") -> dict[str, Any]:
-    """The medians after the first, and every value."""
-    return {
-        "images_per_second": median_after_first(rates),
-        "images_per_cpu_second": median_after_first(cpu_rates),
-        key: _rounded(rates),
-        f"{key}_per_cpu_second": _rounded(cpu_rates),
-    }
-
-
-def _row(
-    epoch: int, seconds: float, cpu: float, images: int, loss: float, accuracy: float, eval_seconds: float | None
-) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "epoch": epoch,
-        "train_seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu, 3),
-        "images": images,
-        "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
-        "images_per_cpu_second": round(images / cpu, 2) if cpu > 0 else 0.0,
-        "train_loss": round(loss, 5),
-        "val_accuracy": round(accuracy, 4),
-    }
-    if eval_seconds is not None:
-        row["eval_seconds"] = round(eval_seconds, 2)
-    return row
-
-
-def _training_summary(rows: list[dict[str, Any]], target: float, *, setup_seconds: float) -> dict[str, Any]:
-    """Throughput (median after the first epoch) and the training seconds until val accuracy first reached target."""
-    elapsed, reached_at, seconds_to_target = setup_seconds, None, None
-    for row in rows:
-        elapsed += row["train_seconds"]
-        if reached_at is None and row["val_accuracy"] >= target:
-            reached_at, seconds_to_target = row["epoch"], round(elapsed, 1)
-    return {
-        "images_per_second": median_after_first([row["images_per_second"] for row in rows]),
-        "images_per_cpu_second": median_after_first([row["images_per_cpu_second"] for row in rows]),
-        "epochs": rows,
-        "target_accuracy": target,
-        "epochs_to_target": reached_at,
-        "seconds_to_target": seconds_to_target,
-        "best_val_accuracy": max((row["val_accuracy"] for row in rows), default=float("nan")),
-    }
 
 
 def _sync(device: torch.device) -> None:
@@ -473,10 +417,6 @@ def _pair(values: Sequence[int]) -> tuple[int, int]:
     if len(values) != 2:
         raise ValueError(f"image_size must be (H, W); got {values}")
     return int(values[0]), int(values[1])
-
-
-def _rounded(values: Sequence[float]) -> list[float]:
-    return [round(v, 2) for v in values]
 
 
 CASES: dict[str, Callable[..., dict[str, Any]]] = {

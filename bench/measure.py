@@ -1,4 +1,5 @@
-"""Timing, memory and machine-load helpers shared by the benchmarks (no torch: the parent process stays small)."""
+"""Timing, memory and machine-load helpers shared by the benchmarks, and the arithmetic of their figures (rates,
+medians, per-epoch rows, time to a target accuracy). No torch: the parent process stays small."""
 
 from __future__ import annotations
 
@@ -92,3 +93,60 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_1min": load_average(),
     }
+
+def append_rates(rates: list[float], cpu_rates: list[float], images: int, clock: Clock) -> None:
+    """Images per wall second and per CPU second since clock started."""
+    wall, cpu = clock.read()
+    rates.append(images / wall if wall > 0 else 0.0)
+    cpu_rates.append(images / cpu if cpu > 0 else 0.0)
+
+
+def rates_summary(rates: list[float], cpu_rates: list[float], *, key: str = "epochs") -> dict[str, Any]:
+    """The medians after the first, and every value."""
+    return {
+        "images_per_second": median_after_first(rates),
+        "images_per_cpu_second": median_after_first(cpu_rates),
+        key: rounded(rates),
+        f"{key}_per_cpu_second": rounded(cpu_rates),
+    }
+
+
+def epoch_row(
+    epoch: int, seconds: float, cpu: float, images: int, loss: float, accuracy: float, eval_seconds: float | None
+) -> dict[str, Any]:
+    """One epoch's figures, rounded as the report prints them."""
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        "images": images,
+        "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
+        "images_per_cpu_second": round(images / cpu, 2) if cpu > 0 else 0.0,
+        "train_loss": round(loss, 5),
+        "val_accuracy": round(accuracy, 4),
+    }
+    if eval_seconds is not None:
+        row["eval_seconds"] = round(eval_seconds, 2)
+    return row
+
+
+def training_summary(rows: list[dict[str, Any]], target: float, *, setup_seconds: float) -> dict[str, Any]:
+    """Throughput (median after the first epoch) and the training seconds until val accuracy first reached target."""
+    elapsed, reached_at, seconds_to_target = setup_seconds, None, None
+    for row in rows:
+        elapsed += row["train_seconds"]
+        if reached_at is None and row["val_accuracy"] >= target:
+            reached_at, seconds_to_target = row["epoch"], round(elapsed, 1)
+    return {
+        "images_per_second": median_after_first([row["images_per_second"] for row in rows]),
+        "images_per_cpu_second": median_after_first([row["images_per_cpu_second"] for row in rows]),
+        "epochs": rows,
+        "target_accuracy": target,
+        "epochs_to_target": reached_at,
+        "seconds_to_target": seconds_to_target,
+        "best_val_accuracy": max((row["val_accuracy"] for row in rows), default=float("nan")),
+    }
+
+
+def rounded(values: Sequence[float]) -> list[float]:
+    return [round(v, 2) for v in values]
