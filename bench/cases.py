@@ -117,7 +117,7 @@ def loader_ours(
         **rates_summary(rates, cpu_rates),
         "images": len(data.train),
         "prepare_seconds": round(prepare_seconds, 3),
-        "decode": data.manifest.get("decode", {}),
+        "decode": data.summary.get("decode", {}),
         "augment": config.augment,
     }
 

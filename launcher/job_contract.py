@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # From the job: its code identity, and its channel names, re-exported (the launcher imports them from here): the data
-# channels (train, validation, test), the manifest (the S3 record of the data: training/job/lineage.py), an earlier
+# channels (train, validation, test), the dataset manifest (its S3 objects: training/job/lineage.py), an earlier
 # job's checkpoints to start from, the pseudonym key (one file; no hyphen in its name: sm_train.sh exports it).
 from training.job.code_identity import code_commit as training_code_commit
 from training.job.environment import (  # noqa: F401

@@ -154,7 +154,7 @@ def labeled_files(channel_dir: str | os.PathLike[str], *, channel: str = "train"
     """The labeled DICOM files of a channel folder, read with the job's own label reader.
 
     Args:
-        channel_dir: the channel's folder (labels.csv, a Ground Truth manifest, meta-data.json or class folders).
+        channel_dir: the channel's folder (labels.csv, a Ground Truth output manifest, meta-data.json or class folders).
         channel: its name, for messages.
 
     Returns:

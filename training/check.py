@@ -86,23 +86,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 2
     if args.json:
-        print(json.dumps(data.manifest, indent=2))
+        print(json.dumps(data.summary, indent=2))
     else:
-        print(report(data.manifest))
+        print(report(data.summary))
     return 1 if data.bad_files else 0
 
 
-def report(manifest: dict[str, Any]) -> str:
-    """The human-readable report of a manifest (training/dataset/prepare.py).
+def report(summary: dict[str, Any]) -> str:
+    """The human-readable report of the data's summary (training/dataset/prepare.py).
 
     Args:
-        manifest: PreparedData.manifest.
+        summary: PreparedData.summary.
 
     Returns:
         The report, several lines.
     """
     lines = []
-    for name, channel in manifest["channels"].items():
+    for name, channel in summary["channels"].items():
         lines.append(
             f"channel {name}: labels from {channel['label_source']} ({channel['label_format']}), "
             f"{channel['labeled_files']} labeled DICOM file(s)"
@@ -110,33 +110,33 @@ def report(manifest: dict[str, Any]) -> str:
         reasons = Counter(entry["reason"] for entry in channel["skipped"])
         for reason, count in sorted(reasons.items()):
             lines.append(f"  skipped {count}: {reason}")
-    sides = [side for side in ("train", "validation", "test") if sum(manifest["class_counts"][side].values())]
-    lines.append("classes: " + ", ".join(manifest["classes"]))
-    for name in manifest["classes"]:
-        per_side = ", ".join(f"{side} {manifest['class_counts'][side][name]}" for side in sides)
+    sides = [side for side in ("train", "validation", "test") if sum(summary["class_counts"][side].values())]
+    lines.append("classes: " + ", ".join(summary["classes"]))
+    for name in summary["classes"]:
+        per_side = ", ".join(f"{side} {summary['class_counts'][side][name]}" for side in sides)
         lines.append(f"  {name}: {per_side}")
     lines.append(
-        f"split by: {manifest['split_key']} "
-        f"({', '.join(f'{k} {v}' for k, v in manifest['split_key_counts'].items())} files)"
+        f"split by: {summary['split_key']} "
+        f"({', '.join(f'{k} {v}' for k, v in summary['split_key_counts'].items())} files)"
     )
-    for note in manifest["split_key_notes"]:
+    for note in summary["split_key_notes"]:
         lines.append(f"  note: {note}")
     lines.append(
         "planned split: "
         + ", ".join(
-            f"{side} {sum(manifest['class_counts'][side].values())} images of {manifest['patients'][side]} patients"
+            f"{side} {sum(summary['class_counts'][side].values())} images of {summary['patients'][side]} patients"
             for side in sides
         )
     )
     per_patient: dict[str, Counter[str]] = {}
-    for entry in manifest["files"]:
+    for entry in summary["files"]:
         per_patient.setdefault(entry["patient"], Counter())[entry["split"]] += 1
     lines.append(f"patients (pseudonym: images): {len(per_patient)}")
     for patient, counts in sorted(per_patient.items())[:PATIENTS_SHOWN]:
         lines.append(f"  {patient}: " + ", ".join(f"{side} {n}" for side, n in sorted(counts.items())))
     if len(per_patient) > PATIENTS_SHOWN:
         lines.append(f"  ... and {len(per_patient) - PATIENTS_SHOWN} more (--json lists them all)")
-    bad = manifest["bad_files"]
+    bad = summary["bad_files"]
     lines.append(f"bad files: {len(bad)}")
     for entry in bad:
         lines.append(f"  [{entry['channel']}] {entry['file']}: {entry['reason']}")

@@ -236,7 +236,7 @@ def _write_labels(
     if label_format == "csv":
         write_labels_csv(root, ((image.file, image.label) for image in written))
     elif label_format == "groundtruth":
-        lines = [_manifest_line(image.file, image.label) for image in written]
+        lines = [_groundtruth_line(image.file, image.label) for image in written]
         (root / "output.manifest").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     elif label_format == "metadata-json":
         (root / "meta-data.json").write_text(json.dumps(metadata_records, indent=1) + "\n", encoding="utf-8")
@@ -250,7 +250,7 @@ def _orthanc_id(ds: Dataset) -> str:
     return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
-def _manifest_line(rel: str, label: str) -> str:
+def _groundtruth_line(rel: str, label: str) -> str:
     """One Ground Truth output-manifest line (image classification)."""
     record = {
         "source-ref": f"{GROUNDTRUTH_PREFIX}/{rel}",

@@ -81,7 +81,7 @@ def upload_dataset(
     Args:
         settings: the stack's values.
         local_dir: a folder with train/ (validation/, test/) channel folders, or one folder of DICOM files and labels
-            (the train channel). Labels in any format the job reads (labels.csv, a Ground Truth manifest,
+            (the train channel). Labels in any format the job reads (labels.csv, a Ground Truth output manifest,
             meta-data.json, or one folder per class). Symbolic links must stay inside it.
         name: the dataset's name in the bucket (see dataset_prefix).
         replace: make the dataset this folder when it differs from what the name holds: changed files are sent and

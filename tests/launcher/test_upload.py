@@ -47,7 +47,7 @@ def test_upload_writes_every_file_encrypted_with_its_checksum(stack: Stack, dico
 
 def test_the_manifest_next_to_the_data_is_what_the_job_reads(stack: Stack, dicom_folder: Path,
                                                              tmp_path: Path) -> None:
-    from training.job.lineage import read_s3_manifest
+    from training.job.lineage import read_dataset_manifest
 
     manifest = upload_dataset(stack.settings, dicom_folder, "lineage", progress=False)
     path = tmp_path / "manifest" / "manifest.json"
@@ -58,7 +58,7 @@ def test_the_manifest_next_to_the_data_is_what_the_job_reads(stack: Stack, dicom
     assert (head["ServerSideEncryption"], head["VersionId"]) == ("aws:kms", manifest.manifest_version_id)
     assert json.loads(path.read_text()) == manifest.document()
 
-    record = read_s3_manifest(path.parent)  # the job's own reader, on its manifest channel's directory
+    record = read_dataset_manifest(path.parent)  # the job's own reader, on its manifest channel's directory
     assert record == {
         (o.channel, o.file): {"uri": f"s3://{BUCKET}/{o.key}", "version_id": o.version_id, "etag": o.etag}
         for o in manifest.objects

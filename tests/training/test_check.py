@@ -55,10 +55,10 @@ def test_unusable_data_exits_2_with_the_reason(dataset: Path, capsys: pytest.Cap
     assert "error: channel 'train'" in capsys.readouterr().out
 
 
-def test_json_report_is_the_manifest(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_report_is_the_data_summary(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check.main(check.parse_args([str(dataset), "--json", "--seed", "3"])) == 0
-    manifest = json.loads(capsys.readouterr().out)
-    assert len(manifest["files"]) == 24 and manifest["options"]["seed"] == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["files"]) == 24 and summary["options"]["seed"] == 3
 
 
 def test_command_line_entry(dataset: Path) -> None:

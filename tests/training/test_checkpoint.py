@@ -125,7 +125,7 @@ def _tiny_data() -> PreparedData:
         images[labels == 1, :, 8:20, 8:20] = 250
         return Split(images, labels, [f"f{i}.dcm" for i in range(count)], [f"p{i}" for i in range(count)])
 
-    return PreparedData(classes=CLASSES, train=split(48), validation=split(16), test=None, manifest={})
+    return PreparedData(classes=CLASSES, train=split(48), validation=split(16), test=None, summary={})
 
 
 def test_fit_starts_from_a_named_checkpoint_and_refuses_a_missing_one(tmp_path: Path) -> None:

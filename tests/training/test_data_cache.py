@@ -27,7 +27,7 @@ def dataset(tmp_path: Path) -> Path:
 
 def test_files_are_decoded_once_and_never_read_again(dataset: Path, tmp_path: Path) -> None:
     data = prepare({"train": dataset}, DataOptions(image_size=(24, 24), workers=1))
-    assert data.manifest["decode"]["files"] == 30
+    assert data.summary["decode"]["files"] == 30
     moved = tmp_path / "gone"
     shutil.move(dataset, moved)  # nothing to read any more
     for split in (data.train, data.validation):
@@ -53,8 +53,8 @@ def test_a_tiny_memory_budget_spills_the_cache_to_disk(dataset: Path, tmp_path: 
     in_memory = prepare({"train": dataset}, DataOptions(image_size=(24, 24)))
     cache_dir = tmp_path / "cache"
     on_disk = prepare({"train": dataset}, DataOptions(image_size=(24, 24), cache_memory_mb=0, cache_dir=cache_dir))
-    assert in_memory.manifest["cache"]["location"] == "memory"
-    assert on_disk.manifest["cache"]["location"] == "disk"
+    assert in_memory.summary["cache"]["location"] == "memory"
+    assert on_disk.summary["cache"]["location"] == "disk"
     assert list(cache_dir.iterdir()) == []  # the memmap's file is unlinked once mapped
     for side in ("train", "validation"):
         a, b = getattr(in_memory, side), getattr(on_disk, side)
@@ -77,8 +77,8 @@ def test_ranks_get_disjoint_shards_that_cover_everything(dataset: Path, world_si
         assert len({f for part in parts for f in part}) == sum(len(part) for part in parts)
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     for rank, shard in enumerate(shards):
-        assert shard.manifest["decode"]["files"] == len(shard.train) + len(shard.validation)
-        assert all(entry["rank"] == rank for entry in shard.manifest["files"] if entry["file"] in shard.train.files)
+        assert shard.summary["decode"]["files"] == len(shard.train) + len(shard.validation)
+        assert all(entry["rank"] == rank for entry in shard.summary["files"] if entry["file"] in shard.train.files)
 
 
 def test_a_process_pool_decodes_the_same_images(tmp_path: Path) -> None:
@@ -86,6 +86,6 @@ def test_a_process_pool_decodes_the_same_images(tmp_path: Path) -> None:
     generate(root, count=2 * MIN_FILES_PER_WORKER, size=64)
     one = prepare({"train": root}, DataOptions(image_size=(16, 16), workers=1))
     two = prepare({"train": root}, DataOptions(image_size=(16, 16), workers=2))
-    assert (one.manifest["decode"]["processes"], two.manifest["decode"]["processes"]) == (1, 2)
+    assert (one.summary["decode"]["processes"], two.summary["decode"]["processes"]) == (1, 2)
     assert one.train.files == two.train.files
     assert torch.equal(one.train.images, two.train.images)

@@ -41,14 +41,14 @@ def test_synthetic_set_is_split_by_patient(dataset: Path) -> None:
     assert 0.1 <= len(data.validation) / 40 <= 0.3
     assert data.train.images.shape == (len(data.train), 1, 32, 32) and data.train.images.dtype == torch.uint8
     assert data.train.labels.dtype == torch.int64 and set(data.train.labels.tolist()) == {0, 1}
-    manifest = json.loads(json.dumps(data.manifest))  # JSON-serializable
-    assert manifest["split_key"] == "PatientID" and manifest["split_key_counts"] == {"PatientID": 40}
-    assert manifest["channels"]["train"]["label_format"] == "labels.csv"
-    assert sum(manifest["class_counts"]["validation"].values()) == len(data.validation)
+    summary = json.loads(json.dumps(data.summary))  # JSON-serializable
+    assert summary["split_key"] == "PatientID" and summary["split_key_counts"] == {"PatientID": 40}
+    assert summary["channels"]["train"]["label_format"] == "labels.csv"
+    assert sum(summary["class_counts"]["validation"].values()) == len(data.validation)
     labels = dict(read_labels_csv(dataset))
-    assert {(f["file"], f["label"]) for f in manifest["files"]} == set(labels.items())
-    assert all(f["patient"].startswith("p-") for f in manifest["files"])
-    assert "salt" not in manifest["options"] and "pseudonym_key" not in manifest["options"]
+    assert {(f["file"], f["label"]) for f in summary["files"]} == set(labels.items())
+    assert all(f["patient"].startswith("p-") for f in summary["files"])
+    assert "salt" not in summary["options"] and "pseudonym_key" not in summary["options"]
 
 
 def test_split_is_deterministic_per_seed(dataset: Path) -> None:
@@ -66,7 +66,7 @@ def test_given_validation_and_test_channels_are_used_as_they_are(tmp_path: Path)
     data = prepare(channels, SMALL)
     assert len(data.train) == 24 and len(data.validation) == 8
     assert data.test is not None and len(data.test) == 8
-    assert data.manifest["channels"]["test"]["label_format"] == "folders"
+    assert data.summary["channels"]["test"]["label_format"] == "folders"
     assert sorted(data.validation.files) == sorted(f for f, _ in read_labels_csv(channels["validation"]))
 
 
@@ -168,9 +168,9 @@ def test_blank_or_shared_patient_ids_fall_back_to_the_study(
     _blank_id_channel(tmp_path, patient_id)
     with caplog.at_level(logging.WARNING, logger="training"):
         data = prepare({"train": tmp_path}, DataOptions(image_size=(16, 16), val_fraction=0.3))
-    assert data.manifest["split_key"] == "StudyInstanceUID"
-    assert data.manifest["split_key_counts"] == {"StudyInstanceUID": 6}
-    assert why in data.manifest["split_key_notes"][0]
+    assert data.summary["split_key"] == "StudyInstanceUID"
+    assert data.summary["split_key_counts"] == {"StudyInstanceUID": 6}
+    assert why in data.summary["split_key_notes"][0]
     assert any(why in record.getMessage() for record in caplog.records)
     studies = {f: f"{int(f[3]) // 2}" for f in data.train.files + data.validation.files}
     assert not {studies[f] for f in data.train.files} & {studies[f] for f in data.validation.files}
@@ -183,7 +183,7 @@ def test_patient_id_column_groups_the_files(tmp_path: Path) -> None:
         rows.append((f"i{index}.dcm", ("a", "b")[index % 2], f"P{index // 2}"))
     write_labels_csv(tmp_path, rows, header=("file", "label", "patient_id"))
     data = prepare({"train": tmp_path}, DataOptions(image_size=(16, 16), val_fraction=0.25))
-    assert data.manifest["split_key_counts"] == {"patient_id column": 8}
+    assert data.summary["split_key_counts"] == {"patient_id column": 8}
     assert len(set(data.validation.patients)) == 1 and len(data.validation) == 2
 
 

@@ -49,7 +49,7 @@ def test_nothing_printed_logged_raised_or_written_names_a_patient(
     texts = []
     with caplog.at_level(logging.DEBUG):
         data = prepare({"train": train}, DataOptions(image_size=(16, 16), on_bad_file="skip"), output_dir=out)
-        texts.append(json.dumps(data.manifest))
+        texts.append(json.dumps(data.summary))
         texts.append(json.dumps(data.bad_files) + " ".join(data.train.patients + data.validation.patients))
         prepare({"train": blank}, DataOptions(image_size=(16, 16), on_bad_file="skip"), output_dir=out / "b")
         for channels, options in [

@@ -1,4 +1,4 @@
-"""training/job/lineage.py: the launcher's S3 record merged into the data manifest; the code's commit."""
+"""training/job/lineage.py: the launcher's dataset manifest merged into the data's summary; the code's commit."""
 
 from __future__ import annotations
 
@@ -19,36 +19,36 @@ OBJECTS = [
 ]
 
 
-def test_read_s3_manifest_from_a_file_or_a_channel_directory(tmp_path: Path) -> None:
+def test_read_dataset_manifest_from_a_file_or_a_channel_directory(tmp_path: Path) -> None:
     (tmp_path / "s3-objects.json").write_text(json.dumps({"objects": OBJECTS}))
     for path in (tmp_path, tmp_path / "s3-objects.json"):
-        record = lineage.read_s3_manifest(path)
+        record = lineage.read_dataset_manifest(path)
         assert record[("train", "a/1.dcm")] == {"uri": "s3://b/d/train/a/1.dcm", "version_id": "v1", "etag": '"e1"'}
         assert record[("test", "2.dcm")]["version_id"] is None
-    assert lineage.read_s3_manifest(None) == {}
+    assert lineage.read_dataset_manifest(None) == {}
 
 
-def test_bad_s3_manifest_names_the_file_and_the_form(tmp_path: Path) -> None:
+def test_a_bad_dataset_manifest_names_the_file_and_the_form(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps({"files": []}))
-    with pytest.raises(ValueError, match=r"S3 manifest .*m.json is not readable as \{'objects'"):
-        lineage.read_s3_manifest(tmp_path / "m.json")
+    with pytest.raises(ValueError, match=r"the dataset manifest .*m.json is not readable as \{'objects'"):
+        lineage.read_dataset_manifest(tmp_path / "m.json")
     (tmp_path / "n.json").write_text("{}")
     with pytest.raises(ValueError, match="exactly one \\*.json file; found 2"):
-        lineage.read_s3_manifest(tmp_path)
+        lineage.read_dataset_manifest(tmp_path)
 
 
 def test_data_lineage_adds_versions_per_file() -> None:
-    manifest = {
+    summary = {
         "classes": ["a", "b"],
         "files": [
             {"channel": "train", "file": "a/1.dcm", "label": "a", "patient": "p-1", "split": "train"},
             {"channel": "train", "file": "a/3.dcm", "label": "b", "patient": "p-2", "split": "validation"},
         ],
     }
-    merged = lineage.data_lineage(manifest, lineage.read_s3_manifest_objects(OBJECTS))
+    merged = lineage.data_lineage(summary, lineage.dataset_manifest_objects(OBJECTS))
     assert merged["files"][0]["version_id"] == "v1" and "version_id" not in merged["files"][1]
     assert merged["s3"] == {"objects_in_record": 2, "files_matched": 1, "files_unmatched": 1}
-    assert "version_id" not in manifest["files"][0]  # the input is not modified
+    assert "version_id" not in summary["files"][0]  # the input is not modified
 
 
 def test_code_identity_prefers_the_declared_commit() -> None:

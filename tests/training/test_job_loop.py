@@ -34,7 +34,7 @@ def _data(train_count: int = 96, validation_count: int = 32) -> PreparedData:
         train=_split(train_count, 1),
         validation=_split(validation_count, 2),
         test=None,
-        manifest={},
+        summary={},
     )
 
 

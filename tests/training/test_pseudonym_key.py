@@ -50,7 +50,7 @@ def test_same_key_same_pseudonyms_other_key_others(tmp_path: Path) -> None:
     options = {"image_size": (16, 16), "workers": 1}
     one = [prepare({"train": data}, DataOptions(**options, pseudonym_key=b"a" * 32)) for _ in range(2)]
     other = prepare({"train": data}, DataOptions(**options, pseudonym_key=b"b" * 32))
-    names = [[f["patient"] for f in d.manifest["files"]] for d in (*one, other)]
+    names = [[f["patient"] for f in d.summary["files"]] for d in (*one, other)]
     assert names[0] == names[1] and set(names[0]).isdisjoint(names[2])
     assert patient_hash("patient", "SYN-0001", b"a" * 32) != patient_hash("patient", "SYN-0001", b"b" * 32)
 

@@ -9,7 +9,7 @@ labels in exactly one of these formats, detected from what lies at the channel's
   `source-ref` S3 URI maps to the file whose path inside the channel is the longest tail of the URI's key (so any
   dataset prefix is ignored), else to the only file with that basename; the label is the `class-name` of the
   `<attribute>-metadata` object (the numeric `<attribute>` value indexes the job's own class list and is not used).
-  The attribute is the one whose `-metadata` holds a `class-name`; when a manifest holds several (chained jobs),
+  The attribute is the one whose `-metadata` holds a `class-name`; when an output manifest holds several (chained jobs),
   `label_attribute` picks one.
 - `meta-data.json`: the consolidated annotations of the aws-samples DICOM labeling sample: a JSON list of records
   whose `annotations[0].annotationData.content` is a JSON string holding `labels`, itself a JSON string with
@@ -37,7 +37,7 @@ from training.dataset.dicom import has_dicom_marker
 
 LABELS_CSV = "labels.csv"
 METADATA_JSON = "meta-data.json"
-MANIFEST_SUFFIX = ".manifest"
+GROUNDTRUTH_SUFFIX = ".manifest"
 FORMAT_CSV = "labels.csv"
 FORMAT_GROUNDTRUTH = "groundtruth"
 FORMAT_METADATA_JSON = "metadata-json"
@@ -114,7 +114,8 @@ def list_channel(channel: str, root: str | os.PathLike[str], *, label_attribute:
     Args:
         channel: the channel's name, used in messages.
         root: the channel directory.
-        label_attribute: the Ground Truth label attribute to use when a manifest holds several; None detects it.
+        label_attribute: the Ground Truth label attribute to use when an output manifest holds several; None detects
+            it.
 
     Returns:
         The listing; `bad` holds unusable labels, `skipped` the files not used.
@@ -136,7 +137,7 @@ def list_channel(channel: str, root: str | os.PathLike[str], *, label_attribute:
             f"found {len(tree.other)} other file(s), e.g. {examples}"
         )
     top = sorted(p.name for p in base.iterdir() if p.is_file())
-    label_files = [n for n in top if n == LABELS_CSV or n == METADATA_JSON or n.endswith(MANIFEST_SUFFIX)]
+    label_files = [n for n in top if n == LABELS_CSV or n == METADATA_JSON or n.endswith(GROUNDTRUTH_SUFFIX)]
     if len(label_files) > 1:
         raise DataError(
             f"channel '{channel}' ({base}) holds several label files: {', '.join(label_files)}. Expected "
@@ -147,7 +148,7 @@ def list_channel(channel: str, root: str | os.PathLike[str], *, label_attribute:
     elif label_files == [METADATA_JSON]:
         listing = _from_metadata_json(channel, base, tree)
     elif label_files:
-        listing = _from_manifest(channel, base, tree, label_files[0], label_attribute)
+        listing = _from_groundtruth(channel, base, tree, label_files[0], label_attribute)
     else:
         listing = _from_folders(channel, base, tree)
     for name in sorted(tree.other):
@@ -217,23 +218,25 @@ def _from_csv(channel: str, base: Path, tree: _Tree) -> ChannelListing:
     return listing
 
 
-def _from_manifest(channel: str, base: Path, tree: _Tree, manifest: str, label_attribute: str | None) -> ChannelListing:
-    """Read a Ground Truth output manifest (image classification)."""
-    listing = ChannelListing(channel, base, FORMAT_GROUNDTRUTH, manifest)
+def _from_groundtruth(
+    channel: str, base: Path, tree: _Tree, label_file: str, label_attribute: str | None
+) -> ChannelListing:
+    """Read a Ground Truth output label_file (image classification)."""
+    listing = ChannelListing(channel, base, FORMAT_GROUNDTRUTH, label_file)
     records: list[tuple[int, dict[str, Any]]] = []
-    with open(base / manifest, encoding="utf-8") as fh:
+    with open(base / label_file, encoding="utf-8") as fh:
         for line, text in enumerate(fh, start=1):
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
-                listing.bad.append(_bad(channel, f"{manifest} line {line}", f"not JSON ({exc.msg})"))
+                listing.bad.append(_bad(channel, f"{label_file} line {line}", f"not JSON ({exc.msg})"))
                 continue
             if isinstance(record, dict):
                 records.append((line, record))
             else:
-                listing.bad.append(_bad(channel, f"{manifest} line {line}", "not a JSON object"))
+                listing.bad.append(_bad(channel, f"{label_file} line {line}", "not a JSON object"))
     attributes = sorted(
         {
             key[: -len("-metadata")]
@@ -245,7 +248,7 @@ def _from_manifest(channel: str, base: Path, tree: _Tree, manifest: str, label_a
     if label_attribute is not None:
         if label_attribute not in attributes:
             raise DataError(
-                f"channel '{channel}': label_attribute '{label_attribute}' is not in {manifest}; it holds "
+                f"channel '{channel}': label_attribute '{label_attribute}' is not in {label_file}; it holds "
                 f"{', '.join(attributes) or 'no image-classification label'}"
             )
         attribute = label_attribute
@@ -254,12 +257,12 @@ def _from_manifest(channel: str, base: Path, tree: _Tree, manifest: str, label_a
     else:
         found = f"several: {', '.join(attributes)}; set label_attribute to one" if attributes else "none"
         raise DataError(
-            f"channel '{channel}': {manifest} must hold one image-classification label attribute (a key "
+            f"channel '{channel}': {label_file} must hold one image-classification label attribute (a key "
             f"'<name>-metadata' with a 'class-name'); found {found}"
         )
     labels: dict[str, str] = {}
     for line, record in records:
-        where = f"{manifest} line {line}"
+        where = f"{label_file} line {line}"
         source = record.get("source-ref")
         if not isinstance(source, str) or not source.startswith("s3://"):
             listing.bad.append(_bad(channel, where, "no 'source-ref' S3 URI"))
@@ -276,8 +279,8 @@ def _from_manifest(channel: str, base: Path, tree: _Tree, manifest: str, label_a
             detail = f": {str(why)[:120]}" if why else ""
             listing.bad.append(_bad(channel, rel, f"no '{attribute}' class-name in {where}{detail}"))
             continue
-        _add_once(listing, tree, labels, rel, label.strip(), None, how=f"named in {manifest}", where=where)
-    _skip_unlabeled(listing, tree, f"not in {manifest}")
+        _add_once(listing, tree, labels, rel, label.strip(), None, how=f"named in {label_file}", where=where)
+    _skip_unlabeled(listing, tree, f"not in {label_file}")
     return listing
 
 

@@ -24,7 +24,7 @@ batches (for example by using the smallest count, obtained with an all-reduce).
 
 Privacy: files are named by their path inside the channel, patients by a keyed pseudonym (`patient_hash` in
 training/dataset/split.py: HMAC-SHA256 with a secret 32-byte key, training/dataset/pseudonym_key.py). PatientID and
-PatientName never reach a log, an error, the manifest or bad_files.json, and without the key nobody can hash
+PatientName never reach a log, an error, the data's summary or bad_files.json, and without the key nobody can hash
 guessed IDs to find a patient. The key (`DataOptions.pseudonym_key`; None: the local key of the user's
 configuration folder) is never written out; the same key gives the same pseudonyms in `python -m training.check` and
 in training runs.
@@ -66,7 +66,8 @@ class DataOptions:
     Attributes:
         image_size, on_bad_file, window, val_fraction, seed, cache_memory_mb, workers: as TrainConfig's.
         cache_dir: TrainConfig.cache_dir as a path; None (TrainConfig's ""): the system's temporary directory.
-        label_attribute: TrainConfig.label_attribute; None (TrainConfig's ""): a manifest's only attribute.
+        label_attribute: TrainConfig.label_attribute; None (TrainConfig's ""): a Ground Truth output manifest's only
+            attribute.
         pseudonym_key: the secret key (KEY_BYTES bytes) of the patient pseudonyms; None: the local key
             (training/dataset/pseudonym_key.py). Never written out.
         rank: this process's rank in a multi-process job.
@@ -177,14 +178,14 @@ def prepare(
             "files; fix them or add images"
         )
     failed = {(e["channel"], e["file"]) for e in bad}
-    manifest = _manifest(listings, records, classes, options, split_key, bad, failed, decode_stats, buffer.location)
-    _log_plan(manifest)
+    summary = _summary(listings, records, classes, options, split_key, bad, failed, decode_stats, buffer.location)
+    _log_plan(summary)
     return PreparedData(
         classes=classes,
         train=splits["train"],
         validation=splits["validation"],
         test=splits["test"] if "test" in listings else None,
-        manifest=manifest,
+        summary=summary,
         bad_files=bad,
     )
 
@@ -304,7 +305,7 @@ def _splits(kept: list[Record], images: np.ndarray, classes: list[str]) -> dict[
     return splits
 
 
-def _manifest(
+def _summary(
     listings: dict[str, ChannelListing],
     records: list[Record],
     classes: list[str],
@@ -403,15 +404,15 @@ def _log_listing(listing: ChannelListing) -> None:
         log.info("channel '%s': skipped %d file(s), %s: %s", listing.channel, len(files), reason, examples)
 
 
-def _log_plan(manifest: dict[str, Any]) -> None:
+def _log_plan(summary: dict[str, Any]) -> None:
     """The split in one line per side, and a warning for a class left without training images."""
     for side in DATA_CHANNELS:
-        counts = manifest["class_counts"][side]
+        counts = summary["class_counts"][side]
         if sum(counts.values()):
             detail = ", ".join(f"{name} {count}" for name, count in counts.items())
             log.info(
-                "%s: %d image(s) of %d patient(s) (%s)", side, sum(counts.values()), manifest["patients"][side], detail
+                "%s: %d image(s) of %d patient(s) (%s)", side, sum(counts.values()), summary["patients"][side], detail
             )
-    empty = [name for name, count in manifest["class_counts"]["train"].items() if count == 0]
+    empty = [name for name, count in summary["class_counts"]["train"].items() if count == 0]
     if empty:
         log.warning("no training image of class(es) %s is left: the model cannot learn them", ", ".join(empty))

@@ -10,7 +10,7 @@ Where the key comes from, first found wins:
 
 A key file must hold exactly 32 bytes, have no group or other permissions, and lie outside every data channel;
 anything else is refused with an error naming the file. The key is never logged, never a hyperparameter, never in
-a checkpoint, bundle, manifest or metrics file: only the pseudonyms it makes are. The same key gives the same
+a checkpoint, bundle, data summary or metrics file: only the pseudonyms it makes are. The same key gives the same
 pseudonyms on every run, and `training.check` with the job's key shows the job's pseudonyms.
 """
 

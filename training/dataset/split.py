@@ -5,7 +5,7 @@
 1. Patients: each file is grouped by the labels.csv patient_id column, else its PatientID. Where a file's PatientID
    is blank, or one value is shared by all files (as some de-identification leaves it), it is grouped by
    StudyInstanceUID, and where that is blank or shared too, by the file itself (`split_key`, `split_key_counts`,
-   `split_key_notes` in the manifest say what was used). A group is named by a keyed pseudonym (`patient_hash`),
+   `split_key_notes` in the data's summary say what was used). A group is named by a keyed pseudonym (`patient_hash`),
    never by its raw value.
 2. Overlap: a patient in two channels is an error whatever `on_bad_file` says (evaluation would see patients the
    model trained on).
@@ -67,7 +67,8 @@ class PreparedData:
         train: this rank's training shard.
         validation: this rank's validation shard (possibly empty when there are fewer images than ranks).
         test: this rank's test shard, or None without a test channel.
-        manifest: JSON-serializable lineage (its keys: `_manifest` in training/dataset/prepare.py).
+        summary: what was read and how it was split, JSON-serializable, for the lineage and `python -m training.check`
+            (its keys: `_summary` in training/dataset/prepare.py).
         bad_files: {"channel", "file", "reason"} for each file not used.
     """
 
@@ -75,7 +76,7 @@ class PreparedData:
     train: Split
     validation: Split
     test: Split | None
-    manifest: dict[str, Any]
+    summary: dict[str, Any]
     bad_files: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -103,7 +104,7 @@ class Record:
 
 
 def patient_hash(kind: str, value: str, key: bytes) -> str:
-    """The name a patient goes by in logs, errors and the manifest.
+    """The name a patient goes by in logs, errors and the data's summary.
 
     Args:
         kind: 'patient', 'study' or 'file': what the value identifies (so equal strings of different kinds differ).
@@ -132,7 +133,7 @@ def assign(
         world_size: the number of ranks.
 
     Returns:
-        The manifest's `split_key`, `split_key_counts` and `split_key_notes`.
+        The summary's `split_key`, `split_key_counts` and `split_key_notes`.
 
     Raises:
         DataError: a patient in two channels, or too few patient groups to hold out a validation set.

@@ -79,7 +79,7 @@ class TrainConfig:
     cache_memory_mb: int = 2048  # decoded uint8 images held in memory (~230,000 at 96x96); beyond it, on disk
     cache_dir: str = ""  # where a cache beyond cache_memory_mb spills (a memmap); "": the system's temp directory
     workers: int = 2  # decoding processes: the smallest training instances have 2 cores
-    label_attribute: str = ""  # Ground Truth manifests with several label attributes: which one; "": the only one
+    label_attribute: str = ""  # a Ground Truth output manifest's label attribute when it has several; "": its only one
 
     def __post_init__(self) -> None:
         _choice("network", self.network, NETWORKS)

@@ -4,7 +4,8 @@ Under SageMaker the job finds (whichever driver runs it, the SDK's sm_train.sh o
 
     SM_MODEL_DIR        /opt/ml/model: the bundle goes here; SageMaker uploads it as model.tar.gz
     SM_OUTPUT_DATA_DIR  /opt/ml/output/data: metrics.json, figures; uploaded as output.tar.gz
-    SM_CHANNEL_<NAME>   /opt/ml/input/data/<name> for the channels train, validation, test and manifest
+    SM_CHANNEL_<NAME>   /opt/ml/input/data/<name> for the channels train, validation, test and manifest (the
+                        dataset manifest)
     SM_HPS              the hyperparameters as JSON (values decoded; both drivers also pass them as --name value)
     SM_HOSTS, SM_CURRENT_HOST, SM_NUM_GPUS, SM_TRAINING_ENV (present only under SageMaker)
 
@@ -51,7 +52,7 @@ class JobContext:
 
     Attributes:
         channels: channel name to its directory, for the data channels that were given (train at least).
-        manifest: the S3 manifest file or directory, when given.
+        manifest: the dataset manifest (launcher/datasets/manifest.py), a file or its channel's directory.
         model_dir: the bundle's directory.
         output_dir: metrics, figures and reports.
         hyperparameters: from SM_HPS, as strings (what SageMaker was sent), for `config.from_arguments`.

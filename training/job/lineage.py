@@ -27,11 +27,11 @@ from training.job.config import TrainConfig
 from training.job.environment import JobContext
 
 
-def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+def read_dataset_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
     """Read the launcher's S3 record (module docstring) into (channel, file) -> {uri, version_id, etag}.
 
     Args:
-        path: the manifest file, or a directory with exactly one *.json file; None: no record.
+        path: the dataset manifest's file, or a directory with exactly one *.json file; None: no record.
 
     Raises:
         DataError: the file is missing, ambiguous or not in the documented form; the message names it.
@@ -41,19 +41,20 @@ def read_s3_manifest(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]
     if path.is_dir():
         candidates = sorted(path.glob("*.json"))
         if len(candidates) != 1:
-            raise DataError(f"the manifest channel {path} must hold exactly one *.json file; found {len(candidates)}")
+            raise DataError(f"the dataset manifest's channel {path} must hold exactly one *.json file; "
+                            f"found {len(candidates)}")
         path = candidates[0]
     try:
-        return read_s3_manifest_objects(json.loads(path.read_text(encoding="utf-8"))["objects"])
+        return dataset_manifest_objects(json.loads(path.read_text(encoding="utf-8"))["objects"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(
-            f"S3 manifest {path} is not readable as {{'objects': [{{'channel', 'file', 'uri', 'version_id', "
+            f"the dataset manifest {path} is not readable as {{'objects': [{{'channel', 'file', 'uri', 'version_id', "
             f"'etag'}}]}} ({type(exc).__name__}: {exc}); see training/job/lineage.py"
         ) from None
 
 
-def read_s3_manifest_objects(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The manifest's "objects" list as (channel, file) -> {uri, version_id, etag}.
+def dataset_manifest_objects(objects: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The dataset manifest's "objects" list as (channel, file) -> {uri, version_id, etag}.
 
     Raises:
         KeyError: an object without channel or file.
@@ -68,20 +69,20 @@ def read_s3_manifest_objects(objects: Sequence[Mapping[str, Any]]) -> dict[tuple
     }
 
 
-def data_lineage(manifest: Mapping[str, Any], s3: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
-    """The data layer's manifest (files with their hashed patient and split) with S3 versions added per file.
+def data_lineage(summary: Mapping[str, Any], s3: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, Any]:
+    """The data layer's summary (files with their hashed patient and split) with S3 versions added per file.
 
     Args:
-        manifest: `PreparedData.manifest`.
-        s3: from `read_s3_manifest`.
+        summary: `PreparedData.summary`.
+        s3: from `read_dataset_manifest`.
 
     Returns:
-        A copy of the manifest; each file entry gains uri, version_id and etag where the S3 record has the file, and
+        A copy of the summary; each file entry gains uri, version_id and etag where the S3 record has the file, and
         "s3" summarizes the coverage.
     """
-    result = dict(manifest)
+    result = dict(summary)
     files = []
-    for entry in manifest.get("files", []):
+    for entry in summary.get("files", []):
         found = s3.get((entry["channel"], entry["file"]))
         files.append({**entry, **found} if found else dict(entry))
     result["files"] = files

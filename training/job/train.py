@@ -151,7 +151,7 @@ def _run(
         config.network,
         *config.image_size,
     )
-    s3 = lineage.read_s3_manifest(context.manifest)  # read first: a bad record fails now, not after training
+    s3 = lineage.read_dataset_manifest(context.manifest)  # read first: a bad record fails now, not after training
     data = _prepare_everywhere(config, context, world)
     state, result = fit(
         config,
@@ -170,7 +170,7 @@ def _run(
     seconds = time.perf_counter() - started
     if world.rank > 0:
         return JobResult(state.history, state.best_epoch, validation, test, None, None, seconds)
-    origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.manifest, s3))
+    origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.summary, s3))
     if spread is not None:
         origin["distributed"] = spread
     bundle_dir = bundle_writer.write_bundle(
