@@ -23,7 +23,7 @@ STAND_IN = f"""
 import boto3
 source = "def make():\\n    return boto3.client('s3')\\n"
 scope = {{"boto3": boto3}}
-exec(compile(source, {str(ROOT / 'launcher' / 'local_runner.py')!r}, "exec"), scope)
+exec(compile(source, {str(ROOT / 'launcher' / 'local' / 'runner.py')!r}, "exec"), scope)
 scope["make"]().list_objects_v2(Bucket={BUCKET!r}, Prefix="datasets/")  # as the local runner
 boto3.client("s3").list_objects_v2(Bucket={BUCKET!r}, Prefix="code/")  # as the notebook
 """
