@@ -54,19 +54,6 @@ def demo_size() -> JourneySize:
     return JourneySize(TRAIN_IMAGES, TEST_IMAGES, dict(DEMO_HYPERPARAMETERS))
 
 
-def small_size() -> JourneySize:
-    """The tests: the demo's settings on half the images at 32x32, 3 epochs, no TorchScript, fewer bootstrap samples.
-
-    200 training images leave 40 for validation: the demo's 95% validation accuracy then allows two mistakes, which
-    keeps the check meaningful on a set this small (runs on a busy CPU are not bit-identical).
-    """
-    from training.local_demo import DEMO_HYPERPARAMETERS
-
-    hyperparameters = {**DEMO_HYPERPARAMETERS, "image_size": "32,32", "epochs": "3", "bootstrap_samples": "200",
-                       "torchscript": "false"}
-    return JourneySize(200, 40, hyperparameters)
-
-
 def journey_parameters(workdir: Path, size: JourneySize, *, stack_name: str) -> dict[str, Any]:
     """The values of the notebook's parameters cell for a run here (with the real-time endpoint, off by default).
 

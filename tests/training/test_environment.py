@@ -70,7 +70,7 @@ def test_sagemaker_environment(tmp_path: Path) -> None:
     assert (context.hosts, context.current_host, context.num_gpus) == (("algo-1", "algo-2"), "algo-2", 0)
     assert context.image == {"version": "1.2.3", "base": "pytorch:2.13-cpu"}
     assert (context.code_commit, context.job_name) == ("abc123", "j")
-    assert context.is_main_process
+    assert context.rank == 0
 
 
 def test_local_defaults(tmp_path: Path) -> None:
@@ -94,7 +94,6 @@ def test_flags_win_over_the_environment(tmp_path: Path) -> None:
 def test_torchrun_placement(tmp_path: Path) -> None:
     context = _context(["--train", str(tmp_path)], {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
     assert (context.rank, context.local_rank, context.world_size) == (3, 1, 4)
-    assert not context.is_main_process
 
 
 def test_missing_train_channel_says_how_to_give_it() -> None:

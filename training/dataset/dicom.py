@@ -73,7 +73,7 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # file is decoded (NumberOfFrames does not multiply the work), so the bound is per frame: pixels x bytes a sample.
 MAX_FRAME_PIXELS = 40_000_000
 MAX_FRAME_BYTES = 8 * MAX_FRAME_PIXELS  # the decoded frame: Rows x Columns x SamplesPerPixel x BitsAllocated / 8
-_HEADER_TAGS = ["PatientID", "PatientName", "StudyInstanceUID", "SOPClassUID"]
+_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "SOPClassUID"]  # never PatientName: nothing needs it
 
 # Privacy: pydicom's warnings quote element values (a malformed PatientName, say); its records stop here instead
 # of reaching the job's log handlers and CloudWatch. Children ("pydicom.*") stop here too.
@@ -100,13 +100,11 @@ class DicomHeader:
 
     Attributes:
         patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/dataset/split.py).
-        patient_name: PatientName as text ('' when absent); kept only to scrub it from error messages.
         study_uid: StudyInstanceUID ('' when absent).
         sop_class_uid: SOPClassUID, or the file meta MediaStorageSOPClassUID.
     """
 
     patient_id: str
-    patient_name: str
     study_uid: str
     sop_class_uid: str
 
@@ -152,7 +150,6 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Dic
                 sop = str(ds.file_meta.MediaStorageSOPClassUID)
             return DicomHeader(
                 patient_id=str(ds.get("PatientID", "") or "").strip(),
-                patient_name=str(ds.get("PatientName", "") or "").strip(),
                 study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
                 sop_class_uid=sop,
             )

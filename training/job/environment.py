@@ -91,11 +91,6 @@ class JobContext:
     pseudonym_key_file: Path | None = None
     pseudonym_key_from_channel: bool = False
 
-    @property
-    def is_main_process(self) -> bool:
-        """Only the first process writes the bundle, metrics and figures."""
-        return self.rank == 0
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the path flags: --train, --validation, --test, --manifest, --model-dir, --output-dir.
