@@ -68,8 +68,20 @@ def targets(
 
 def markdown(results: dict[str, Any]) -> str:
     """The short report: setting and load, then loader, training, limit, serving and targets tables."""
-    settings, machine = results["settings"], results["machine"]
     limit = results.get("limit", {})
+    sizes = results.get("sizes", {})
+    lines = _setting_lines(results, limit)
+    lines += _loader_lines(sizes)
+    lines += _training_lines(sizes, limit)
+    lines += _limit_lines(limit)
+    lines += serving_lines(results.get("serving"))
+    lines += _target_lines(results.get("targets", []))
+    return "\n".join(lines)
+
+
+def _setting_lines(results: dict[str, Any], limit: dict[str, Any]) -> list[str]:
+    """What was measured where, the machine's load, and the data."""
+    settings, machine = results["settings"], results["machine"]
     lines = [
         f"Measured {results['created']} on {machine['cpu']}, {machine['logical_cores']} cores, "
         f"{machine['memory_gib']} GiB ({results['device']}); torch {results['versions'].get('torch')}, "
@@ -88,85 +100,111 @@ def markdown(results: dict[str, Any]) -> str:
         f"for time-to-accuracy). Whole run: {results.get('seconds', 0) / 60:.1f} min.",
         "",
     ]
-    sizes = results.get("sizes", {})
-    if any("loader" in e for e in sizes.values()):
-        lines += [
-            "Loader: images/s delivered to the training step, no model (108x96, batch 100, augmentation on).",
-            "",
-            "| source | (a) public sample | (b) ours | (b)/(a) | (b)/(a) per CPU-s | (b) one-time prepare "
-            "| peak RSS (a) / (b) | other load (a) / (b) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for size, entry in sizes.items():
-            if "loader" not in entry:
-                continue
-            a, b = entry["loader"]["a"], entry["loader"]["b"]
-            decode = b.get("decode", {})
-            lines.append(
-                f"| {size}x{size} | {a['images_per_second']:,.0f} | {b['images_per_second']:,.0f} "
-                f"| {_ratio(b['images_per_second'], a['images_per_second']):.0f}x "
-                f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.0f}x "
-                f"| {b['prepare_seconds']:.1f} s ({decode.get('files', '?')} files, "
-                f"{decode.get('files_per_second', 0):,.0f} files/s decoded) "
-                f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
-            )
-        lines.append("")
+    return lines
+
+
+def _loader_lines(sizes: dict[str, Any]) -> list[str]:
+    """The Loader table; [] without loader figures."""
+    if not any("loader" in e for e in sizes.values()):
+        return []
+    lines: list[str] = []
+    lines += [
+        "Loader: images/s delivered to the training step, no model (108x96, batch 100, augmentation on).",
+        "",
+        "| source | (a) public sample | (b) ours | (b)/(a) | (b)/(a) per CPU-s | (b) one-time prepare "
+        "| peak RSS (a) / (b) | other load (a) / (b) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size, entry in sizes.items():
+        if "loader" not in entry:
+            continue
+        a, b = entry["loader"]["a"], entry["loader"]["b"]
+        decode = b.get("decode", {})
+        lines.append(
+            f"| {size}x{size} | {a['images_per_second']:,.0f} | {b['images_per_second']:,.0f} "
+            f"| {_ratio(b['images_per_second'], a['images_per_second']):.0f}x "
+            f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.0f}x "
+            f"| {b['prepare_seconds']:.1f} s ({decode.get('files', '?')} files, "
+            f"{decode.get('files_per_second', 0):,.0f} files/s decoded) "
+            f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _training_lines(sizes: dict[str, Any], limit: dict[str, Any]) -> list[str]:
+    """The Training table, each row against the best compute limit; [] without training figures."""
+    if not any("training" in e for e in sizes.values()):
+        return []
     best = best_limit(limit)
-    if any("training" in e for e in sizes.values()):
-        lines += [
-            "Training: DenseNet121 at 108x96, batch 100, images/s of whole epochs (data, step, optimizer); "
-            "time to 0.95 validation accuracy counts training epochs (and (b)'s prepare), not validation.",
-            "",
-            "| source | (a) public sample | (b) ours | (b)/(a) | (b)/best limit | same two per CPU-s "
-            "| time to 0.95 (a) | (b) | peak RSS (a) / (b) | other load (a) / (b) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for size, entry in sizes.items():
-            if "training" not in entry:
-                continue
-            a, b = entry["training"]["a"], entry["training"]["b"]
-            share = _ratio(b["images_per_second"], best["images_per_second"]) if best else float("nan")
-            best_cpu = max((v["images_per_cpu_second"] for v in _pure(limit)), default=float("nan"))
-            cpu_share = _ratio(b["images_per_cpu_second"], best_cpu)
-            lines.append(
-                f"| {size}x{size} | {a['images_per_second']:.1f} | {b['images_per_second']:.1f} "
-                f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {share:.0%} "
-                f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.1f}x, {cpu_share:.0%} "
-                f"| {_to_target(a)} | {_to_target(b)} "
-                f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
-            )
-        lines.append("")
-    if limit.get("variants"):
-        lines += [
-            f"Compute limit: forward + backward on an in-memory batch of {limit['batch_size']} at 108x96 "
-            f"(other load {_load(limit)}).",
-            "",
-            "| precision | memory format | step | images/s | images per CPU-s |",
-            "|---|---|---|---|---|",
-        ]
-        for v in limit["variants"]:
-            fmt = "channels_last" if v.get("channels_last") else "NCHW"
-            step = "fwd+bwd+AdamW" if v.get("optimizer") else "fwd+bwd"
-            mark = " (best)" if v is best else ""
-            lines.append(
-                f"| {v['precision']} | {fmt} | {step} | {v['images_per_second']:.1f}{mark} "
-                f"| {v['images_per_cpu_second']:.1f} |"
-            )
-        lines.append("")
-    lines += serving_lines(results.get("serving"))
-    checks = results.get("targets", [])
-    if checks:
-        basis = "per CPU second" if checks[0].get("basis") == "cpu" else "per wall-clock second"
-        lines += [f"Targets, judged on images {basis}:", ""]
-        lines += ["| target | source | measured | required | met |", "|---|---|---|---|---|"]
-        for c in checks:
-            sign = "<=" if "RSS" in c["target"] else ">="
-            lines.append(
-                f"| {c['target']} | {c['size']}x{c['size']} | {c['value']:.2f} | {sign} {c['required']} "
-                f"| {'yes' if c['met'] else '**no**'} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+    lines: list[str] = []
+    lines += [
+        "Training: DenseNet121 at 108x96, batch 100, images/s of whole epochs (data, step, optimizer); "
+        "time to 0.95 validation accuracy counts training epochs (and (b)'s prepare), not validation.",
+        "",
+        "| source | (a) public sample | (b) ours | (b)/(a) | (b)/best limit | same two per CPU-s "
+        "| time to 0.95 (a) | (b) | peak RSS (a) / (b) | other load (a) / (b) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, entry in sizes.items():
+        if "training" not in entry:
+            continue
+        a, b = entry["training"]["a"], entry["training"]["b"]
+        share = _ratio(b["images_per_second"], best["images_per_second"]) if best else float("nan")
+        best_cpu = max((v["images_per_cpu_second"] for v in _pure(limit)), default=float("nan"))
+        cpu_share = _ratio(b["images_per_cpu_second"], best_cpu)
+        lines.append(
+            f"| {size}x{size} | {a['images_per_second']:.1f} | {b['images_per_second']:.1f} "
+            f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {share:.0%} "
+            f"| {_ratio(b['images_per_cpu_second'], a['images_per_cpu_second']):.1f}x, {cpu_share:.0%} "
+            f"| {_to_target(a)} | {_to_target(b)} "
+            f"| {a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | {_load(a)} / {_load(b)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _limit_lines(limit: dict[str, Any]) -> list[str]:
+    """The Compute limit table; [] without its variants."""
+    if not limit.get("variants"):
+        return []
+    best = best_limit(limit)
+    lines: list[str] = []
+    lines += [
+        f"Compute limit: forward + backward on an in-memory batch of {limit['batch_size']} at 108x96 "
+        f"(other load {_load(limit)}).",
+        "",
+        "| precision | memory format | step | images/s | images per CPU-s |",
+        "|---|---|---|---|---|",
+    ]
+    for v in limit["variants"]:
+        fmt = "channels_last" if v.get("channels_last") else "NCHW"
+        step = "fwd+bwd+AdamW" if v.get("optimizer") else "fwd+bwd"
+        mark = " (best)" if v is best else ""
+        lines.append(
+            f"| {v['precision']} | {fmt} | {step} | {v['images_per_second']:.1f}{mark} "
+            f"| {v['images_per_cpu_second']:.1f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _target_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The Targets table; [] without targets."""
+    if not checks:
+        return []
+    lines: list[str] = []
+    basis = "per CPU second" if checks[0].get("basis") == "cpu" else "per wall-clock second"
+    lines += [f"Targets, judged on images {basis}:", ""]
+    lines += ["| target | source | measured | required | met |", "|---|---|---|---|---|"]
+    for c in checks:
+        sign = "<=" if "RSS" in c["target"] else ">="
+        lines.append(
+            f"| {c['target']} | {c['size']}x{c['size']} | {c['value']:.2f} | {sign} {c['required']} "
+            f"| {'yes' if c['met'] else '**no**'} |"
+        )
+    lines.append("")
+    return lines
 
 
 def serving_lines(serving: dict[str, Any] | None) -> list[str]:
