@@ -25,7 +25,10 @@ from typing import Any
 
 from training.dataset.prepare import DataError, DataOptions, prepare
 from training.dataset.pseudonym_key import resolve_key
+from training.job.config import TrainConfig
+from training.job.environment import DATA_CHANNELS
 
+JOB_DEFAULTS = TrainConfig()  # the job's defaults: check plans the split as the job would
 CHECK_IMAGE_SIZE = (32, 32)  # decoding is the check; a small cache keeps it light on memory
 PATIENTS_SHOWN = 20  # the full list is in --json
 
@@ -43,13 +46,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("train", type=Path, help="the train channel directory")
     parser.add_argument("--validation", type=Path, default=None, help="a validation channel directory")
     parser.add_argument("--test", type=Path, default=None, help="a test channel directory")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="held out when no validation channel")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the planned split (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=JOB_DEFAULTS.val_fraction,
+                        help=f"held out when no validation channel (default {JOB_DEFAULTS.val_fraction})")
+    parser.add_argument("--seed", type=int, default=JOB_DEFAULTS.seed,
+                        help=f"seeds the planned split (default {JOB_DEFAULTS.seed})")
     parser.add_argument("--pseudonym-key-file", type=Path, default=None, metavar="PATH",
                         help="the pseudonym key (default: the local key, training/dataset/pseudonym_key.py); "
                         "use the job's")
     parser.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"))
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    parser.add_argument("--workers", type=int, default=JOB_DEFAULTS.workers,
+                        help=f"decoding processes (default {JOB_DEFAULTS.workers})")
     parser.add_argument("--label-attribute", default=None, help="Ground Truth label attribute, if several")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     return parser.parse_args(argv)
@@ -110,7 +116,7 @@ def report(summary: dict[str, Any]) -> str:
         reasons = Counter(entry["reason"] for entry in channel["skipped"])
         for reason, count in sorted(reasons.items()):
             lines.append(f"  skipped {count}: {reason}")
-    sides = [side for side in ("train", "validation", "test") if sum(summary["class_counts"][side].values())]
+    sides = [side for side in DATA_CHANNELS if sum(summary["class_counts"][side].values())]
     lines.append("classes: " + ", ".join(summary["classes"]))
     for name in summary["classes"]:
         per_side = ", ".join(f"{side} {summary['class_counts'][side][name]}" for side in sides)

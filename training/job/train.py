@@ -358,7 +358,7 @@ def _distributed_record(data: PreparedData, world: dist.World) -> dict[str, Any]
     return {
         "world_size": world.size,
         "backend": world.backend,
-        "images_per_rank": {side: [entry[side] for entry in sizes] for side in ("train", "validation", "test")},
+        "images_per_rank": {side: [entry[side] for entry in sizes] for side in environment.DATA_CHANNELS},
     }
 
 
