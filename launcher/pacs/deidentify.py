@@ -47,9 +47,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
+from training.dataset.pseudonym_key import KEY_BYTES
+
 __all__ = ["Deidentifier", "DeidentificationError", "Link", "LinkFile", "LinkFileError", "import_refusal", "read_link"]
 
-KEY_BYTES = 32
 MAX_VALUE_CHARS = 64  # a UI's and a LO's (PatientID's) maximum length in PS3.5
 MAX_LINE_BYTES = 1024  # a link record is under 400 bytes
 MAX_LINK_RECORDS = 10_000_000
