@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # checkov's own venv (its pins clash with the project's; requirements-checkov.txt)
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# A real PACS for the tests of launcher/pacs (issue 20): Debian's Orthanc with its DICOMweb plugin. The tests start it
+# by hand on 127.0.0.1 (its service cannot start in a container) and fail, not skip, without it.
+ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+ORTHANC_STAMP := $(VENV)/.orthanc
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 # Extra CDK context for deploy/destroy/synth, e.g. make deploy CDK_ARGS="-c destroyData=true"
@@ -48,10 +52,20 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
+# Installs where it can (root with apt-get); otherwise says how, and setup goes on (only the PACS tests need it).
+$(ORTHANC_STAMP): | $(STAMP)
+	@if command -v Orthanc >/dev/null && test -f $(ORTHANC_PLUGIN); then touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends orthanc orthanc-dicomweb >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			orthanc orthanc-dicomweb >/dev/null; } && touch $@; \
+	else echo "Orthanc is missing (the tests of launcher/pacs need it): run make setup as root on Debian or Ubuntu," \
+		"or install the packages orthanc and orthanc-dicomweb (https://www.orthanc-server.com/download.php)" >&2; fi
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-setup: $(STAMP) $(CHECKOV_STAMP) node_modules/.package-lock.json
+setup: $(STAMP) $(CHECKOV_STAMP) $(ORTHANC_STAMP) node_modules/.package-lock.json
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
