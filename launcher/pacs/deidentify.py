@@ -41,6 +41,8 @@ from pathlib import Path
 import dicognito
 from dicognito.anonymizer import Anonymizer
 from dicognito.datetimeanonymizer import DateTimeAnonymizer
+from dicognito.randomizer import Randomizer
+from dicognito.uianonymizer import UIAnonymizer
 from dicognito.unwantedelements import UnwantedElementsStripper
 from pydicom import config, uid
 from pydicom.dataelem import DataElement
@@ -151,6 +153,15 @@ class Deidentifier:
         """The (negative) shift of this patient's dates, in hours."""
         span = (MAX_SHIFT_DAYS - MIN_SHIFT_DAYS) * 24
         return -(MIN_SHIFT_DAYS * 24 + int.from_bytes(self._mac(b"date-offset", patient_id)[:8], "big") % span)
+
+    def pseudonym_uid(self, original: str) -> str:
+        """The pseudonym `deidentify` gives the UID `original` (study, series or instance), without a dataset.
+
+        A pull knows from it, before retrieving anything, where an instance would be written and whether it is there.
+        """
+        element = DataElement(0x00080018, "UI", original)
+        UIAnonymizer(Randomizer(self._seed))(Dataset(), element)
+        return str(element.value)
 
     def _anonymizer(self, patient_id: str) -> Anonymizer:
         anonymizer = Anonymizer(seed=self._seed)
