@@ -44,6 +44,7 @@ LOG = logging.getLogger(__name__)
 MAX_INSTANCE_BYTES = 1 << 30  # a response (one instance, or one page of a search) larger than this is refused
 MAX_INSTANCES = 100_000  # instances one pull may list
 PAGE_SIZE = 100  # QIDO-RS results asked per request
+BrokenOff = requests.exceptions.ChunkedEncodingError  # an answer cut short (what requests calls it)
 RETRIABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 SERIES_UID, SOP_UID, STUDY_UID = "0020000E", "00080018", "0020000D"
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class _QuietTransport(logging.Filter):
 
 
 _QUIET = _QuietTransport()
-for _name in ("dicomweb_client", "urllib3.connectionpool"):
+for _name in ("dicomweb_client.web", "urllib3.connectionpool"):  # a filter sees only its own logger's records
     logging.getLogger(_name).addFilter(_QUIET)
 
 
@@ -118,7 +119,7 @@ def _retrying(call: Callable[[], T], *, retries: int, backoff_s: float) -> T:
     for attempt in range(retries + 1):
         try:
             return call()
-        except (requests.Timeout, requests.ConnectionError, requests.HTTPError) as error:
+        except (requests.Timeout, requests.ConnectionError, requests.HTTPError, BrokenOff) as error:
             status = error.response.status_code if error.response is not None else None
             if attempt == retries or (isinstance(error, requests.HTTPError) and status not in RETRIABLE_STATUS):
                 raise
@@ -157,6 +158,9 @@ class _Puller:
             raise PullError(f"the DICOMweb server at {self.url} could not be reached ({type(error).__name__}) "
                             f"while asking for {what}: check the URL (the DICOMweb root, e.g. "
                             "http://host:8042/dicom-web), that the server runs and answers from here") from None
+        except BrokenOff:
+            raise PullError(f"the DICOMweb server at {self.url} broke off its answer to the request for {what}: "
+                            "check the server and the network, then pull again (what was pulled is kept)") from None
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
             raise PullError(f"the DICOMweb server at {self.url} answered HTTP {status} to the request for {what}: "
