@@ -167,18 +167,21 @@ class _Puller:
                             "check the URL and your access to it") from None
 
     def paged(self, what: str, search: Callable[[DICOMwebClient, int, int], list[dict[str, Any]]]) -> list[dict]:
-        """Every result of a QIDO-RS search, page by page until a page comes back short."""
+        """Every result of a QIDO-RS search, page by page until a page comes back empty. A short page does not end
+        it: a server may answer fewer than asked (its own result limit, e.g. Orthanc's LimitFindResults), and the
+        next offset then asks for the rest. A page equal to the one before ends it too (a server ignoring offset)."""
         found: list[dict[str, Any]] = []
-        page = self.options["page_size"]
+        page, previous = self.options["page_size"], None
         while True:
             offset = len(found)
             batch = self.request(what, lambda client: search(client, offset, page))  # noqa: B023 (called at once)
+            if not batch or batch == previous:
+                return found
             found += batch
+            previous = batch
             if len(found) > self.options["max_instances"]:
                 raise PullError(f"{what} found more than {self.options['max_instances']} results: narrow the query "
                                 "or raise max_instances")
-            if len(batch) < page:
-                return found
 
     def instances(self, study: str, where: str) -> list[_Instance]:
         items = self.paged(f"the instances of {where}", lambda client, offset, limit: client.search_for_instances(

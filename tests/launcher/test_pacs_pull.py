@@ -279,3 +279,22 @@ def test_command_line_pull(orthanc: tuple[Orthanc, list[Dataset]], tmp_path: Pat
     assert main(["pull", f"http://127.0.0.1:{free_port()}/dicom-web", str(out)]) == 2
     assert "could not be reached" in capsys.readouterr().err
     assert os.listdir(tmp_path / "config" / "monai-dicom-sagemaker") == ["pseudonym-key"]
+
+
+def test_paging_goes_past_a_server_that_answers_fewer_than_asked(tmp_path: Path) -> None:
+    """A server with a result limit of 2 (below the page asked for) answers every search page short: the pull keeps
+    asking at the next offset until a page comes back empty; a server that ignores the offset ends it too."""
+    from launcher.pacs.pull import _Puller
+
+    options = {"page_size": 100, "max_instances": 50, "retries": 0, "backoff_s": 0.0, "timeout_s": 1,
+               "max_instance_bytes": 1 << 20}
+    puller = _Puller("http://127.0.0.1:9/dicom-web", tmp_path / "out", Deidentifier(KEY), None, options)  # type: ignore[arg-type]
+    studies = [{"n": n} for n in range(5)]
+    asked: list[int] = []
+
+    def limited(_: DICOMwebClient, offset: int, limit: int) -> list[dict]:
+        asked.append(offset)
+        return studies[offset:offset + min(limit, 2)]
+
+    assert puller.paged("the studies", limited) == studies and asked == [0, 2, 4, 5]
+    assert puller.paged("the studies", lambda _, offset, limit: studies[:2]) == studies[:2]  # offset ignored
