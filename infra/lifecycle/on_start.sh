@@ -53,8 +53,8 @@ KERNEL_DIRS=${KERNEL_DIRS:-$NB_HOME/.local/share/jupyter/kernels:$CONDA_ROOT/sha
 PIP=${PIP:-}
 PIP_TIMEOUT=${PIP_TIMEOUT:-3600}
 # Pinned like requirements.txt (s3fs: else pip backtracks for long); the training image's packages get the versions
-# of its lock (LOCK below).
-KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle}
+# of its lock (LOCK below). dicognito, dicomweb-client, pynetdicom, highdicom: the notebook's "From your PACS".
+KERNEL_PACKAGES=${KERNEL_PACKAGES:-sagemaker>=3.27,<4 s3fs==2026.9.0 monai pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle dicognito==0.19.0 dicomweb-client==0.61.2 pynetdicom==3.0.4 highdicom==0.28.2}
 PYTHON=${PYTHON:-python3}
 # Idle auto-stop: where its units go, whether systemd runs (that directory exists), what manages the units, and
 # what the checker reads.
