@@ -21,8 +21,9 @@ with pynetdicom). Rules:
   keeps the one it has and answers success; a C-STORE answered "duplicate" (0x0111) counts as stored.
 - A failure part way stops the push (what was stored stays; a re-push completes it, by the rule above).
 - No identifier in errors or logs: predictions by position, the server by its URL or address. dicomweb-client's and
-  urllib3's debug records (request URLs hold UIDs) are silenced by launcher.pacs.pull; pynetdicom's records below
-  WARNING (they dump identifiers and datasets) are dropped here, and its exception records lose their text.
+  urllib3's debug records (request URLs hold UIDs) are silenced by launcher.pacs.pull; pynetdicom's and highdicom's
+  records below WARNING (pynetdicom dumps datasets, highdicom names the original's SOPInstanceUID) are dropped here,
+  and their exception records lose their text.
 """
 
 from __future__ import annotations
@@ -91,21 +92,25 @@ class PushReport:
     seconds: float = 0.0
 
 
-class _QuietDimse(logging.Filter):
-    """Drops pynetdicom's records below WARNING (they dump datasets and UIDs) and the text of its exception records."""
+class _QuietLibraries(logging.Filter):
+    """Drops pynetdicom's and highdicom's records below WARNING (they name UIDs, pynetdicom dumps datasets) and the
+    text of their exception records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
         if record.exc_info or record.exc_text:
-            record.msg, record.args = "pynetdicom: an exception (its text is withheld: it may quote values)", ()
+            record.msg, record.args = f"{record.name}: an exception (its text is withheld: it may quote values)", ()
             record.exc_info, record.exc_text = None, None
         return True
 
 
-_QUIET = _QuietDimse()
-for _name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "pynetdicom"] + ["pynetdicom"]:
+_QUIET = _QuietLibraries()
+for _name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("pynetdicom", "highdicom")]:
     logging.getLogger(_name).addFilter(_QUIET)  # a filter sees only its own logger's records: each module's
+for _name in ("pynetdicom", "highdicom"):  # and a module's logger made later inherits the level
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def parse_dimse_address(text: str) -> tuple[str, int, str]:
@@ -133,8 +138,8 @@ def read_predictions(source: str | Path | Mapping[str, Any] | Sequence[Predictio
             prediction (named by its position) lacks a field or has one of the wrong type or range.
     """
     if isinstance(source, Sequence) and not isinstance(source, str):
-        if len(source) > max_count:
-            raise PushError(f"{len(source)} predictions are over the limit of {max_count}: push them in parts")
+        if len(source) > max_count or not all(isinstance(p, Prediction) for p in source):
+            raise PushError(f"pass at most {max_count} Predictions (read_predictions), or the predictions file")
         return list(source)
     if isinstance(source, Mapping):
         document: Any = source
@@ -203,10 +208,11 @@ class _DicomWeb:
 
     def __init__(self, url: str, *, timeout_s: float, retries: int, backoff_s: float) -> None:
         self.url, self.retries, self.backoff_s = url.rstrip("/"), retries, backoff_s
-        self.client = DICOMwebClient(self.url, session=_bounded_session(MAX_METADATA_BYTES), timeout=timeout_s)
+        self.session = _bounded_session(MAX_METADATA_BYTES)
+        self.client = DICOMwebClient(self.url, session=self.session, timeout=timeout_s)
         self.client.set_http_retry_params(retry=False)  # ours retries timeouts and connection errors too
 
-    def _request(self, what: str, call: Callable[[], T]) -> T:
+    def _request(self, what: str, call: Callable[[], T], *, if_missing: str = "check the URL") -> T:
         try:
             return _retrying(call, retries=self.retries, backoff_s=self.backoff_s)
         except PullError as error:  # an answer over the limit
@@ -217,14 +223,14 @@ class _DicomWeb:
                             "server runs and answers from here") from None
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else "?"
-            hint = ("its original instance is not on the server (deleted, or another PACS?)" if status == 404
-                    else "check the URL and your access to it")
+            hint = if_missing if status == 404 else "check the URL and your access to it"
             raise PushError(f"the DICOMweb server at {self.url} answered HTTP {status} for {what}: {hint}") from None
 
     def metadata(self, link: Link, where: str) -> Dataset:
         document = self._request(f"{where} (its original instance's metadata)", lambda: (
             self.client.retrieve_instance_metadata(link.original_study_uid, link.original_series_uid,
-                                                   link.original_sop_instance_uid)))
+                                                   link.original_sop_instance_uid)),
+            if_missing="its original instance is not on the server (deleted, or another PACS?)")
         plain = {tag: element for tag, element in document.items() if "BulkDataURI" not in element}
         with config.disable_value_validation():
             return Dataset.from_json(plain, bulk_data_uri_handler=lambda *_: None)
@@ -238,7 +244,7 @@ class _DicomWeb:
                             "check that it accepts Comprehensive 3D SR")
 
     def close(self) -> None:
-        self.client._session.close()
+        self.session.close()
 
 
 class _Retry(Exception):
@@ -291,7 +297,7 @@ class _Dimse:
         for keyword in FIND_KEYS:
             setattr(query, keyword, "")
         what = f"{where} (finding its original instance)"
-        matches = self._exchange(what, lambda association: _find(association, query))
+        matches = self._exchange(what, lambda association: self._find(association, query, what))
         if len(matches) != 1:
             problem = "it is not on the server (deleted, or another PACS?)" if not matches else "more than one"
             raise PushError(f"{self.name} found {len(matches)} instances for the original of {where}: {problem}")
@@ -308,6 +314,22 @@ class _Dimse:
             raise PushError(f"{self.name} refused the SR of {where} (C-STORE status 0x{status:04X}): check that it "
                             "accepts Comprehensive 3D SR and has room")
 
+    def _find(self, association: pynetdicom.association.Association, query: Dataset, what: str) -> list[Dataset]:
+        """The matches of a C-FIND; a second one ends it (one is wanted)."""
+        matches: list[Dataset] = []
+        with config.disable_value_validation():
+            for status, identifier in association.send_c_find(query, STUDY_ROOT_FIND):
+                code = _status(status)
+                if code in (0xFF00, 0xFF01) and identifier is not None:
+                    matches.append(identifier)
+                    if len(matches) > 1:
+                        association.abort()
+                        break
+                elif code != 0x0000:
+                    raise PushError(f"{self.name} refused the C-FIND for {what} (status 0x{code:04X}): check that it "
+                                    "allows our queries (Orthanc: DicomAlwaysAllowFind, or our AE in DicomModalities)")
+        return matches
+
     def close(self) -> None:
         if self.association is not None and self.association.is_established:
             self.association.release()
@@ -319,23 +341,6 @@ def _status(answer: Dataset) -> int:
     if "Status" not in answer:
         raise _Retry()
     return int(answer.Status)
-
-
-def _find(association: pynetdicom.association.Association, query: Dataset) -> list[Dataset]:
-    """The matches of a C-FIND; more than two end it (one is wanted)."""
-    matches: list[Dataset] = []
-    with config.disable_value_validation():
-        for status, identifier in association.send_c_find(query, STUDY_ROOT_FIND):
-            code = _status(status)
-            if code in (0xFF00, 0xFF01) and identifier is not None:
-                matches.append(identifier)
-                if len(matches) > 1:
-                    association.abort()
-                    break
-            elif code != 0x0000:
-                raise PushError(f"the C-FIND was refused (status 0x{code:04X}): check that the PACS allows our "
-                                "queries (Orthanc: DicomAlwaysAllowFind, or our AE in DicomModalities)")
-    return matches
 
 
 def push_predictions(predictions: str | Path | Mapping[str, Any] | Sequence[Prediction], *, link_path: str | Path,
@@ -364,12 +369,10 @@ def push_predictions(predictions: str | Path | Mapping[str, Any] | Sequence[Pred
         raise PushError("push to one server: give dicomweb (a URL) or dimse ((host, port, AE title)), not both")
     identity = model if isinstance(model, ModelIdentity) else ModelIdentity.from_bundle(model)
     todo = _linked(read_predictions(predictions, max_bytes=max_bytes, max_count=max_predictions), Path(link_path))
-    target: _Target
-    if dicomweb is not None:
-        target = _DicomWeb(dicomweb, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
-    else:
-        target = _Dimse(dimse, calling_ae_title=calling_ae_title, timeout_s=timeout_s, retries=retries,  # type: ignore[arg-type]
-                        backoff_s=backoff_s)
+    target: _Target = (
+        _DicomWeb(dicomweb, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) if dicomweb is not None
+        else _Dimse(dimse or ("", 0, ""), calling_ae_title=calling_ae_title, timeout_s=timeout_s, retries=retries,
+                    backoff_s=backoff_s))
     report = PushReport(predictions=len(todo), studies=len({link.original_study_uid for _, link in todo}))
     try:
         for n, (prediction, link) in enumerate(todo, 1):

@@ -11,8 +11,8 @@ instance's metadata, fetched from the PACS, never our pseudonyms), in a new seri
       Imaging Measurements / Measurement Group
         Tracking identifier, Algorithm (name, version, parameter "sha256:<weights>")
         Source image for measurement group: the original instance (SOP class and instance UID)
-        Finding = the predicted label (code in the local scheme 99MDS, meaning = the label)
-        Probability = p, unit {probability} (UCUM)
+        Finding (DCM 121071) = the predicted label (code in the local scheme 99MDS, meaning = the label)
+        Probability (DCM 122157) = p, unit {probability} (UCUM)
 
 Idempotent: the SR's SOPInstanceUID is derived from the original instance UID, the weights' sha256 and the label, and
 its SeriesInstanceUID from the original study UID and the sha256, so the same prediction pushed twice is the same
@@ -106,7 +106,8 @@ def sr_uids(*, study_uid: str, sop_instance_uid: str, model: ModelIdentity, labe
 def classification_sr(evidence: Dataset, *, label: str, probability: float, model: ModelIdentity
                       ) -> hd.sr.Comprehensive3DSR:
     """The SR of one prediction for the original instance `evidence` (its metadata: SOP class and instance, series,
-    study and patient modules), in its study. pydicom's value validation is off meanwhile: its warnings quote values.
+    study and patient modules; a missing type 2 attribute highdicom reads is taken as empty), in its study. pydicom's
+    value validation is off meanwhile: its warnings quote values.
 
     Raises:
         ValueError: a probability outside [0, 1], or a label that is not a short printable text.
@@ -116,6 +117,7 @@ def classification_sr(evidence: Dataset, *, label: str, probability: float, mode
     if not label.strip() or len(label) > MAX_TEXT or not label.isprintable():
         raise ValueError(f"a label is a printable text of 1 to {MAX_TEXT} characters")
     with config.disable_value_validation():
+        evidence = Dataset(evidence)  # a shallow copy: the caller's keeps its elements
         for keyword in TYPE2:
             if keyword not in evidence:
                 setattr(evidence, keyword, "")
@@ -139,8 +141,7 @@ def _report(evidence: Dataset, *, label: str, probability: float, model: ModelId
         algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                                    parameters=[f"sha256:{model.sha256}"]),
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(evidence.SOPClassUID), str(evidence.SOPInstanceUID))],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=codes.DCM.Finding, value=hd.sr.CodedConcept(label, LABEL_SCHEME, label))],
+        finding_type=hd.sr.CodedConcept(label, LABEL_SCHEME, label),
         measurements=[hd.sr.Measurement(name=PROBABILITY, value=probability, unit=PROBABILITY_UNIT)],
     )
     return hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
