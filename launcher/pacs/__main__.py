@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launcher.pacs", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     pull = commands.add_parser("pull", help="pull studies over DICOMweb or DIMSE into OUT, de-identified")
-    pull.add_argument("url", nargs="?", help="the DICOMweb root, e.g. http://host:8042/dicom-web (or --dimse)")
-    pull.add_argument("out", type=Path, help="the folder to write (what gets uploaded)")
+    pull.add_argument("places", nargs="+", metavar="[URL] OUT", help="the DICOMweb root, e.g. "
+                      "http://host:8042/dicom-web (none with --dimse), and the folder to write (what gets uploaded)")
     pull.add_argument("--study", action="append", default=[], help="a StudyInstanceUID (repeatable); default: all")
     pull.add_argument("--query", action="append", default=[], type=_query, help="a QIDO-RS filter KEY=VALUE")
     pull.add_argument("--link", type=Path, help="the link file (default: OUT.link.jsonl next to OUT)")
@@ -70,10 +70,17 @@ def _move_to(text: str) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "pull" and (args.url is None) == (args.dimse is None):
+    args, extra = parser.parse_known_args(argv)  # a path after an option (URL --dimse X OUT) comes back as extra
+    if args.command != "pull" or any(e.startswith("-") for e in extra):
+        return parser.parse_args(argv)
+    args.places += extra
+    if len(args.places) > 2:
+        parser.error("pull takes [URL] OUT: too many paths")
+    args.url, args.out = (None, *args.places) if len(args.places) == 1 else args.places
+    args.out = Path(args.out)
+    if (args.url is None) == (args.dimse is None):
         parser.error("pull takes a DICOMweb URL or --dimse HOST:PORT:AET (exactly one of them)")
-    if args.command == "pull" and args.move_to and args.dimse is None:
+    if args.move_to and args.dimse is None:
         parser.error("--move-to is for a pull over DIMSE: give --dimse HOST:PORT:AET with it")
     return args
 

@@ -39,21 +39,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from launcher.pacs import intake
 from launcher.pacs.deidentify import Deidentifier, LinkFile
-from launcher.pacs.intake import (
-    MAX_INSTANCE_BYTES,
-    MAX_INSTANCES,
-    Instance,
-    Intake,
-    PullError,
-    PullReport,
-    TooLarge,
-    retrying,
-    run_pull,
-)
+from launcher.pacs.intake import Instance, Intake, PullError, PullReport, TooLarge, retrying, run_pull
 from launcher.pacs.receive import COMPRESSED, SUCCESS, UNCOMPRESSED, Destination, Receiver, new_ae
 
-__all__ = ["DimseAddress", "TRANSFER_SYNTAXES", "dimse_intake", "parse_move_to", "pull_dimse"]
+__all__ = ["DimseAddress", "dimse_intake", "parse_move_to", "pull_dimse"]
 
 T = TypeVar("T")
 PENDING = frozenset({0xFF00, 0xFF01})
@@ -161,7 +152,8 @@ class _Puller(Intake):
         cannot transcode needs the instance's own); where the listing gave no class, the usual classes uncompressed.
         At most 127 contexts (with the C-GET one, PS3.8's 128)."""
         found = [c for c in self._classes if c]
-        contexts = [(c, syntaxes) for c in found for syntaxes in [[*map(str, UNCOMPRESSED)]] + [[str(s)] for s in COMPRESSED]]
+        each = [[*map(str, UNCOMPRESSED)]] + [[str(s)] for s in COMPRESSED]
+        contexts = [(c, syntaxes) for c in found for syntaxes in each]
         if "" in self._classes or not found:
             contexts += [(str(c.abstract_syntax), [*map(str, UNCOMPRESSED)]) for c in StoragePresentationContexts
                          if c.abstract_syntax not in found]
@@ -235,6 +227,8 @@ class _Puller(Intake):
         identifier = _identifier("IMAGE", {}, StudyInstanceUID=instance.study, SeriesInstanceUID=instance.series,
                                  SOPInstanceUID=instance.sop)
         code = _final(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+        if receiver.closed:  # cut off past the limit: the next instance gets a new association
+            assoc.abort()
         return self._received(instance, code, receiver.datasets.get(instance.sop), receiver.oversized,
                               receiver.unreadable, "C-GET")
 
@@ -309,8 +303,8 @@ def dimse_intake(address: DimseAddress, options: dict[str, Any]) -> Intake:
 def pull_dimse(address: DimseAddress, out: str | Path, *, key: bytes, link_path: str | Path,
                studies: Iterable[str] = (), query: Mapping[str, str] | None = None, allow_burned_in: bool = False,
                move_to: str | None = None, workers: int = 4, timeout_s: float = 30, retries: int = 3,
-               backoff_s: float = 0.5, max_instances: int = MAX_INSTANCES,
-               max_instance_bytes: int = MAX_INSTANCE_BYTES, progress: bool = True) -> PullReport:
+               backoff_s: float = 0.5, max_instances: int = intake.MAX_INSTANCES,
+               max_instance_bytes: int = intake.MAX_INSTANCE_BYTES, progress: bool = True) -> PullReport:
     """Pull the given studies (or those `query` finds, or all) from the PACS at `address` into `out`, de-identified.
 
     Args:

@@ -69,14 +69,17 @@ class Receiver:
         self.reset()
 
     def reset(self) -> None:
-        self.received, self.oversized, self.unreadable = 0, False, False
+        self.received, self.oversized, self.unreadable, self.closed = 0, False, False, False
         self.datasets: dict[str, Dataset] = {}
 
     def on_data(self, event: evt.Event) -> None:
+        """Each PDU as it arrives (at most MAX_PDU bytes): past the limit, the connection is closed at once (an
+        A-ABORT queued from here would leave the request waiting for its DIMSE timeout)."""
         self.received += len(event.data)
         if self.received > self.max_bytes + HEADROOM and not self.oversized:
-            self.oversized = True
-            event.assoc.abort(block=False)
+            self.oversized = self.closed = True
+            if event.assoc.dul.socket is not None:
+                event.assoc.dul.socket.close()
 
     def on_store(self, event: evt.Event) -> int:
         request: Any = event.request
@@ -131,17 +134,24 @@ class Destination:
         receiver = self._receiver(event)
         before = receiver.oversized
         receiver.on_data(event)
-        if receiver.oversized and not before:
-            with self._lock:
-                self.oversized += 1
+        self._count(receiver, before)
 
     def _on_store(self, event: evt.Event) -> int:
         receiver = self._receiver(event)
+        before = receiver.oversized
         status = receiver.on_store(event)
+        self._count(receiver, before)
         with self._lock:
             self._arrived.update(receiver.datasets)
             receiver.datasets.clear()
         return status
+
+    def _count(self, receiver: Receiver, before: bool) -> None:
+        """Counts the instances refused as too large: the waiting worker learns it from the count's change (an
+        aborted transfer has no SOPInstanceUID yet to tell whose it was)."""
+        if receiver.oversized and not before:
+            with self._lock:
+                self.oversized += 1
 
     def expect(self, sop: str) -> None:
         with self._lock:

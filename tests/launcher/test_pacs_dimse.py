@@ -6,6 +6,10 @@ and original UID, and they are the files a DICOMweb pull writes. Without Orthanc
 
 from __future__ import annotations
 
+import logging
+import socket
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +20,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
+from launcher.pacs.__main__ import main
 from launcher.pacs.deidentify import read_link
-from launcher.pacs.dimse import DimseAddress, pull_dimse
-from launcher.pacs.pull import PullReport, pull_dicomweb
+from launcher.pacs.dimse import DimseAddress, parse_move_to, pull_dimse
+from launcher.pacs.pull import PullError, PullReport, find_studies, pull_dicomweb
 from tests.launcher.orthanc import Orthanc, free_port, orthanc_missing, register_modality, start_orthanc
 from tests.training.dicom_builders import pydicom_data_dir
 
@@ -179,3 +184,144 @@ def test_the_transports_agree_and_a_second_pull_transfers_nothing(
         again = pull_dimse(orthanc[2], out, key=KEY, link_path=link, progress=False, move_to=destination)
         assert (again.retrieved, again.written, again.skipped, len(again.refused)) == (1, 0, 6, 1)  # the refused one
         assert {p: p.stat().st_mtime_ns for p in _files(out)} == before and len(read_link(link)) == 6
+
+
+class _Cutter(socketserver.ThreadingTCPServer):
+    """A TCP proxy before Orthanc's DICOM port: it closes its first connection at once (the listing's first
+    association fails) and cuts its third (with one worker: the first C-GET association, after the listing's) once
+    4 kB came from Orthanc, in mid-instance."""
+
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream, self.connections, self.cut = upstream, 0, 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Pipe)
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    server: _Cutter
+
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.connections += 1
+            number = self.server.connections
+        if number == 1:
+            self.request.shutdown(socket.SHUT_RDWR)
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.server.upstream), timeout=10)
+        threading.Thread(target=self._copy, args=(self.request, upstream, False), daemon=True).start()
+        self._copy(upstream, self.request, number == 3)
+
+    def _copy(self, source: socket.socket, target: socket.socket, may_cut: bool) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                sent += len(data)
+                with self.server.lock:
+                    cut = may_cut and sent > 4096 and self.server.cut == 0
+                    self.server.cut += cut
+                if cut:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for end in (source, target):  # shutdown, not just close: it wakes the other thread's recv and sends FIN
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+
+def test_dropped_associations_are_retried_and_nothing_is_logged(orthanc: tuple[Orthanc, list[Dataset], DimseAddress],
+                                                                 tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    server, originals, _ = orthanc
+    caplog.set_level(logging.DEBUG)
+    proxy = _Cutter(server.dicom_port)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        report = pull_dimse(DimseAddress("127.0.0.1", proxy.server_address[1], "PACSTEST"), tmp_path / "out",
+                            key=KEY, link_path=tmp_path / "link", workers=1, retries=2, backoff_s=0.01, timeout_s=5)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert proxy.connections >= 4 and proxy.cut == 1
+    assert (report.written, len(report.refused)) == (6, 1) and len(_files(tmp_path / "out")) == 6
+    uids = set().union(*(_original_uids(d) for d in originals))
+    assert caplog.records and [u for u in uids | set(NEEDLES) if u in caplog.text] == []
+
+
+def test_wrong_ae_title_unreachable_and_missing_study(orthanc: tuple[Orthanc, list[Dataset], DimseAddress],
+                                                      tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server, originals, address = orthanc
+    caplog.set_level(logging.DEBUG)
+    wrong = DimseAddress("127.0.0.1", server.dicom_port, "NOT-THE-PACS")
+    with pytest.raises(PullError, match=r"rejected the association: check its AE title"):
+        pull_dimse(wrong, tmp_path / "a", key=KEY, link_path=tmp_path / "a.link", retries=3, backoff_s=5)
+    nowhere = DimseAddress("127.0.0.1", free_port(), "PACSTEST")
+    with pytest.raises(PullError, match=r"could not be reached.*while asking for the studies: check the host"):
+        pull_dimse(nowhere, tmp_path / "b", key=KEY, link_path=tmp_path / "b.link", retries=1, backoff_s=0.01)
+    missing = generate_uid()
+    studies = [originals[0].StudyInstanceUID, missing, originals[2].StudyInstanceUID]
+    with pytest.raises(PullError, match="study 2 of 3 was not found") as caught:
+        pull_dimse(address, tmp_path / "c", key=KEY, link_path=tmp_path / "c.link", studies=studies)
+    assert [u for u in studies if u in str(caught.value)] == []
+    assert [_files(tmp_path / name) for name in "abc"] == [[], [], []]
+    assert [u for u in studies + NEEDLES if u in caplog.text] == []
+
+
+def test_bounds(orthanc: tuple[Orthanc, list[Dataset], DimseAddress], move_to: str, tmp_path: Path) -> None:
+    address = orthanc[2]
+    for name, destination in (("get", None), ("move", move_to)):
+        small = pull_dimse(address, tmp_path / name, key=KEY, link_path=tmp_path / f"{name}.link", move_to=destination,
+                           max_instance_bytes=2_000, retries=0)
+        assert (small.retrieved, small.written, len(small.refused)) == (0, 0, 7)
+        assert all("over the limit of 2000 bytes" in r for r in small.refused)  # some cut off while they came
+    with pytest.raises(PullError, match="more than 3 results"):
+        pull_dimse(address, tmp_path / "c", key=KEY, link_path=tmp_path / "c.link", max_instances=3)
+    with pytest.raises(PullError, match="'NoSuchKeyword' is not a DICOM attribute keyword"):
+        pull_dimse(address, tmp_path / "d", key=KEY, link_path=tmp_path / "d.link", query={"NoSuchKeyword": "x"})
+
+
+def test_find_studies_over_both_transports(orthanc: tuple[Orthanc, list[Dataset], DimseAddress]) -> None:
+    server, originals, address = orthanc
+    for source in (address, server.dicomweb):
+        assert find_studies(source, {"AccessionNumber": "ACC-1414213"}) == [originals[3].StudyInstanceUID]
+        assert find_studies(source, {"AccessionNumber": "ACC-0000000"}) == []
+        assert sorted(find_studies(source, {"PatientID": "MRN-8675309"})) == [originals[0].StudyInstanceUID]
+
+
+def test_addresses_parse_or_say_their_shape() -> None:
+    assert DimseAddress.parse("pacs.example.org:104:PACS") == DimseAddress("pacs.example.org", 104, "PACS")
+    assert parse_move_to("MONAI-PULL:11113") == ("MONAI-PULL", 11113)
+    for text, shape in (("MRN-8675309", "HOST:PORT:AET"), ("host:notaport:PACS", "PORT"),
+                        ("host:104:A-TITLE-LONGER-THAN-16", "1 to 16"), ("host:104:", "1 to 16")):
+        with pytest.raises(ValueError, match=shape) as caught:
+            DimseAddress.parse(text)
+        assert text not in str(caught.value)
+    with pytest.raises(ValueError, match="AET:PORT"):
+        parse_move_to("11113")
+
+
+def test_command_line_pull_over_dimse(orthanc: tuple[Orthanc, list[Dataset], DimseAddress], move_to: str,
+                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    server, originals, _ = orthanc
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    dimse, out = f"127.0.0.1:{server.dicom_port}:PACSTEST", tmp_path / "out"
+    assert main(["pull", "--dimse", dimse, str(out), "--study", originals[2].StudyInstanceUID]) == 0
+    assert '"written": 1' in capsys.readouterr().out and len(read_link(tmp_path / "out.link.jsonl")) == 1
+    assert main(["pull", "--dimse", dimse, "--move-to", move_to, str(out), "--query", "AccessionNumber=ACC-5551234"]
+                ) == 0
+    assert '"written": 2' in capsys.readouterr().out and len(_files(out)) == 3
+    assert main(["pull", "--dimse", f"127.0.0.1:{server.dicom_port}:WRONG", str(tmp_path / "x")]) == 2
+    assert "rejected the association" in capsys.readouterr().err
+    for argv, says in (([str(out)], "exactly one"), ([server.dicomweb, "--dimse", dimse, str(out)], "exactly one"),
+                       ([server.dicomweb, "--move-to", move_to, str(out)], "--move-to is for a pull over DIMSE"),
+                       (["--dimse", "MRN-8675309", str(out)], "HOST:PORT:AET")):
+        with pytest.raises(SystemExit):
+            main(["pull", *argv])
+        error = capsys.readouterr().err
+        assert says in error and "8675309" not in error
