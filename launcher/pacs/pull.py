@@ -1,34 +1,23 @@
-"""Pull studies from a PACS over DICOMweb, de-identified on the way in (issue 20 item 1, DICOMweb).
+"""Pull studies from a PACS over DICOMweb, de-identified on the way in (issue 20 item 1, DICOMweb), and find studies.
 
 `pull_dicomweb(url, out, key=..., link_path=...)` finds studies with QIDO-RS (the given StudyInstanceUIDs, or a search
 paged with offset and limit past the server's result limit), lists each study's instances with QIDO-RS and retrieves
-them with WADO-RS (`dicomweb-client`), a few at a time (`workers`). Each instance is
-
-- refused when `import_refusal` says its pixels may show identifiers (listed in the report by position);
-- de-identified (`Deidentifier`) in memory, before anything is written;
-- linked: its link record appended to the owner-only link file, which must lie outside OUT;
-- written as OUT/<study>/<series>/<instance>.dcm (pseudonymous UIDs), through a temporary file in the same folder
-  and `os.replace`, so OUT never holds a half-written file.
-
-Resumption: the pseudonyms are keyed and stable, so the file an instance would become is known from its original
-UIDs before retrieving it (`Deidentifier.pseudonym_uid`); an instance whose file is there is not retrieved again, and
-a second pull transfers nothing. Bounds: a response (an instance) over `max_instance_bytes` is refused while it is read,
+them with WADO-RS (`dicomweb-client`), a few at a time (`workers`). What it does with each instance (refusal,
+de-identification, the link file, atomic writes, resumption, the report, errors by position) is intake.py's, shared
+with the DIMSE pull (dimse.py). Bounds: a response (an instance) over `max_instance_bytes` is refused while it is read,
 a pull lists at most `max_instances` instances, every request has a timeout. Timeouts, connection errors, 429 and 5xx
-are retried `retries` times with exponential backoff. Errors and logs name a study by its position ("study 2 of 3"),
-never by a UID; the request URLs (which hold UIDs) are kept out of them, dicomweb-client's and urllib3's debug
-records included.
+are retried `retries` times with exponential backoff. The request URLs (which hold UIDs) are kept out of errors and
+logs, dicomweb-client's and urllib3's debug records included.
+
+`find_studies(source, filters)` gives the original StudyInstanceUIDs that match, from a DICOMweb root URL (QIDO-RS)
+or a `DimseAddress` (C-FIND): what the labels step uses to map an AccessionNumber to its study.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,47 +25,27 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from launcher.pacs.deidentify import DeidentificationError, Deidentifier, LinkFile, import_refusal
+from launcher.pacs.deidentify import Deidentifier, LinkFile
+from launcher.pacs.dimse import DimseAddress, dimse_intake
+from launcher.pacs.intake import (
+    MAX_INSTANCE_BYTES,
+    MAX_INSTANCES,
+    Instance,
+    Intake,
+    PullError,
+    PullReport,
+    TooLarge,
+    retrying,
+    run_pull,
+)
 
-__all__ = ["MAX_INSTANCE_BYTES", "MAX_INSTANCES", "PullError", "PullReport", "pull_dicomweb"]
+__all__ = ["MAX_INSTANCE_BYTES", "MAX_INSTANCES", "PullError", "PullReport", "find_studies", "pull_dicomweb"]
 
-LOG = logging.getLogger(__name__)
-MAX_INSTANCE_BYTES = 1 << 30  # a response (one instance, or one page of a search) larger than this is refused
-MAX_INSTANCES = 100_000  # instances one pull may list
 PAGE_SIZE = 100  # QIDO-RS results asked per request
 BrokenOff = requests.exceptions.ChunkedEncodingError  # an answer cut short (what requests calls it)
 RETRIABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-SERIES_UID, SOP_UID, STUDY_UID = "0020000E", "00080018", "0020000D"
+SERIES_UID, SOP_UID, STUDY_UID, SOP_CLASS = "0020000E", "00080018", "0020000D", "00080016"
 T = TypeVar("T")
-
-
-class PullError(RuntimeError):
-    """A pull that cannot go on; the message says what and what to do, and names no identifier."""
-
-
-class _TooLarge(PullError):
-    pass
-
-
-@dataclass
-class PullReport:
-    """What a pull did: instances found, retrieved (WADO-RS transfers), written, skipped (already there), refused."""
-
-    studies: int = 0
-    found: int = 0
-    retrieved: int = 0
-    written: int = 0
-    skipped: int = 0
-    refused: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Instance:
-    where: str  # "instance 3 of study 2": what errors and the report say
-    study: str
-    series: str
-    sop: str
 
 
 class _QuietTransport(logging.Filter):
@@ -91,20 +60,20 @@ for _name in ("dicomweb_client.web", "urllib3.connectionpool"):  # a filter sees
     logging.getLogger(_name).addFilter(_QUIET)
 
 
-def _bounded_session(max_bytes: int) -> requests.Session:
+def bounded_session(max_bytes: int) -> requests.Session:
     """A session whose responses are read whole (before the client parses them) and refused beyond `max_bytes`."""
 
     def read_bounded(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > max_bytes:
             response.close()
-            raise _TooLarge(f"a response of {declared} bytes is over the limit of {max_bytes} bytes")
+            raise TooLarge(f"a response of {declared} bytes is over the limit of {max_bytes} bytes")
         chunks, total = [], 0
         for chunk in response.iter_content(1 << 20):
             total += len(chunk)
             if total > max_bytes:
                 response.close()
-                raise _TooLarge(f"a response is over the limit of {max_bytes} bytes")
+                raise TooLarge(f"a response is over the limit of {max_bytes} bytes")
             chunks.append(chunk)
         response._content = b"".join(chunks)
         return response
@@ -114,17 +83,11 @@ def _bounded_session(max_bytes: int) -> requests.Session:
     return session
 
 
-def _retrying(call: Callable[[], T], *, retries: int, backoff_s: float) -> T:
-    """`call()`, again after a timeout, a connection error, 429 or 5xx, waiting backoff_s, 2*backoff_s, ..."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except (requests.Timeout, requests.ConnectionError, requests.HTTPError, BrokenOff) as error:
-            status = error.response.status_code if error.response is not None else None
-            if attempt == retries or (isinstance(error, requests.HTTPError) and status not in RETRIABLE_STATUS):
-                raise
-            time.sleep(backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+def retriable_http(error: Exception) -> bool:
+    """A timeout, a connection error, an answer cut short, 429 or 5xx."""
+    if isinstance(error, requests.HTTPError):
+        return error.response is not None and error.response.status_code in RETRIABLE_STATUS
+    return isinstance(error, (requests.Timeout, requests.ConnectionError, BrokenOff))
 
 
 def _value(item: Mapping[str, Any], tag: str) -> str:
@@ -132,18 +95,18 @@ def _value(item: Mapping[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-class _Puller:
-    """One pull's state: the clients (one per thread), the de-identifier, the link file and the report."""
+class _Puller(Intake):
+    """The DICOMweb transport: QIDO-RS and WADO-RS through dicomweb-client (one client per thread)."""
 
-    def __init__(self, url: str, out: Path, deidentifier: Deidentifier, links: LinkFile, options: dict[str, Any]):
-        self.url, self.out, self.deid, self.links, self.options = url, out, deidentifier, links, options
-        self.report = PullReport()
+    def __init__(self, url: str, out: Path, deidentifier: Deidentifier | None, links: LinkFile | None,
+                 options: dict[str, Any]) -> None:
+        super().__init__(out, deidentifier, links, options)
+        self.url = url
         self._local = threading.local()
-        self._lock = threading.Lock()
 
     def client(self) -> DICOMwebClient:
         if not hasattr(self._local, "client"):
-            session = _bounded_session(self.options["max_instance_bytes"])
+            session = bounded_session(self.options["max_instance_bytes"])
             client = DICOMwebClient(self.url, session=session, timeout=self.options["timeout_s"])
             client.set_http_retry_params(retry=False)  # ours retries timeouts and connection errors too
             self._local.client = client
@@ -152,8 +115,8 @@ class _Puller:
     def request(self, what: str, call: Callable[[DICOMwebClient], T]) -> T:
         """`call(client)` with retries; its failure as a PullError naming `what`, never the URL it asked."""
         try:
-            return _retrying(lambda: call(self.client()), retries=self.options["retries"],
-                             backoff_s=self.options["backoff_s"])
+            return retrying(lambda: call(self.client()), retries=self.options["retries"],
+                            backoff_s=self.options["backoff_s"], retriable=retriable_http)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise PullError(f"the DICOMweb server at {self.url} could not be reached ({type(error).__name__}) "
                             f"while asking for {what}: check the URL (the DICOMweb root, e.g. "
@@ -183,68 +146,27 @@ class _Puller:
                 raise PullError(f"{what} found more than {self.options['max_instances']} results: narrow the query "
                                 "or raise max_instances")
 
-    def instances(self, study: str, where: str) -> list[_Instance]:
+    def studies(self, query: Mapping[str, str]) -> list[str]:
+        found = self.paged("the studies", lambda client, offset, limit: client.search_for_studies(
+            offset=offset, limit=limit, search_filters=dict(query)))
+        return [_value(item, STUDY_UID) for item in found]
+
+    def instances(self, study: str, where: str) -> list[Instance]:
         items = self.paged(f"the instances of {where}", lambda client, offset, limit: client.search_for_instances(
-            study_instance_uid=study, offset=offset, limit=limit, fields=["SeriesInstanceUID"]))
-        return [_Instance(f"instance {n} of {where}", study, _value(item, SERIES_UID), _value(item, SOP_UID))
-                for n, item in enumerate(items, 1)]
+            study_instance_uid=study, offset=offset, limit=limit, fields=["SeriesInstanceUID", "SOPClassUID"]))
+        return [Instance(f"instance {n} of {where}", study, _value(item, SERIES_UID), _value(item, SOP_UID),
+                         _value(item, SOP_CLASS)) for n, item in enumerate(items, 1)]
 
-    def target(self, instance: _Instance) -> Path:
-        parts = (self.deid.pseudonym_uid(uid) for uid in (instance.study, instance.series, instance.sop))
-        study, series, sop = parts
-        return self.out / study / series / f"{sop}.dcm"
-
-    def fetch(self, instance: _Instance) -> None:
-        """Retrieve, check, de-identify, link and write one instance."""
-        try:
-            dataset = self.request(instance.where, lambda client: client.retrieve_instance(
-                instance.study, instance.series, instance.sop))
-        except _TooLarge as error:
-            self._refuse(instance, str(error))
-            return
-        with self._lock:
-            self.report.retrieved += 1
-        reason = import_refusal(dataset, allow_burned_in=self.options["allow_burned_in"])
-        if reason is None:
-            try:
-                link = self.deid.deidentify(dataset)
-            except DeidentificationError as error:
-                reason = str(error)
-        if reason is not None:
-            self._refuse(instance, reason)
-            return
-        folder = self.out / str(dataset.StudyInstanceUID) / str(dataset.SeriesInstanceUID)
-        with self._lock:
-            self.links.add(link)  # the link first: a file is never without its way back
-        _write_atomically(dataset, folder / f"{link.sop_instance_uid}.dcm")
-        with self._lock:
-            self.report.written += 1
-
-    def _refuse(self, instance: _Instance, reason: str) -> None:
-        LOG.warning("%s refused: %s", instance.where, reason)
-        with self._lock:
-            self.report.refused.append(f"{instance.where}: {reason}")
-
-
-def _write_atomically(dataset: Dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".pulling-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    def retrieve(self, instance: Instance) -> Dataset:
+        return self.request(instance.where, lambda client: client.retrieve_instance(
+            instance.study, instance.series, instance.sop))
 
 
 def pull_dicomweb(url: str, out: str | Path, *, key: bytes, link_path: str | Path, studies: Iterable[str] = (),
                   query: Mapping[str, str] | None = None, allow_burned_in: bool = False, workers: int = 4,
                   timeout_s: float = 30, retries: int = 3, backoff_s: float = 0.5,
                   max_instances: int = MAX_INSTANCES, max_instance_bytes: int = MAX_INSTANCE_BYTES,
-                  page_size: int = PAGE_SIZE) -> PullReport:
+                  page_size: int = PAGE_SIZE, progress: bool = True) -> PullReport:
     """Pull the given studies (or those `query` finds, or all) from the DICOMweb root `url` into `out`, de-identified.
 
     Raises:
@@ -252,50 +174,35 @@ def pull_dicomweb(url: str, out: str | Path, *, key: bytes, link_path: str | Pat
             the pull would list more than `max_instances` instances.
         LinkFileError: the link file is inside `out` or readable by others.
     """
-    started = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"allow_burned_in": allow_burned_in, "timeout_s": timeout_s, "retries": retries, "backoff_s": backoff_s,
-               "max_instances": max_instances, "max_instance_bytes": max_instance_bytes, "page_size": page_size}
+    options = dict(allow_burned_in=allow_burned_in, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
+                       max_instances=max_instances, max_instance_bytes=max_instance_bytes, page_size=page_size)
     with LinkFile(link_path, outside=[out]) as links:
         puller = _Puller(url.rstrip("/"), out, Deidentifier(key), links, options)
-        todo = _listing(puller, list(studies), dict(query or {}))
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(puller.fetch, instance) for instance in todo]
-            try:
-                for done in futures:
-                    done.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # the first failure ends the pull; finished files stay whole
-                raise
-    puller.report.seconds = time.monotonic() - started
-    LOG.info("pulled %d of %d instances (%d already there, %d refused) in %.1f s", puller.report.written,
-             puller.report.found, puller.report.skipped, len(puller.report.refused), puller.report.seconds)
-    return puller.report
+        return run_pull(puller, list(studies), dict(query or {}), workers=workers, progress=progress)
 
 
-def _listing(puller: _Puller, studies: list[str], query: dict[str, str]) -> list[_Instance]:
-    """The instances to retrieve: those of every study, less those already in OUT (counted as skipped)."""
-    if studies:
-        named = [(uid, f"study {n} of {len(studies)}") for n, uid in enumerate(studies, 1)]
+def find_studies(source: str | DimseAddress, filters: Mapping[str, str], *, timeout_s: float = 30, retries: int = 3,
+                 backoff_s: float = 0.5, max_studies: int = MAX_INSTANCES) -> list[str]:
+    """The original StudyInstanceUIDs of the studies that match `filters` (e.g. {"AccessionNumber": "X"}).
+
+    Args:
+        source: a DICOMweb root URL (searched with QIDO-RS) or a `DimseAddress` (searched with C-FIND at STUDY level).
+        filters: attribute keyword to value, as QIDO-RS and C-FIND match them (wildcards `*` and `?` included).
+        timeout_s, retries, backoff_s: per request, as for a pull.
+        max_studies: more matches than this is an error (narrow the filters).
+
+    Raises:
+        PullError: the server cannot be reached or refuses, or more than `max_studies` studies match.
+    """
+    options = dict(allow_burned_in=False, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
+                       max_instances=max_studies, max_instance_bytes=MAX_INSTANCE_BYTES, page_size=PAGE_SIZE)
+    if isinstance(source, DimseAddress):
+        intake: Intake = dimse_intake(source, options)
     else:
-        found = puller.paged("the studies", lambda client, offset, limit: client.search_for_studies(
-            offset=offset, limit=limit, search_filters=query))
-        named = [(_value(item, STUDY_UID), f"study {n} of the {len(found)} found")
-                 for n, item in enumerate(found, 1)]
-    report, todo = puller.report, []
-    report.studies = len(named)
-    for uid, where in named:
-        instances = puller.instances(uid, where)
-        if not instances and studies:
-            raise PullError(f"{where} was not found on the server (no instances): check that StudyInstanceUID")
-        report.found += len(instances)
-        if report.found > puller.options["max_instances"]:
-            raise PullError(f"the pull lists more than {puller.options['max_instances']} instances: pull fewer "
-                            "studies at a time or raise max_instances")
-        for instance in instances:
-            if puller.target(instance).is_file():
-                report.skipped += 1
-            else:
-                todo.append(instance)
-    return todo
+        intake = _Puller(source.rstrip("/"), Path(), None, None, options)
+    try:
+        return intake.studies(filters)
+    finally:
+        intake.close()

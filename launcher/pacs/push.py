@@ -45,10 +45,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from launcher.pacs.deidentify import Link, read_link
-from launcher.pacs.pull import PullError, _bounded_session, _retrying
+from launcher.pacs.intake import PullError, retrying
+from launcher.pacs.pull import bounded_session, retriable_http
 from launcher.pacs.sr import MAX_TEXT, ModelIdentity, classification_sr
 
-__all__ = ["MAX_PREDICTIONS", "MAX_PREDICTIONS_BYTES", "Prediction", "PushError", "PushReport", "parse_dimse_address",
+__all__ = ["MAX_PREDICTIONS", "MAX_PREDICTIONS_BYTES", "Prediction", "PushError", "PushReport",
            "push_predictions", "read_predictions"]
 
 LOG = logging.getLogger(__name__)
@@ -111,21 +112,6 @@ for _name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in (
 for _name in ("pynetdicom", "highdicom"):  # and a module's logger made later inherits the level
     if logging.getLogger(_name).level == logging.NOTSET:
         logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-def parse_dimse_address(text: str) -> tuple[str, int, str]:
-    """"HOST:PORT:AET" as (host, port, called AE title).
-
-    Raises:
-        ValueError: not three parts, a port outside 1-65535, an AE title not 1-16 printable characters.
-    """
-    parts = text.rsplit(":", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
-        raise ValueError(f"a DICOM address is HOST:PORT:AET (e.g. pacs.example.org:104:PACS); got {text!r}")
-    host, port, aet = parts
-    if not 0 < len(aet.strip()) <= 16 or not aet.isprintable() or "\\" in aet:
-        raise ValueError(f"the AE title in {text!r} is not 1 to 16 printable characters without a backslash")
-    return host, int(port), aet
 
 
 def read_predictions(source: str | Path | Mapping[str, Any] | Sequence[Prediction], *,
@@ -208,13 +194,13 @@ class _DicomWeb:
 
     def __init__(self, url: str, *, timeout_s: float, retries: int, backoff_s: float) -> None:
         self.url, self.retries, self.backoff_s = url.rstrip("/"), retries, backoff_s
-        self.session = _bounded_session(MAX_METADATA_BYTES)
+        self.session = bounded_session(MAX_METADATA_BYTES)
         self.client = DICOMwebClient(self.url, session=self.session, timeout=timeout_s)
         self.client.set_http_retry_params(retry=False)  # ours retries timeouts and connection errors too
 
     def _request(self, what: str, call: Callable[[], T], *, if_missing: str = "check the URL") -> T:
         try:
-            return _retrying(call, retries=self.retries, backoff_s=self.backoff_s)
+            return retrying(call, retries=self.retries, backoff_s=self.backoff_s, retriable=retriable_http)
         except PullError as error:  # an answer over the limit
             raise PushError(f"{what}: {error}") from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:

@@ -22,10 +22,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from demo.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
 from launcher.pacs.__main__ import default_link_path, main
 from launcher.pacs.deidentify import Deidentifier, LinkFileError, read_link
 from launcher.pacs.pull import PullError, PullReport, pull_dicomweb
-from tests.launcher.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
 
 KEY = bytes(range(32))
 PATIENTS = {

@@ -1,5 +1,5 @@
 """Pushing predictions back as DICOM SR (launcher/pacs/push.py and sr.py, issue 20 item 4) to a real Orthanc started
-here (tests/launcher/orthanc.py), seeded over STOW-RS with real files nobody here wrote (pydicom's CT_small and
+here (demo/orthanc.py), seeded over STOW-RS with real files nobody here wrote (pydicom's CT_small and
 MR_small) with identifying values written in by the test. The files are pulled with `pull_dicomweb`, classified by the
 session's tiny bundle (`tiny_job`, through training.predict's `predict_json`, the JSON `python -m training.predict`
 prints), and the predictions pushed over STOW-RS and over C-STORE; the SRs are found again with QIDO-RS in the
@@ -23,14 +23,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from demo.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
 from launcher.datasets.checksums import sha256_file
 from launcher.pacs.__main__ import main
 from launcher.pacs.deidentify import Link, LinkFile, read_link
+from launcher.pacs.dimse import DimseAddress
 from launcher.pacs.pull import pull_dicomweb
-from launcher.pacs.push import PushError, parse_dimse_address, push_predictions, read_predictions
+from launcher.pacs.push import PushError, push_predictions, read_predictions
 from launcher.pacs.sr import BundleIdentityError, ModelIdentity
 from tests.conftest import TinyJob
-from tests.launcher.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
 from training.predict import predict_json
 
 KEY = bytes(range(32, 64))
@@ -264,7 +265,7 @@ def test_a_bad_predictions_file_is_refused_before_anything_is_sent(tmp_path: Pat
         read_predictions(path, max_bytes=2_000, max_count=10)
 
 
-def test_model_identity_and_dimse_addresses(tiny_job: TinyJob, tmp_path: Path) -> None:
+def test_model_identity_and_an_ipv6_dimse_address(tiny_job: TinyJob, tmp_path: Path) -> None:
     identity = ModelIdentity.from_bundle(tiny_job.model_dir)
     assert identity.sha256 == sha256_file(tiny_job.model_dir / "models" / "model.pt").hex()
     with pytest.raises(BundleIdentityError, match="cannot be read .*pass the model directory"):
@@ -275,11 +276,8 @@ def test_model_identity_and_dimse_addresses(tiny_job: TinyJob, tmp_path: Path) -
     (tmp_path / "configs" / "metadata.json").write_text(json.dumps({"name": "a\nb", "version": "1"}))
     with pytest.raises(BundleIdentityError, match="field 'name' must be a printable text"):
         ModelIdentity.from_bundle(tmp_path)
-    assert parse_dimse_address("pacs.example.org:104:PACS") == ("pacs.example.org", 104, "PACS")
-    assert parse_dimse_address("::1:11112:ORTHANC") == ("::1", 11112, "ORTHANC")
-    for bad in ("pacs:104", "pacs:http:PACS", "pacs:70000:PACS", "pacs:104:", "pacs:104:SEVENTEEN-CHARS-AE"):
-        with pytest.raises(ValueError, match="HOST:PORT:AET|AE title"):
-            parse_dimse_address(bad)
+    address = DimseAddress.parse("::1:11112:ORTHANC")  # push --dimse parses as pull does (test_pacs_dimse.py)
+    assert (address.host, address.port, address.called_aet) == ("::1", 11112, "ORTHANC")
 
 
 def test_command_line_push(orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple[Path, Path, Path],
@@ -301,7 +299,7 @@ def test_command_line_push(orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple
         item["file"] = str(tmp_path / "elsewhere.dcm")
     moved.write_text(json.dumps(document))
     for argv, message in (
-            (["push", "--dimse", "pacs:104", str(predictions), "--model", model], "a DICOM address is HOST:PORT:AET"),
+            (["push", "--dimse", "pacs:104", str(predictions), "--model", model], "a DIMSE address is HOST:PORT:AET"),
             (["push", server.dicomweb, str(moved), "--model", model], "no link file was found"),
             (["push", "--dimse", dimse, server.dicomweb, str(predictions), "--model", model], "give the DICOMweb URL"),
             (["push", server.dicomweb, str(predictions), "--model", str(tmp_path)], "cannot be read")):

@@ -1,10 +1,12 @@
-"""A real PACS for the tests of launcher/pacs: Debian's Orthanc with its DICOMweb plugin, started by hand.
+"""A real PACS for `make demo` and the tests of launcher/pacs: Debian's Orthanc with its DICOMweb plugin.
 
 `start_orthanc(folder)` writes a configuration into `folder` (storage and index there, HTTP and DICOM on free ports,
 no remote access, no authentication, the DICOMweb plugin), starts `Orthanc CONFIG.json`, waits until its REST API
 answers (bounded) and returns a handle whose `stop()` ends the process (and waits for it). Orthanc 1.10 has no bind
 address: it listens on all interfaces, and `RemoteAccessAllowed: false` refuses HTTP from other hosts; the tests
-connect to 127.0.0.1 only (FACTS.md). Without Orthanc, `orthanc_missing()` says how to install it: the tests fail
+connect to 127.0.0.1 only (FACTS.md). Its DICOM port checks the called AE title (its `DicomAet`, PACSTEST); a DIMSE
+caller that retrieves (C-GET, C-MOVE) and a C-MOVE destination are registered at run time (`register_modality`).
+Without Orthanc, `orthanc_missing()` says how to install it: the tests fail
 with that message rather than skip.
 """
 
@@ -76,7 +78,7 @@ def start_orthanc(folder: Path) -> Orthanc:
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
         "Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomAlwaysAllowFind": True, "HttpTimeout": 30, "LimitFindResults": 0,
+        "DicomAlwaysAllowFind": True, "DicomCheckCalledAet": True, "HttpTimeout": 30, "LimitFindResults": 0,
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = folder / "orthanc.log"
@@ -97,3 +99,12 @@ def start_orthanc(folder: Path) -> Orthanc:
     orthanc.stop()
     tail = log.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"Orthanc did not answer within {START_S:.0f} s (exit {process.poll()}); its log ends:\n{tail}")
+
+
+def register_modality(orthanc: Orthanc, name: str, aet: str, port: int, host: str = "127.0.0.1") -> None:
+    """Tell Orthanc (REST PUT /modalities/NAME) of a DICOM peer: a caller it lets retrieve, a C-MOVE destination."""
+    body = json.dumps({"AET": aet, "Host": host, "Port": port}).encode()
+    request = urllib.request.Request(f"{orthanc.url}/modalities/{name}", data=body, method="PUT")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"Orthanc answered {answer.status} to registering modality {name}")
