@@ -44,8 +44,10 @@ from demo.notebook import (
     first_line,
     journey_parameters,
     notebook_env,
+    pacs_parameters,
     run_notebook,
 )
+from demo.orthanc import Orthanc, orthanc_missing, start_orthanc
 
 DEFAULT_STACK = "MonaiDicomSageMaker"
 BOOTSTRAP_STACK = "CDKToolkit"
@@ -121,13 +123,27 @@ def teardown(env: Mapping[str, str], context: Mapping[str, Any]) -> None:
     print(done.stdout.rstrip())
 
 
-def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str) -> NotebookRun:
+def start_pacs(running: ExitStack) -> Orthanc | None:
+    """A local Orthanc (demo/orthanc.py) holding the synthetic set (demo/pacs.py), stopped with `running`; None,
+    with what to do, where Orthanc is not installed (the notebook then reads the synthetic set from a folder)."""
+    missing = orthanc_missing()
+    if missing:
+        print(f"no local PACS: {missing}. The notebook reads the synthetic set from a folder instead.")
+        return None
+    shutil.rmtree(OUTPUT_DIR / "orthanc", ignore_errors=True)  # a fresh PACS, as the emulator is fresh
+    server = start_orthanc(OUTPUT_DIR / "orthanc")
+    running.callback(server.stop)
+    return server
+
+
+def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Orthanc | None) -> NotebookRun:
     """Execute the notebook against the deployed stack with the local runner, printing each cell as it ends.
 
     Args:
         emulator: the running emulator.
         env: the emulator's environment.
         stack: the deployed stack's name.
+        pacs: the local PACS the notebook pulls the synthetic set from and pushes its results to, or None.
     """
     shutil.rmtree(WORK_DIR, ignore_errors=True)  # a fresh emulator: start from fresh data too
 
@@ -137,19 +153,31 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str) -> Noteb
     size = demo_size()
     print(f"synthetic set: {size.train_images} training + {size.test_images} test images; hyperparameters "
           + " ".join(f"{k}={v}" for k, v in size.hyperparameters.items()), flush=True)
-    return run_notebook(notebook_env(env, emulator), journey_parameters(WORK_DIR, size, stack_name=stack),
-                        output=EXECUTED_NOTEBOOK, on_cell=progress)
+    parameters = journey_parameters(WORK_DIR, size, stack_name=stack)
+    if pacs is not None:
+        parameters |= pacs_parameters(pacs.dicomweb, WORK_DIR / "seed", size)
+        print(f"stored in the local PACS at {pacs.dicomweb}, one study per image; labels CSVs by AccessionNumber",
+              flush=True)
+    return run_notebook(notebook_env(env, emulator), parameters, output=EXECUTED_NOTEBOOK, on_cell=progress)
 
 
 def show_journey(run: NotebookRun) -> None:
     """Print what the notebook's cells printed about training, results and predictions."""
-    for title, cell_id in (("The job's epochs (follow)", "follow"), ("Results (collect)", "results"),
-                           ("Predictions on held-out images", "predict"),
+    for title, cell_id in (("From your PACS (pulled, de-identified, labelled)", "pacs-pull"),
+                           ("The job's epochs (follow)", "follow"), ("Results (collect)", "results"),
+                           ("Predictions on held-out images", "predict"), ("Back to your PACS", "pacs-push"),
                            ("Batch transform (the local runner serves the bundle)", "transform-results"),
                            ("Real-time endpoint", "endpoint"), ("Clean up", "cleanup")):
         print(f"--- {title}")
         print(run.text(cell_id).rstrip())
     print(f"--- The executed notebook, with its figures: {EXECUTED_NOTEBOOK.relative_to(ROOT)}")
+
+
+def structured_reports(pacs: Orthanc) -> list[dict[str, Any]]:
+    """The SR instances the PACS holds (QIDO-RS)."""
+    from dicomweb_client import DICOMwebClient
+
+    return DICOMwebClient(pacs.dicomweb).search_for_instances(search_filters={"Modality": "SR"})
 
 
 def leftover_processes() -> list[str]:
@@ -204,13 +232,19 @@ def main() -> int:
                 deploy(env, context)
             step("Created in the emulator")
             show_created(env, stack)
+            step("A local PACS (Orthanc with DICOMweb) for the notebook's From your PACS")
+            with timed(timings, "start PACS"):
+                pacs = start_pacs(running)
             step(f"The notebook {NOTEBOOK.relative_to(ROOT)}, headless (nbclient), with the local runner")
             with timed(timings, "notebook"):
-                journey = run_journey(emulator, env, stack)
+                journey = run_journey(emulator, env, stack, pacs)
             if "train" in journey.seconds:
                 timings["  of which the job"] = journey.seconds["train"]
             if journey.error is None:
                 show_journey(journey)
+                if pacs is not None:
+                    print(f"--- The local PACS now holds {len(structured_reports(pacs))} DICOM SR instances "
+                          "(QIDO-RS, Modality SR), each in its original study")
             else:
                 print(f"the notebook stopped: {journey.error}\n(the executed notebook, up to there: "
                       f"{EXECUTED_NOTEBOOK.relative_to(ROOT)})", file=sys.stderr)

@@ -74,6 +74,15 @@ def journey_parameters(workdir: Path, size: JourneySize, *, stack_name: str) -> 
     }
 
 
+def pacs_parameters(dicomweb_root: str, folder: Path, size: JourneySize) -> dict[str, Any]:
+    """The notebook's PACS settings for a run against a local Orthanc: the synthetic set of `size` stored in it
+    (demo/pacs.py, one study per image) and the labels CSV of each channel (under `folder`)."""
+    from demo.pacs import seed_synthetic
+
+    labels = seed_synthetic(dicomweb_root, folder, train_images=size.train_images, test_images=size.test_images)
+    return {"PACS": dicomweb_root, "PACS_LABELS": {channel: str(path) for channel, path in labels.items()}}
+
+
 def notebook_env(env: Mapping[str, str], emulator: Emulator) -> dict[str, str]:
     """The kernel's environment: the emulator's (emulator_env) plus the local runner and the SDK's settings.
 

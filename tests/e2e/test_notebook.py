@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dicomweb_client import DICOMwebClient
 
 from demo.emulator import bootstrap, client, deploy, emulator_context, emulator_env, start_emulator
 from demo.notebook import (
@@ -29,8 +30,10 @@ from demo.notebook import (
     inject_parameters,
     journey_parameters,
     notebook_env,
+    pacs_parameters,
     run_notebook,
 )
+from demo.orthanc import orthanc_missing, start_orthanc
 from launcher.local.runner import descendants
 from tests.e2e.journey_calls import (
     ALLOWED,
@@ -81,6 +84,7 @@ class Journey:
     left: dict[str, list[str]]  # the models, endpoint configs and endpoints the emulator still has after the run
     requests: list[dict[str, Any]]  # every request the notebook's kernel sent the emulator (demo/emulator.py)
     physical: dict[str, str]  # the stack's logical resource ids to the emulator's physical ids
+    reports: list[dict[str, Any]]  # the SR instances the PACS holds after the run (QIDO-RS)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +106,17 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
         # stand in for.
         kernel_env = {**notebook_env(env, emulator), "PYTHONPATH": os.pathsep.join(
             [str(STAND_INS), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        run = run_notebook(kernel_env, journey_parameters(workdir, SIZE, stack_name=STACK),
-                           output=workdir / "executed.ipynb")
+        missing = orthanc_missing()
+        if missing:
+            pytest.fail(missing)
+        pacs = start_orthanc(workdir / "orthanc")  # the notebook's From your PACS, as make demo runs it
+        try:
+            parameters = journey_parameters(workdir, SIZE, stack_name=STACK) | pacs_parameters(
+                pacs.dicomweb, workdir / "seed", SIZE)
+            run = run_notebook(kernel_env, parameters, output=workdir / "executed.ipynb")
+            reports = DICOMwebClient(pacs.dicomweb).search_for_instances(search_filters={"Modality": "SR"})
+        finally:
+            pacs.stop()
         requests = list(recording)
         sagemaker = client(env, "sagemaker")
         jobs = sagemaker.list_training_jobs()["TrainingJobSummaries"]
@@ -115,7 +128,7 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
         left = {"models": [m["ModelName"] for m in sagemaker.list_models()["Models"]],
                 "endpoint configs": [c["EndpointConfigName"] for c in configs],
                 "endpoints": [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]}
-        yield Journey(run, workdir, outputs, jobs, objects, started, transforms, left, requests, physical)
+        yield Journey(run, workdir, outputs, jobs, objects, started, transforms, left, requests, physical, reports)
 
 
 def test_every_cell_ran_without_error(journey: Journey) -> None:
@@ -136,7 +149,11 @@ def test_the_kernel_check_says_it_runs_locally_and_settings_come_from_the_stack(
     assert "jobs run by:    local" in stack
 
 
-def test_the_data_is_generated_checked_and_shown(journey: Journey) -> None:
+def test_the_data_is_pulled_from_the_pacs_checked_and_shown(journey: Journey) -> None:
+    pulled = journey.run.text("pacs-pull")
+    for channel, images in (("train", SIZE.train_images), ("test", SIZE.test_images)):
+        assert f"{channel}: {images} files pulled, 0 already here, 0 refused" in pulled
+        assert f"labels.csv lists {images} files of {images} studies" in pulled
     check = journey.run.text("check")
     assert "python -m training.check" in check and "result: every labeled file is usable" in check
     assert re.search(r"channel train: labels from labels.csv .*, \d+ labeled DICOM file", check)
@@ -147,8 +164,9 @@ def test_the_data_is_generated_checked_and_shown(journey: Journey) -> None:
 def test_the_upload_lands_in_the_stack_bucket(journey: Journey) -> None:
     files = SIZE.train_images + SIZE.test_images + 2  # and a labels.csv in each channel
     bucket = journey.outputs["DataBucketName"]
-    assert f"{files} files in s3://{bucket}/datasets/synthetic/" in journey.run.text("upload")
-    assert "datasets/synthetic/manifest.json" in journey.objects
+    assert f"{files} files in s3://{bucket}/datasets/pacs/" in journey.run.text("upload")
+    assert "datasets/pacs/manifest.json" in journey.objects
+    assert not [key for key in journey.objects if ".link" in key]  # the link files stay on the notebook
 
 
 def test_one_job_was_recorded_and_its_model_written_where_sagemaker_writes_it(journey: Journey) -> None:
@@ -184,6 +202,12 @@ def test_held_out_files_are_predicted_in_the_kernel(journey: Journey) -> None:
     assert {row[3] for row in rows} == {"normal", "abnormal"}  # both classes held out and shown
     assert sum(row[1] == row[3] for row in rows) >= SIZE.predict_count - 2
     assert journey.run.images("predict") == 1
+
+
+def test_held_out_predictions_go_back_to_the_pacs_as_structured_reports(journey: Journey) -> None:
+    count = SIZE.predict_count  # one study per image (demo/pacs.py): as many original studies
+    assert f"{count} structured reports stored in {count} original studies of the PACS" in journey.run.text("pacs-push")
+    assert len(journey.reports) == count  # what QIDO-RS finds after the run (the SRs themselves: test_pacs_push.py)
 
 
 def _table(text: str) -> dict[str, tuple[str, float, str]]:
@@ -233,7 +257,7 @@ def test_no_output_names_a_patient_or_holds_a_guessable_pseudonym(journey: Journ
     from tests.pseudonyms import guessable
     from training.dataset.dicom import read_header
 
-    ids = sorted({read_header(path).patient_id for path in (journey.workdir / "synthetic").rglob("img-*")})
+    ids = sorted({read_header(path).patient_id for path in (journey.workdir / "seed").rglob("img-*")})
     assert len(ids) >= SIZE.train_images // 8  # about 4 images a patient
     shown = (journey.workdir / "executed.ipynb").read_text(encoding="utf-8")  # every cell's output, as saved
     collected = [p for p in (journey.workdir / "results").rglob("*") if p.is_file()]  # bundle, metrics, figures
