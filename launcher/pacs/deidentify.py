@@ -57,6 +57,7 @@ MAX_VALUE_CHARS = 64  # a UI's and a LO's (PatientID's) maximum length in PS3.5
 MAX_LINE_BYTES = 1024  # a link record is under 400 bytes
 MAX_LINK_RECORDS = 10_000_000
 MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 62, 730  # dicognito's own range
+TRAILING_PADDING = 0xFFFCFFFC  # DataSetTrailingPadding: dicognito keeps it, and Orthanc sends it over WADO-RS
 
 # The basic profile's X (remove) elements that dicognito leaves as they are: free text that may name a patient.
 ALSO_REMOVED = (
@@ -185,6 +186,8 @@ class Deidentifier:
             dataset.file_meta = FileMetaDataset()
         try:
             dataset.remove_private_tags()
+            if TRAILING_PADDING in dataset:  # any bytes at all, past the data set's end: never read, so never checked
+                del dataset[TRAILING_PADDING]
             self._anonymizer(originals[3]).anonymize(dataset)
         except Exception as error:  # its message may quote a value: name only its kind
             raise DeidentificationError(f"de-identification failed ({type(error).__name__})") from None

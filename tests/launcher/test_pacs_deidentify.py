@@ -61,6 +61,7 @@ def _identified(name: str) -> Dataset:
     item.private_block(0x0013, "ACME NESTED", create=True).add_new(0x02, "LO", PRIVATE_NAME)
     dataset.OtherPatientIDsSequence = [item]
     dataset.BurnedInAnnotation = "NO"
+    dataset.DataSetTrailingPadding = f"{IDENTIFIERS['PatientName']} {IDENTIFIERS['PatientID']} ".encode()
     return dataset
 
 
