@@ -42,6 +42,8 @@ CODEC_SYNTAXES = (
     "JPEG2000Lossless", "JPEG2000",
 )
 CODEC_PLUGINS = ("pylibjpeg", "gdcm")
+# And pyjpegls (which pydicom prefers for JPEG-LS when installed; training/requirements.txt says why it is there).
+EXTRA_PLUGINS = {"JPEGLSLossless": ("pyjpegls",), "JPEGLSNearLossless": ("pyjpegls",)}
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(?:#.*)?$")
 _LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#\\]+)\s*\\?$")
 _LOCK_HASH = re.compile(r"^\s+--hash=sha256:([0-9a-f]{64})\s*\\?$")
@@ -182,7 +184,7 @@ def check_job(python: str = sys.executable) -> list[str]:
 
     for syntax in CODEC_SYNTAXES:
         plugins = set(get_decoder(getattr(pydicom.uid, syntax)).available_plugins)
-        missing = [p for p in CODEC_PLUGINS if p not in plugins]
+        missing = [p for p in (*CODEC_PLUGINS, *EXTRA_PLUGINS.get(syntax, ())) if p not in plugins]
         if missing:
             problems.append(f"pydicom cannot decode {syntax} with {', '.join(missing)} (available: {sorted(plugins)})")
     with tempfile.TemporaryDirectory() as tmp:
