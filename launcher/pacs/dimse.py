@@ -42,7 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from launcher.pacs import intake
 from launcher.pacs.deidentify import Deidentifier, LinkFile
 from launcher.pacs.intake import Instance, Intake, PullError, PullReport, TooLarge, retrying, run_pull
-from launcher.pacs.receive import COMPRESSED, SUCCESS, UNCOMPRESSED, Destination, Receiver, new_ae
+from launcher.pacs.receive import COMPRESSED, NO_DELAY, SUCCESS, UNCOMPRESSED, Destination, Receiver, new_ae
 
 __all__ = ["DimseAddress", "dimse_intake", "parse_move_to", "pull_dimse"]
 
@@ -135,7 +135,7 @@ class _Puller(Intake):
             receiver = Receiver(self.options["max_instance_bytes"])
             handlers = [(evt.EVT_DATA_RECV, receiver.on_data), (evt.EVT_C_STORE, receiver.on_store)]
         assoc = ae.associate(self.address.host, self.address.port, ae_title=self.address.called_aet,
-                             ext_neg=roles, evt_handlers=handlers)
+                             ext_neg=roles, evt_handlers=[*handlers, NO_DELAY])
         if assoc.is_rejected:
             raise PullError(f"the PACS at {self.address} rejected the association: check its AE title and that it "
                             f"accepts this one ({self.address.calling_aet}) from this machine")

@@ -47,6 +47,7 @@ from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, I
 from launcher.pacs.deidentify import Link, read_link
 from launcher.pacs.intake import PullError, retrying
 from launcher.pacs.pull import bounded_session, retriable_http
+from launcher.pacs.receive import NO_DELAY
 from launcher.pacs.sr import MAX_TEXT, ModelIdentity, classification_sr
 
 __all__ = ["MAX_PREDICTIONS", "MAX_PREDICTIONS_BYTES", "Prediction", "PushError", "PushReport",
@@ -255,7 +256,7 @@ class _Dimse:
 
     def _associated(self) -> pynetdicom.association.Association:
         if self.association is None or not self.association.is_established:
-            self.association = self.ae.associate(self.host, self.port, ae_title=self.called)
+            self.association = self.ae.associate(self.host, self.port, ae_title=self.called, evt_handlers=[NO_DELAY])
             if self.association.is_rejected:
                 raise PushError(f"{self.name} rejected the association (calling AE title {self.ae.ae_title}): check "
                                 "the called AE title, and that the PACS knows ours (its list of modalities)")
