@@ -1,16 +1,16 @@
 """`python -m launcher.pacs pull` and `python -m launcher.pacs push`: the PACS round trip from a shell.
 
-    python -m launcher.pacs pull (URL | --dimse HOST:PORT:AET [--move-to AET:PORT]) OUT [--study UID]...
+    python -m launcher.pacs pull (URL | --dimse HOST:PORT:AET [--move-to AET[@HOST]:PORT]) OUT [--study UID]...
         [--query KEY=VALUE]... [--labels CSV] [--link FILE] [--allow-burned-in] [--pseudonym-key-file FILE]
     python -m launcher.pacs push (URL | --dimse HOST:PORT:AET) PREDICTIONS --model BUNDLE_DIR [--link FILE]
 
 Pull: studies over DICOMweb (URL is the DICOMweb root, e.g. http://host:8042/dicom-web) or over DIMSE (C-FIND, then
-C-GET, or C-MOVE to a storage SCP started here on 127.0.0.1:PORT with `--move-to`) into OUT, de-identified with
-the deployment's pseudonym key (`--pseudonym-key-file`, else the local key of training/dataset/pseudonym_key.py).
-With `--labels CSV` (a StudyInstanceUID or AccessionNumber column, and label: launcher/pacs/labels.py) it pulls the
-labelled studies and writes OUT/labels.csv, so OUT is a channel the job accepts as it is. The link back from
-pseudonyms to originals goes to `--link`, by default next to OUT as `OUT.link.jsonl` (outside OUT, which is what gets
-uploaded; owner-only). Prints what was pulled as JSON; exits 2 with a message on an error.
+C-GET, or C-MOVE to a storage SCP started here on 127.0.0.1:PORT, or HOST:PORT, with `--move-to`) into OUT,
+de-identified with the deployment's pseudonym key (`--pseudonym-key-file`, else the local key of
+training/dataset/pseudonym_key.py). With `--labels CSV` (a StudyInstanceUID or AccessionNumber column, and label:
+launcher/pacs/labels.py) it pulls the labelled studies and writes OUT/labels.csv, so OUT is a channel the job accepts as
+it is. The link back from pseudonyms to originals goes to `--link`, by default next to OUT as `OUT.link.jsonl` (outside
+OUT, which is what gets uploaded; owner-only). Prints what was pulled as JSON; exits 2 with a message on an error.
 
 Push stores each prediction of PREDICTIONS (what `python -m training.predict MODEL FILES...` printed) as a DICOM SR in
 its original study, over DICOMweb (URL) or DIMSE (--dimse); the link file is found, unless `--link` names it, next to
@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--pseudonym-key-file", type=Path, help="the deployment's key (default: the local key)")
     pull.add_argument("--workers", type=int, default=4, help="instances retrieved at once (default 4)")
     pull.add_argument("--dimse", type=_dimse, metavar="HOST:PORT:AET", help="pull over DIMSE from this PACS")
-    pull.add_argument("--move-to", type=_move_to, metavar="AET:PORT",
-                      help="with --dimse: C-MOVE to a storage SCP started here on 127.0.0.1:PORT (default C-GET)")
+    pull.add_argument("--move-to", type=_move_to, metavar="AET[@HOST]:PORT",
+                      help="with --dimse: C-MOVE to a storage SCP started here on 127.0.0.1:PORT, or on HOST (this "
+                      "machine's address the PACS reaches) (default: C-GET)")
     _push_parser(commands)
     return parser
 

@@ -8,8 +8,9 @@ with C-FIND at SERIES then IMAGE level, and retrieves them one instance per requ
   the listing found, in the transfer syntaxes this project reads (receive.py's `TRANSFER_SYNTAXES`; at most 127
   contexts: a bounded set; the usual classes when the listing did not say), and takes the C-STORE sub-operations;
 - C-MOVE with `move_to="AET:PORT"`: a storage SCP started here (pynetdicom, non-blocking) on 127.0.0.1:PORT with that
-  AE title receives them; the PACS must know that AE title at this address. It keeps only the instances a worker is
-  waiting for and refuses anything else.
+  AE title receives them (`AET@HOST:PORT` listens on HOST, for a PACS on another machine); the PACS must know that AE
+  title at this address. It listens only for the pull's time, accepts only associations addressed to that AE title,
+  keeps only the instances a worker is waiting for and refuses anything else.
 
 Either way a received instance stays in memory and goes through intake.py's path (refusal, de-identification, link,
 atomic write, resumption, report, errors by position), as a DICOMweb pull's does. Bounds: every association has its
@@ -89,12 +90,15 @@ class DimseAddress:
         return f"{self.host}:{self.port} (AE title {self.called_aet})"
 
 
-def parse_move_to(text: str) -> tuple[str, int]:
-    """`AET:PORT` (the local storage SCP a C-MOVE sends to) as (AE title, port)."""
-    aet, sep, port = text.rpartition(":")
+def parse_move_to(text: str) -> tuple[str, int, str]:
+    """`AET:PORT` or `AET@HOST:PORT` (the storage SCP a C-MOVE sends to) as (AE title, port, the local address it
+    listens on: 127.0.0.1 unless HOST is given, e.g. this machine's address on the network the PACS reaches it by)."""
+    title, sep, port = text.rpartition(":")
     if not sep:
-        raise ValueError("a C-MOVE destination is AET:PORT, e.g. MONAI-PULL:11113")
-    return _check_aet(aet, "a C-MOVE destination's AET"), _port(port, "a C-MOVE destination's PORT")
+        raise ValueError("a C-MOVE destination is AET:PORT or AET@HOST:PORT, e.g. MONAI-PULL:11113")
+    aet, _, host = title.partition("@")
+    return (_check_aet(aet, "a C-MOVE destination's AET"), _port(port, "a C-MOVE destination's PORT"),
+            host.strip("[]") or "127.0.0.1")
 
 
 class _Dropped(Exception):
@@ -110,8 +114,8 @@ class _Puller(Intake):
         self.address = address
         self.destination: Destination | None = None
         if options.get("move_to"):
-            aet, port = options["move_to"]
-            self.destination = Destination(aet, port, options)
+            aet, port, host = options["move_to"]
+            self.destination = Destination(aet, port, options, host=host)
         self._classes: dict[str, None] = {}  # the storage classes the listing found, in order
         self._local = threading.local()
         self._open: list[Association] = []
@@ -313,7 +317,8 @@ def pull_dimse(address: DimseAddress, out: str | Path, *, key: bytes, link_path:
         key: the deployment's 32-byte pseudonym key.
         studies: StudyInstanceUIDs to pull; `query`: C-FIND matching keys (keyword to value) when none are given.
         allow_burned_in: import instances that may show burned-in text.
-        move_to: "AET:PORT" to retrieve with C-MOVE to a storage SCP started here on 127.0.0.1:PORT; else C-GET.
+        move_to: "AET:PORT" to retrieve with C-MOVE to a storage SCP started here on 127.0.0.1:PORT ("AET@HOST:PORT":
+            on HOST); else C-GET.
         workers: associations at once; timeout_s: per association step and DIMSE message; retries with backoff_s.
         max_instances, max_instance_bytes: bounds on the listing and on each instance received.
         progress: a progress bar on stderr (only where stderr is a terminal).
@@ -322,7 +327,7 @@ def pull_dimse(address: DimseAddress, out: str | Path, *, key: bytes, link_path:
         PullError: the PACS cannot be reached, rejects the association (a wrong AE title) or a retrieval, a given
             study is not there (named by its position), the pull would list more than `max_instances` instances.
         LinkFileError: the link file is inside `out` or readable by others.
-        ValueError: `move_to` is not AET:PORT.
+        ValueError: `move_to` is not AET:PORT or AET@HOST:PORT.
     """
     out = Path(out)
     options = dict(allow_burned_in=allow_burned_in, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,

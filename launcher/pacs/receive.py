@@ -104,9 +104,10 @@ class Receiver:
 
 
 class Destination:
-    """The storage SCP a C-MOVE sends to: 127.0.0.1:PORT with its AE title; keeps what a worker waits for."""
+    """The storage SCP a C-MOVE sends to: HOST:PORT (127.0.0.1 by default) with its AE title; keeps what a worker
+    waits for."""
 
-    def __init__(self, aet: str, port: int, options: dict[str, Any]) -> None:
+    def __init__(self, aet: str, port: int, options: dict[str, Any], *, host: str = "127.0.0.1") -> None:
         self.aet, self.port, self.max_bytes = aet, port, options["max_instance_bytes"]
         self._waiting: set[str] = set()
         self._arrived: dict[str, Dataset] = {}
@@ -119,10 +120,10 @@ class Destination:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
         handlers: list[Any] = [(evt.EVT_DATA_RECV, self._on_data), (evt.EVT_C_STORE, self._on_store), NO_DELAY]
         try:
-            self.server: Any = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+            self.server: Any = ae.start_server((host, port), block=False, evt_handlers=handlers)
         except OSError as error:
-            raise PullError(f"the C-MOVE destination cannot listen on 127.0.0.1:{port} ({error.strerror}): "
-                            "choose a free port, the one the PACS knows for this AE title") from None
+            raise PullError(f"the C-MOVE destination cannot listen on {host}:{port} ({error.strerror}): choose a free "
+                            "port and an address of this machine, the ones the PACS knows for this AE title") from None
 
     def _receiver(self, event: evt.Event) -> Receiver:
         with self._lock:

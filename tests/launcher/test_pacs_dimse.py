@@ -295,7 +295,8 @@ def test_find_studies_over_both_transports(orthanc: tuple[Orthanc, list[Dataset]
 
 def test_addresses_parse_or_say_their_shape() -> None:
     assert DimseAddress.parse("pacs.example.org:104:PACS") == DimseAddress("pacs.example.org", 104, "PACS")
-    assert parse_move_to("MONAI-PULL:11113") == ("MONAI-PULL", 11113)
+    assert parse_move_to("MONAI-PULL:11113") == ("MONAI-PULL", 11113, "127.0.0.1")
+    assert parse_move_to("MONAI-PULL@10.0.3.7:11113") == ("MONAI-PULL", 11113, "10.0.3.7")  # a PACS elsewhere
     for text, shape in (("MRN-8675309", "HOST:PORT:AET"), ("host:notaport:PACS", "PORT"),
                         ("host:104:A-TITLE-LONGER-THAN-16", "1 to 16"), ("host:104:", "1 to 16")):
         with pytest.raises(ValueError, match=shape) as caught:
@@ -313,8 +314,9 @@ def test_command_line_pull_over_dimse(orthanc: tuple[Orthanc, list[Dataset], Dim
     dimse, out = f"127.0.0.1:{server.dicom_port}:PACSTEST", tmp_path / "out"
     assert main(["pull", "--dimse", dimse, str(out), "--study", originals[2].StudyInstanceUID]) == 0
     assert '"written": 1' in capsys.readouterr().out and len(read_link(tmp_path / "out.link.jsonl")) == 1
-    assert main(["pull", "--dimse", dimse, "--move-to", move_to, str(out), "--query", "AccessionNumber=ACC-5551234"]
-                ) == 0
+    on_loopback = move_to.replace(":", "@127.0.0.1:", 1)  # AET@HOST:PORT: the address it listens on, given
+    assert main(["pull", "--dimse", dimse, "--move-to", on_loopback, str(out), "--query",
+                 "AccessionNumber=ACC-5551234"]) == 0
     assert '"written": 2' in capsys.readouterr().out and len(_files(out)) == 3
     assert main(["pull", "--dimse", f"127.0.0.1:{server.dicom_port}:WRONG", str(tmp_path / "x")]) == 2
     assert "rejected the association" in capsys.readouterr().err
