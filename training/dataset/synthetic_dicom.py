@@ -59,7 +59,7 @@ def synthetic_dataset(
     index: int, study: Study, lesion: bool, syntax: str, seed: int, size: int, rng: np.random.Generator
 ) -> Dataset:
     """One image's dataset, pixel data encoded in the transfer syntax."""
-    ds = _header(index, study, seed, size)
+    ds = synthetic_header(index, study, seed, size)
     _add_pixels(ds, study, lesion, size, rng)
     if syntax != str(ExplicitVRLittleEndian):
         with _quiet_stdout():
@@ -67,12 +67,12 @@ def synthetic_dataset(
     return ds
 
 
-def _header(index: int, study: Study, seed: int, size: int) -> Dataset:
+def synthetic_header(index: int, study: Study, seed: int, size: int) -> Dataset:
     """Everything but the pixels: file meta, identity (clearly synthetic), UIDs from the seed, the image's geometry."""
     pid = f"{study.patient + 1:04d}"  # patients are numbered from 1
-    study_uid = _uid(seed, "study", study.patient, study.number)
-    series_uid = _uid(seed, "series", study.patient, study.number)
-    sop_uid = UID(_uid(seed, "image", index))
+    study_uid = synthetic_uid(seed, "study", study.patient, study.number)
+    series_uid = synthetic_uid(seed, "series", study.patient, study.number)
+    sop_uid = UID(synthetic_uid(seed, "image", index))
     sop_class = CTImageStorage if study.kind == "ct" else ComputedRadiographyImageStorage
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -146,24 +146,24 @@ def _quiet_stdout() -> Iterator[None]:
 
 def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
     """A chest-CT-like slice in Hounsfield units."""
-    y, x = _grid(size)
+    y, x = pixel_grid(size)
     cy, cx = rng.normal(0.0, 0.03, 2)
     ay, ax = 0.62 + rng.normal(0, 0.03), 0.85 + rng.normal(0, 0.03)
     image = np.full((size, size), -1000.0, dtype=np.float32)
-    image[_ellipse(y, x, cy, cx, ay + 0.04, ax + 0.04)] = -100.0  # subcutaneous fat
-    body = _ellipse(y, x, cy, cx, ay, ax)
+    image[ellipse(y, x, cy, cx, ay + 0.04, ax + 0.04)] = -100.0  # subcutaneous fat
+    body = ellipse(y, x, cy, cx, ay, ax)
     image[body] = 40.0
     lungs = np.zeros_like(body)
     for side in (-1.0, 1.0):
-        lungs |= _ellipse(y, x, cy - 0.05, cx + side * 0.38 * ax, 0.42 * ay / 0.62, 0.3 + rng.normal(0, 0.02))
+        lungs |= ellipse(y, x, cy - 0.05, cx + side * 0.38 * ax, 0.42 * ay / 0.62, 0.3 + rng.normal(0, 0.02))
     lungs &= body
     image[lungs] = -850.0
     for _ in range(2):  # mediastinal organs
-        organ = _ellipse(y, x, cy + rng.uniform(-0.2, 0.2), cx + rng.uniform(-0.1, 0.1), 0.12, 0.1)
+        organ = ellipse(y, x, cy + rng.uniform(-0.2, 0.2), cx + rng.uniform(-0.1, 0.1), 0.12, 0.1)
         image[organ & body] = rng.uniform(20.0, 70.0)
-    vertebra = _ellipse(y, x, cy + 0.45 * ay, cx, 0.09, 0.08)
+    vertebra = ellipse(y, x, cy + 0.45 * ay, cx, 0.09, 0.08)
     image[vertebra] = 700.0  # cortical bone around a darker marrow: a ring, not a disk like a lesion
-    image[_ellipse(y, x, cy + 0.45 * ay, cx, 0.06, 0.05)] = 60.0
+    image[ellipse(y, x, cy + 0.45 * ay, cx, 0.06, 0.05)] = 60.0
     image += 60.0 * _smooth_noise(size, rng) * body
     if lesion:
         _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 320.0))
@@ -173,17 +173,17 @@ def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
 
 def _radiograph_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
     """A chest-radiograph-like image, display values in [0, 1] (bright = dense)."""
-    y, x = _grid(size)
+    y, x = pixel_grid(size)
     image = np.full((size, size), 0.08, dtype=np.float32)
-    body = _ellipse(y, x, 0.05, 0.0, 1.05, 0.9 + rng.normal(0, 0.03))
+    body = ellipse(y, x, 0.05, 0.0, 1.05, 0.9 + rng.normal(0, 0.03))
     image[body] = 0.55
     lungs = np.zeros_like(body)
     for side in (-1.0, 1.0):
-        lungs |= _ellipse(y, x, -0.05 + rng.normal(0, 0.02), side * 0.42, 0.62, 0.3 + rng.normal(0, 0.02))
+        lungs |= ellipse(y, x, -0.05 + rng.normal(0, 0.02), side * 0.42, 0.62, 0.3 + rng.normal(0, 0.02))
     image[lungs] = 0.22
     ribs = (np.sin(y * 22.0 + 3.0 * x**2 + rng.uniform(0, 6.28)) > 0.55) & lungs
     image[ribs] += 0.12
-    image[_ellipse(y, x, 0.1, 0.0, 0.75, 0.14)] = 0.7  # mediastinum and spine
+    image[ellipse(y, x, 0.1, 0.0, 0.75, 0.14)] = 0.7  # mediastinum and spine
     image += 0.08 * _smooth_noise(size, rng) * body
     if lesion:
         _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 0.9))
@@ -212,14 +212,14 @@ def _add_lesion(
 
 
 @functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [-1, 1]."""
     axis = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2.0 - 1.0
     y, x = np.meshgrid(axis, axis, indexing="ij")
     return y, x
 
 
-def _ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, ay: float, ax: float) -> np.ndarray:
+def ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, ay: float, ax: float) -> np.ndarray:
     """The pixels inside an axis-aligned ellipse."""
     return ((y - cy) / ay) ** 2 + ((x - cx) / ax) ** 2 <= 1.0
 
@@ -230,7 +230,7 @@ def _smooth_noise(size: int, rng: np.random.Generator) -> np.ndarray:
     return resize(coarse, (size, size)) / 2.0
 
 
-def _uid(seed: int, *parts: object) -> str:
+def synthetic_uid(seed: int, *parts: object) -> str:
     """A deterministic UID: 2.25 and a name-based (version 5) UUID as an integer (PS3.5 B.2)."""
     name = "/".join([_UID_ROOT, str(seed), *map(str, parts)])
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
