@@ -27,6 +27,18 @@ Label formats (what training/dataset/labels.py reads):
   label attribute 'dicom-class');
 - metadata-json: <orthanc-style instance id>.dcm at the top level and meta-data.json (aws-samples layout);
 - folders: normal/... and abnormal/....
+
+Volumes (training/dataset/synthetic_volume.py makes each series; this module names and places its files):
+
+    python -m training.synthetic OUT --volumes [--slices 32] [--count 40] [--size 128] [--format csv|folders]
+        [--order-only] [--scramble-positions] [--seed 0] [--first-patient 1]
+
+One synthetic CT series a sample, two a patient. Each slice file has a random name (12 hex digits, '.dcm') and the
+slices are written in random order, with a shuffled InstanceNumber: only ImagePositionPatient gives the order.
+- csv: series/series-NNNN/<random>.dcm and labels.csv (series_uid,label);
+- folders: normal/series-NNNN/<random>.dcm and abnormal/series-NNNN/<random>.dcm.
+--order-only writes the set whose class is visible only in the order of the slices; --scramble-positions
+permutes the positions against the pixel data (the control that must not be learnable).
 """
 
 from __future__ import annotations
@@ -46,12 +58,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from training.dataset import synthetic_volume
 from training.dataset.synthetic_dicom import Study, synthetic_dataset, transfer_syntax
 
 CLASSES = ("normal", "abnormal")
 FORMATS = ("csv", "groundtruth", "metadata-json", "folders")
+VOLUME_FORMATS = ("csv", "folders")
 IMAGES_PER_PATIENT = 4  # several images per patient, so that a patient split matters
 GROUNDTRUTH_ATTRIBUTE = "dicom-class"
+_VOLUME_FLAGS = {"--slices": "slices", "--order-only": "order_only", "--scramble-positions": "scramble_positions"}
 GROUNDTRUTH_PREFIX = "s3://synthetic-dicom-bucket/datasets/synthetic"
 ORTHANC_URL = "https://orthanc.example.invalid/instances"
 
@@ -102,10 +117,7 @@ def generate(
         ValueError: an argument is out of range, or `out` is not empty.
     """
     _check_arguments(count=count, label_format=label_format, size=size, first_patient=first_patient)
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty; give a new or empty directory so that no data is mixed or lost")
-    root.mkdir(parents=True, exist_ok=True)
+    root = _new_root(out)
     written: list[SyntheticImage] = []
     metadata_records: list[dict[str, object]] = []
     for index, study, label in _plan(count, seed, first_patient):
@@ -126,11 +138,83 @@ def generate(
     return written
 
 
-def write_labels_csv(directory: Path, rows: Iterable[tuple[str, str]]) -> None:
-    """DIRECTORY/labels.csv: a header `file,label`, then one (file, label) row each (training/dataset/labels.py)."""
+@dataclass(frozen=True)
+class SyntheticSeries:
+    """One generated series.
+
+    Attributes:
+        folder: its folder inside the output directory (it holds the slices and nothing else).
+        label: 'normal' or 'abnormal'.
+        patient_id: the synthetic PatientID.
+        series_uid: its SeriesInstanceUID (synthetic, from the seed; labels.csv names series by it).
+        slices: the number of slice files.
+    """
+
+    folder: str
+    label: str
+    patient_id: str
+    series_uid: str
+    slices: int
+
+
+def generate_volumes(
+    out: str | Path,
+    *,
+    count: int,
+    slices: int = 32,
+    size: int = 128,
+    label_format: str = "csv",
+    seed: int = 0,
+    order_only: bool = False,
+    scramble_positions: bool = False,
+    first_patient: int = 1,
+) -> list[SyntheticSeries]:
+    """Write a synthetic set of CT series (described in this module's and synthetic_volume's docstrings).
+
+    Args:
+        out: the output directory; created; must not already hold files.
+        count: number of series (>= 4; even with order_only, whose series come in pairs).
+        slices: slices a series (4-512).
+        size: rows and columns of each slice (32-512).
+        label_format: one of VOLUME_FORMATS.
+        seed: the same seed gives the same files and names.
+        order_only: write the set whose class is visible only in the order of the slices.
+        scramble_positions: permute ImagePositionPatient against the pixel data in every series.
+        first_patient: number of the first patient ('SYN-0001' by default).
+
+    Returns:
+        What was written, one entry per series.
+
+    Raises:
+        ValueError: an argument is out of range (the message names it and its range), or `out` is not empty.
+    """
+    kind = "order" if order_only else "lesion"
+    if label_format not in VOLUME_FORMATS:
+        raise ValueError(f"label_format must be one of {', '.join(VOLUME_FORMATS)} for volumes; got {label_format!r}")
+    if first_patient < 1:
+        raise ValueError(f"first_patient must be >= 1; got {first_patient}")
+    synthetic_volume.check_volume_arguments(count=count, slices=slices, size=size, kind=kind)
+    root = _new_root(out)
+    written = []
+    for spec in synthetic_volume.plan_series(count, seed, first_patient, kind):
+        top = spec.label if label_format == "folders" else "series"
+        folder = f"{top}/series-{spec.number:04d}"
+        datasets = synthetic_volume.series_datasets(
+            spec, kind=kind, slices=slices, size=size, seed=seed, scramble=scramble_positions
+        )
+        _write_shuffled(root / folder, datasets, np.random.default_rng([seed, 30, spec.number]))
+        uid = synthetic_volume.series_uid(seed, spec.number)
+        written.append(SyntheticSeries(folder, spec.label, str(datasets[0].PatientID), uid, len(datasets)))
+    if label_format == "csv":
+        write_labels_csv(root, ((series.series_uid, series.label) for series in written), key="series_uid")
+    return written
+
+
+def write_labels_csv(directory: Path, rows: Iterable[tuple[str, str]], *, key: str = "file") -> None:
+    """DIRECTORY/labels.csv: a header `file,label` (or `series_uid,label`), then one row each (dataset/labels.py)."""
     with open(directory / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "label"])
+        writer.writerow([key, "label"])
         writer.writerows(rows)
 
 
@@ -145,14 +229,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output directory (new or empty)")
-    parser.add_argument("--count", type=int, default=400, help="number of images (default 400)")
+    parser.add_argument("--count", type=int, default=None, help="number of images (default 400) or series (40)")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="label format (default csv)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=256, help="rows and columns (default 256)")
+    parser.add_argument("--size", type=int, default=None, help="rows and columns (default 256; volumes 128)")
     parser.add_argument(
         "--first-patient", type=int, default=1, help="first patient number (default 1); give each channel its own"
     )
-    return parser.parse_args(argv)
+    volumes = parser.add_argument_group("volumes", "synthetic CT series, one a sample")
+    volumes.add_argument("--volumes", action="store_true", help="write CT series instead of single images")
+    volumes.add_argument("--slices", type=int, default=None, help="slices a series (default 32)")
+    volumes.add_argument("--order-only", action="store_true", help="the class shows only in the order of the slices")
+    volumes.add_argument("--scramble-positions", action="store_true", help="positions permuted against the pixels")
+    args = parser.parse_args(argv)
+    volume_only = [flag for flag, given in _VOLUME_FLAGS.items() if getattr(args, given) not in (None, False)]
+    if volume_only and not args.volumes:
+        parser.error(f"{', '.join(volume_only)}: only with --volumes")
+    args.count = args.count if args.count is not None else (40 if args.volumes else 400)
+    args.size = args.size if args.size is not None else (128 if args.volumes else 256)
+    args.slices = args.slices if args.slices is not None else 32
+    return args
 
 
 def main(args: argparse.Namespace) -> int:
@@ -164,6 +260,8 @@ def main(args: argparse.Namespace) -> int:
     Returns:
         0, or 2 when an argument is rejected (the message says which).
     """
+    if args.volumes:
+        return _main_volumes(args)
     start = time.perf_counter()
     try:
         images = generate(
@@ -187,6 +285,55 @@ def main(args: argparse.Namespace) -> int:
     print("classes: " + ", ".join(f"{name} {labels[name]}" for name in CLASSES))
     print("transfer syntaxes: " + ", ".join(f"{k} {v}" for k, v in sorted(syntaxes.items())))
     return 0
+
+
+def _main_volumes(args: argparse.Namespace) -> int:
+    """main for --volumes."""
+    start = time.perf_counter()
+    try:
+        written = generate_volumes(
+            args.out,
+            count=args.count,
+            slices=args.slices,
+            size=args.size,
+            label_format=args.format,
+            seed=args.seed,
+            order_only=args.order_only,
+            scramble_positions=args.scramble_positions,
+            first_patient=args.first_patient,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kind = "order-only " if args.order_only else ""
+    scrambled = ", positions scrambled" if args.scramble_positions else ""
+    print(
+        f"wrote {len(written)} synthetic {kind}CT series ({args.slices} slices of {args.size}x{args.size}, "
+        f"{args.format} labels{scrambled}) of {len({s.patient_id for s in written})} patients to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    labels = Counter(series.label for series in written)
+    print("classes: " + ", ".join(f"{name} {labels[name]}" for name in CLASSES))
+    return 0
+
+
+def _new_root(out: str | Path) -> Path:
+    """The output directory, created; refused when it holds files."""
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty; give a new or empty directory so that no data is mixed or lost")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _write_shuffled(folder: Path, datasets: Sequence[Dataset], rng: np.random.Generator) -> None:
+    """The slices under random names (12 hex digits), written in random order: neither tells their order."""
+    folder.mkdir(parents=True)
+    names: set[str] = set()
+    while len(names) < len(datasets):
+        names.add(rng.bytes(6).hex())
+    for name, index in zip(sorted(names), rng.permutation(len(datasets)), strict=True):
+        datasets[int(index)].save_as(folder / f"{name}.dcm", enforce_file_format=True)
 
 
 def _check_arguments(*, count: int, label_format: str, size: int, first_patient: int) -> None:
