@@ -2,14 +2,20 @@
 
     python -m training.check DIR [--validation DIR] [--test DIR] [--val-fraction 0.2] [--seed 0]
         [--pseudonym-key-file PATH] [--window CENTER WIDTH] [--workers 2] [--label-attribute NAME] [--json]
+    python -m training.check DIR [--validation DIR] [--test DIR] --series [--json]
 
 Prints the label format of each channel, the classes with their counts, the patients (by keyed pseudonym), the
 planned train/validation split and every bad file with its reason. It runs the training job's own data layer
 (training/dataset/prepare.py) with on_bad_file='skip' at a small resolution, so what it reports is what training
 will see.
 
-Exit status: 0 when every labeled file is usable; 1 when some files are bad (listed); 2 when the data cannot be
-used at all (no labels, two label formats, fewer than two classes, a patient in two channels).
+With `--series` it lists the volumes instead: each channel's DICOM files assembled into series from their headers
+(training/dataset/series.py: slices ordered along the slice normal, with their count, size and spacing), and every
+bad series with its reason (a missing slice, a duplicated position, mixed sizes or spacing, a localizer split off).
+
+Exit status: 0 when every labeled file (every series) is usable; 1 when some files (series) are bad (listed); 2 when
+the data cannot be used at all (no labels, two label formats, fewer than two classes, a patient in two channels; no
+series).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.dataset.dicom import has_dicom_marker
 from training.dataset.prepare import DataError, DataOptions, prepare
 from training.dataset.pseudonym_key import resolve_key
+from training.dataset.series import assemble
 from training.job.config import TrainConfig
 from training.job.environment import DATA_CHANNELS
 
@@ -57,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=JOB_DEFAULTS.workers,
                         help=f"decoding processes (default {JOB_DEFAULTS.workers})")
     parser.add_argument("--label-attribute", default=None, help="Ground Truth label attribute, if several")
+    parser.add_argument("--series", action="store_true", help="list the series (volumes) and the bad ones")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     return parser.parse_args(argv)
 
@@ -76,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
         channels["validation"] = args.validation
     if args.test is not None:
         channels["test"] = args.test
+    if args.series:
+        return series_report(channels, as_json=args.json)
     try:
         options = DataOptions(
             image_size=CHECK_IMAGE_SIZE,
@@ -96,6 +107,29 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(report(data.summary))
     return 1 if data.bad_files else 0
+
+
+def series_report(channels: dict[str, Path], *, as_json: bool) -> int:
+    """Print each channel's series (training/dataset/series.py); 1 when a series is bad, 2 when none is found."""
+    listings, found, bad = {}, 0, 0
+    for name, root in channels.items():
+        if not root.is_dir():
+            print(f"error: channel {name}: {root} is not a directory")
+            return 2
+        files = [path for path in sorted(root.rglob("*")) if path.is_file() and has_dicom_marker(path)]
+        try:
+            assembled = assemble(files, root=root)
+        except ValueError as exc:
+            print(f"error: channel {name}: {exc}")
+            return 2
+        listings[name] = assembled.listing()
+        found, bad = found + len(assembled.series), bad + len(assembled.bad)
+        if not as_json:
+            print(f"channel {name}: {len(assembled.series)} series, {len(assembled.bad)} bad")
+            print("\n".join(f"  {line}" for line in assembled.lines()))
+    if as_json:
+        print(json.dumps(listings, indent=2))
+    return 2 if not found else 1 if bad else 0
 
 
 def report(summary: dict[str, Any]) -> str:
