@@ -5,13 +5,9 @@ original UID. Without Orthanc these tests fail with how to install it (`make set
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import logging
 import os
 import stat
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from demo.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
 from launcher.pacs.__main__ import default_link_path, main
 from launcher.pacs.deidentify import Deidentifier, LinkFileError, read_link
 from launcher.pacs.pull import PullError, PullReport, pull_dicomweb
+from tests.launcher.flaky import start_proxy
 
 KEY = bytes(range(32))
 PATIENTS = {
@@ -152,65 +149,11 @@ def test_pseudonym_uid_is_deidentifys() -> None:
     assert Deidentifier(bytes(32)).pseudonym_uid(originals[2]) != link.sop_instance_uid
 
 
-class _Flaky(http.server.ThreadingHTTPServer):
-    """A proxy before Orthanc: 503 to the first request of each path; the first instance retrieval stalls once;
-    with `break_sop`, every retrieval of that instance sends half its body and hangs up."""
-
-    def __init__(self, upstream: int, *, break_sop: str = "") -> None:
-        self.upstream, self.break_sop = upstream, break_sop
-        self.seen: set[str] = set()
-        self.failures = {"503": 0, "stall": 0, "broken": 0}
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Proxy)
-
-
-class _Proxy(http.server.BaseHTTPRequestHandler):
-    server: _Flaky
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        with self.server.lock:
-            first = self.path not in self.server.seen
-            self.server.seen.add(self.path)
-            retrieval = "/instances/" in self.path
-            stall = not first and retrieval and self.server.failures["stall"] == 0
-            if first or stall:
-                self.server.failures["503" if first else "stall"] += 1
-        if first:
-            self.send_error(503)
-            return
-        if stall:
-            time.sleep(1.5)
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream, timeout=10)
-        upstream.request("GET", self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-        answer = upstream.getresponse()
-        body = answer.read()
-        broken = bool(self.server.break_sop) and retrieval and self.path.endswith(self.server.break_sop)
-        self.send_response(answer.status)
-        for name, value in answer.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if broken else body)
-        if broken:
-            self.server.failures["broken"] += 1
-            self.close_connection = True
-
-
-def _proxy(server: Orthanc, **kwargs: str) -> tuple[_Flaky, str]:
-    proxy = _Flaky(server.http_port, **kwargs)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    return proxy, f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
-
-
 def test_flaky_server_still_gives_a_complete_pull(orthanc: tuple[Orthanc, list[Dataset]], tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     server, originals = orthanc
     caplog.set_level(logging.DEBUG)
-    proxy, url = _proxy(server)
+    proxy, url = start_proxy(server)
     try:
         report = pull_dicomweb(url, tmp_path / "out", key=KEY, link_path=tmp_path / "link", timeout_s=1,
                                backoff_s=0.01, retries=3)
@@ -225,7 +168,7 @@ def test_flaky_server_still_gives_a_complete_pull(orthanc: tuple[Orthanc, list[D
 
 def test_a_failure_leaves_nothing_half_written(orthanc: tuple[Orthanc, list[Dataset]], tmp_path: Path) -> None:
     server, originals = orthanc
-    proxy, url = _proxy(server, break_sop=originals[2].SOPInstanceUID)  # the MR
+    proxy, url = start_proxy(server, break_sop=originals[2].SOPInstanceUID)  # the MR
     try:
         with pytest.raises(PullError, match=r"instance 1 of study \d of the 3 found") as caught:
             pull_dicomweb(url, tmp_path / "out", key=KEY, link_path=tmp_path / "link", timeout_s=2, backoff_s=0.01,

@@ -32,6 +32,7 @@ from launcher.pacs.pull import pull_dicomweb
 from launcher.pacs.push import PushError, push_predictions, read_predictions
 from launcher.pacs.sr import BundleIdentityError, ModelIdentity
 from tests.conftest import TinyJob
+from tests.launcher.flaky import start_proxy
 from training.predict import predict_json
 
 KEY = bytes(range(32, 64))
@@ -225,6 +226,20 @@ def test_an_original_now_of_another_patient_is_not_pushed(orthanc: tuple[Orthanc
             push_predictions(predictions, link_path=tmp_path / "link", model=tiny_job.model_dir, **target)  # type: ignore[arg-type]
         assert [n for n in NEEDLES if n in str(caught.value)] == []
     assert _sr_count(server, originals) == 0
+
+
+def test_a_server_answering_503_once_per_request_still_gets_every_sr(
+        orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple[Path, Path, Path], tiny_job: TinyJob) -> None:
+    server, originals = orthanc
+    _, link, predictions = pulled
+    _clear_srs(server)
+    proxy, url = start_proxy(server)  # 503 to the first of each request: the metadata reads and the STOW-RS
+    try:
+        report = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, dicomweb=url, backoff_s=0.01)
+    finally:
+        proxy.shutdown()
+    assert proxy.failures["503"] >= 3 and {method for method, _ in proxy.seen} == {"GET", "POST"}
+    assert report.stored == 3 and _check_srs(server, originals, predictions, tiny_job.model_dir) == 3
 
 
 def test_an_unreachable_server_is_named_with_what_to_check(pulled: tuple[Path, Path, Path], tiny_job: TinyJob) -> None:
