@@ -206,7 +206,7 @@ def _from_csv(channel: str, base: Path, tree: _Tree) -> ChannelListing:
             cells = row + [""] * (len(columns) - len(row))
             raw_file, label = cells[col_file].strip(), cells[col_label].strip()
             patient = cells[col_patient].strip() if col_patient is not None else ""
-            rel = _normalize(raw_file)
+            rel = normalize_path(raw_file)
             if rel is None:
                 listing.bad.append(_bad(channel, where, f"file {raw_file!r} is not a relative path inside the channel"))
                 continue
@@ -411,7 +411,7 @@ def _match_key(tree: _Tree, key: str) -> tuple[str | None, str]:
     return None, "not found in the channel"
 
 
-def _normalize(raw: str) -> str | None:
+def normalize_path(raw: str) -> str | None:
     """A '/'-separated path inside the channel, or None when it points outside."""
     text = raw.replace("\\", "/").strip()
     if not text or text.startswith("/"):
