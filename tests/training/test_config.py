@@ -6,9 +6,11 @@ import argparse
 import ast
 import dataclasses
 import json
+import types
 
 import pytest
 
+from training.dataset.prepare import DataOptions
 from training.job import config as config_module
 from training.job.config import TrainConfig, format_value, json_to_string, parse_bool, parse_pair
 from training.job.train import build_parser
@@ -159,3 +161,90 @@ def test_config_module_imports_only_the_standard_library() -> None:
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
     assert imports <= {"__future__", "argparse", "dataclasses", "json", "math", "typing", "collections"}
+
+
+# --- the mode: two values (H, W) train images, three (D, H, W) volumes ---
+
+VOLUME_REFUSED = "image_size with three values .a volume. needs series data; this version trains 2-D images"
+
+
+@pytest.mark.parametrize("text", ["32,96,96", "32x96x96", "[32, 96, 96]", "(32, 96, 96)", " 32 , 96 , 96 "])
+def test_three_values_parse_depth_first(text: str) -> None:
+    assert config_module.field_parsers()["image_size"](text) == (32, 96, 96)
+    assert config_module.parse_size(format_value((32, 96, 96))) == (32, 96, 96)
+
+
+@pytest.mark.parametrize("text", ["1,2,3,4", ""])
+def test_image_size_parser_says_two_or_three(text: str) -> None:
+    with pytest.raises(ValueError, match=r"two numbers \(H, W\) like 96,96 or three \(D, H, W\) like 32,96,96"):
+        config_module.parse_size(text)
+
+
+def test_check_image_size_returns_the_sizes_and_spatial_dims_follows_them() -> None:
+    assert config_module.check_image_size([64, 80]) == (64, 80)
+    assert config_module.check_image_size(("32", 96, 96)) == (32, 96, 96)
+    assert config_module.spatial_dims(TrainConfig(image_size=(64, 80))) == 2
+    # anything with an image_size: TrainConfig and DataOptions refuse a volume for now, the rule itself does not
+    assert config_module.spatial_dims(types.SimpleNamespace(image_size=(32, 96, 96))) == 3
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((4, 96, 96), r"two sizes \(H, W\) or three \(D, H, W\), each between 8 and 4096"),
+        ((32, 96, 5000), "each between 8 and 4096"),
+        ((96,), "two sizes"),
+        ((8, 8, 8, 8), "two sizes"),
+        ((256, 256, 256), "16,777,216 voxels, over 4,194,304"),
+        ((65, 256, 256), "over 4,194,304"),
+    ],
+)
+def test_each_axis_and_a_volume_are_bounded(size: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_module.check_image_size(size)
+    assert config_module.check_image_size((64, 256, 256)) == (64, 256, 256)  # exactly MAX_VOXELS
+
+
+def test_a_volume_is_refused_on_every_path_that_reads_image_size() -> None:
+    with pytest.raises(ValueError, match=VOLUME_REFUSED):
+        TrainConfig(image_size=(32, 96, 96))
+    with pytest.raises(ValueError, match=VOLUME_REFUSED):
+        TrainConfig.from_strings({"image_size": "32,96,96"})
+    with pytest.raises(ValueError, match=VOLUME_REFUSED):
+        config_module.from_arguments(build_parser().parse_args(["--image_size", "32,96,96"]))
+    with pytest.raises(ValueError, match=VOLUME_REFUSED):
+        config_module.from_arguments(build_parser().parse_args([]), {"image-size": json_to_string([32, 96, 96])})
+    with pytest.raises(ValueError, match=VOLUME_REFUSED):
+        DataOptions(image_size=(32, 96, 96))  # the data layer's settings: two values would be read silently
+
+
+@pytest.mark.parametrize(
+    ("network", "size", "message"),
+    [
+        ("densenet121", "16,96,96", "densenet121 in 3-D needs a depth of at least 29; got 16"),
+        ("densenet201", "32,96,28", "densenet201 in 3-D needs a width of at least 29; got 28"),
+        ("efficientnet-b1", "15,64,64", "efficientnet-b1 in 3-D needs a depth of at least 16; got 15"),
+    ],
+)
+def test_a_size_the_network_cannot_pool_names_the_smallest_that_works(network: str, size: str, message: str) -> None:
+    namespace = build_parser().parse_args(["--network", network, "--image_size", size])
+    with pytest.raises(ValueError, match=message):
+        config_module.from_arguments(namespace)
+
+
+def test_2d_sizes_keep_their_rule_and_the_network_rule_is_there_to_call() -> None:
+    assert TrainConfig(network="densenet121", image_size=(28, 96)).image_size == (28, 96)  # as before 3-D came
+    with pytest.raises(ValueError, match="densenet121 in 2-D needs a height of at least 29; got 28"):
+        config_module.check_network_input("densenet121", (28, 96))
+    with pytest.raises(ValueError, match="efficientnet-b0 in 2-D needs a width of at least 32; got 31"):
+        config_module.check_network_input("efficientnet-b0", (96, 31))
+
+
+def test_the_smallest_sizes_pass_the_network_check() -> None:
+    assert TrainConfig(network="densenet121", image_size=(29, 29)).image_size == (29, 29)
+    assert TrainConfig(network="resnet18", image_size=(8, 8)).image_size == (8, 8)
+    for network, smallest in config_module.SMALLEST_SIZE.items():
+        size = (max(smallest, 8),) * 3
+        config_module.check_network_input(network, size)  # passes the network; then only the volume guard refuses
+        with pytest.raises(ValueError, match=VOLUME_REFUSED):
+            TrainConfig(network=network, image_size=size)

@@ -74,7 +74,7 @@ class DataOptions:
         world_size: the number of processes; each decodes and caches only its shard.
     """
 
-    image_size: tuple[int, int] = TrainConfig.image_size
+    image_size: tuple[int, ...] = TrainConfig.image_size  # two values: check_data_fields refuses a volume here
     on_bad_file: str = TrainConfig.on_bad_file
     window: tuple[float, float] | None = TrainConfig.window
     val_fraction: float = TrainConfig.val_fraction

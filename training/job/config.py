@@ -3,6 +3,10 @@
 Each field is also a command-line flag of the same name (`--learning_rate 3e-4`; `--learning-rate` works too) and a
 SageMaker hyperparameter of the same name. SageMaker hands hyperparameters over as strings, so every value is parsed
 from a string here: booleans explicitly ("true"/"false", any case), tuples from "96,96", "96x96" or "[96, 96]".
+
+The mode follows `image_size`: two values (H, W) train 2-D images, three (D, H, W, depth first) volumes
+(`spatial_dims`). A size is checked against the network when the settings are read (`check_network_input`), from a
+table of each network's smallest input, so a size the network cannot pool fails here and not inside a forward pass.
 """
 
 from __future__ import annotations
@@ -32,9 +36,29 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ON_BAD_FILE = ("fail", "skip")
-# Each of (H, W): the one image-size rule, for TrainConfig, training/dataset/prepare.py DataOptions,
+# Each of (H, W) or (D, H, W): the one image-size rule, for TrainConfig, training/dataset/prepare.py DataOptions,
 # training/dataset/dicom.py load_image and a bundle's inference.json (training/job/bundle.py).
 IMAGE_SIZE_RANGE = (8, 4096)
+# D*H*W of a volume at most (e.g. 64,256,256 or 160,160,160): a 3-D ResNet18 training step held about 2 KiB per voxel
+# per sample (fp32, CPU, measured at 64^3), so a sample at this bound takes about 8 GiB: a batch of a few still fits
+# one 80 GB GPU (BatchNorm needs a few samples a step) and a CPU host's memory; 4096^3 per axis alone would not.
+MAX_VOXELS = 4_194_304
+# The smallest size per axis each network can pool down to its classifier, in 2-D and in 3-D alike. Measured by
+# forward passes on CPU (batch 1, one channel, eval mode) over sizes 1, 2, 3, ... until one passed, in both modes:
+# below it the DenseNets' third transition pools an axis of 1 to 0, and MONAI's EfficientNet pads for its reference
+# size so a kernel outgrows the input. tests/training/test_networks.py proves each entry (it passes, one less fails).
+SMALLEST_SIZE = {
+    "densenet121": 29,
+    "densenet169": 29,
+    "densenet201": 29,
+    "resnet18": 1,
+    "resnet34": 1,
+    "resnet50": 1,
+    "efficientnet-b0": 32,
+    "efficientnet-b1": 16,
+    "efficientnet-b2": 4,
+}
+AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
 @dataclass(frozen=True)
@@ -47,7 +71,8 @@ class TrainConfig:
 
     # --- network and input ---
     network: str = "densenet121"  # the public sample's network: 7M parameters, learns 2-D images from scratch
-    image_size: tuple[int, int] = (96, 96)  # (H, W): CPU-trainable (~80 images/s bf16 on 2 cores); use 224+ on GPUs
+    image_size: tuple[int, ...] = (96, 96)  # (H, W): CPU-trainable (~80 images/s bf16 on 2 cores); use 224+ on GPUs
+    # (D, H, W), depth first, for volumes (3-D networks)
     window: tuple[float, float] | None = None  # (center, width) for every file; None: each file's own window
     # --- optimization ---
     epochs: int = 20  # an upper bound: early stopping ends most runs sooner; the demo set converges in 3-5
@@ -86,6 +111,8 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        if len(self.image_size) == 3:  # 2-D keeps its one size rule with DataOptions and load_image (see below)
+            check_network_input(self.network, self.image_size)
         check_data_fields(self)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
@@ -144,6 +171,7 @@ def check_data_fields(settings: Any) -> None:
     """
     _choice("on_bad_file", settings.on_bad_file, ON_BAD_FILE)
     check_image_size(settings.image_size)
+    check_two_dims(settings)
     check_window(settings.window)
     _at_least("workers", settings.workers, 1)
     _at_least("cache_memory_mb", settings.cache_memory_mb, 0)
@@ -151,22 +179,82 @@ def check_data_fields(settings: Any) -> None:
         raise ValueError(f"val_fraction must be in [0, 1), e.g. 0.2 (0: no validation); got {settings.val_fraction}")
 
 
-def check_image_size(size: Sequence[Any]) -> tuple[int, int]:
-    """The image-size rule: (H, W), each within IMAGE_SIZE_RANGE.
+def check_image_size(size: Sequence[Any]) -> tuple[int, ...]:
+    """The image-size rule: (H, W) for 2-D images or (D, H, W) for volumes, each within IMAGE_SIZE_RANGE, and a
+    volume within MAX_VOXELS.
 
     Args:
-        size: the two sizes.
+        size: the two or three sizes.
 
     Returns:
-        (H, W) as integers.
+        The sizes as integers, in the order given.
 
     Raises:
-        ValueError: not two sizes, or one out of range.
+        ValueError: not two or three sizes, one out of range, or a volume over MAX_VOXELS.
     """
     low, high = IMAGE_SIZE_RANGE
-    if len(size) != 2 or not all(low <= int(v) <= high for v in size):
-        raise ValueError(f"image_size must be two sizes (H, W) between {low} and {high}, e.g. 96,96; got {tuple(size)}")
-    return int(size[0]), int(size[1])
+    if len(size) not in AXES or not all(low <= int(v) <= high for v in size):
+        raise ValueError(
+            f"image_size must be two sizes (H, W) or three (D, H, W), each between {low} and {high}, e.g. 96,96 or "
+            f"32,96,96; got {tuple(size)}"
+        )
+    sizes = tuple(int(v) for v in size)
+    if math.prod(sizes) > MAX_VOXELS:
+        raise ValueError(
+            f"image_size {format_value(sizes)} is {math.prod(sizes):,} voxels, over {MAX_VOXELS:,} (a 3-D network "
+            f"holds about 2 KiB a voxel to train one sample): give a smaller size, e.g. 64,256,256 or 128,128,128"
+        )
+    return sizes
+
+
+def spatial_dims(settings: Any) -> int:
+    """The mode of a configuration: 2 for images (H, W), 3 for volumes (D, H, W).
+
+    Args:
+        settings: anything with an `image_size` (TrainConfig, training/dataset/prepare.py DataOptions).
+
+    Returns:
+        2 or 3: MONAI's `spatial_dims` of the networks and transforms for it.
+    """
+    return len(check_image_size(settings.image_size))
+
+
+def check_network_input(network: str, image_size: Sequence[Any]) -> None:
+    """The size rule of a network: each axis at least the network's SMALLEST_SIZE, the smallest it can pool.
+
+    TrainConfig applies it to volumes. A 2-D size keeps the rule it shares with DataOptions and load_image (any size
+    in IMAGE_SIZE_RANGE: tests/training/test_data_prepare.py holds the three together), so a 2-D size below the table
+    still fails in the first forward pass, as before; the job may call this on 2-D sizes to fail earlier.
+
+    Args:
+        network: one of NETWORKS.
+        image_size: (H, W) or (D, H, W).
+
+    Raises:
+        ValueError: an invalid size (check_image_size), or an axis below the smallest; the message names the axis and
+            the smallest size that works.
+    """
+    sizes = check_image_size(image_size)
+    smallest = SMALLEST_SIZE[network]
+    for axis, value in zip(AXES[len(sizes)], sizes, strict=True):
+        if value < smallest:
+            raise ValueError(
+                f"{network} in {len(sizes)}-D needs a {axis} of at least {smallest}; got {value} (image_size "
+                f"{format_value(sizes)}): give a larger image_size, or a resnet (any size from {IMAGE_SIZE_RANGE[0]})"
+            )
+
+
+def check_two_dims(settings: Any) -> None:
+    """Refuse a volume while the data layer reads 2-D images only (training/dataset/ assembles no series yet).
+
+    Raises:
+        ValueError: image_size has three values.
+    """
+    if spatial_dims(settings) == 3:
+        raise ValueError(
+            "image_size with three values (a volume) needs series data; this version trains 2-D images: give two "
+            f"values, e.g. 96,96; got {format_value(tuple(settings.image_size))}"
+        )
 
 
 def check_window(window: Sequence[float] | None) -> None:
@@ -236,12 +324,28 @@ def parse_pair(text: str, kind: Callable[[str], Any]) -> tuple[Any, Any]:
     Raises:
         ValueError: not one or two numbers.
     """
-    parts = [p for p in text.strip().strip("[]()").replace("x", ",").replace(" ", ",").split(",") if p]
-    if len(parts) == 1:
-        parts = parts * 2
+    parts = _numbers(text)
     if len(parts) != 2:
         raise ValueError(f"expected two numbers like 96,96; got {text!r}")
     return kind(parts[0]), kind(parts[1])
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """Parse an image size: two numbers (H, W) as parse_pair reads them, or three (D, H, W) like "32,96,96".
+
+    Raises:
+        ValueError: not one, two or three integers.
+    """
+    parts = _numbers(text)
+    if len(parts) not in (2, 3):
+        raise ValueError(f"expected two numbers (H, W) like 96,96 or three (D, H, W) like 32,96,96; got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _numbers(text: str) -> list[str]:
+    """The numbers of "96,96", "96x96", "[96, 96]", "32x96x96"; a single "96" counts twice (a square)."""
+    parts = [p for p in text.strip().strip("[]()").replace("x", ",").replace(" ", ",").split(",") if p]
+    return parts * 2 if len(parts) == 1 else parts
 
 
 def parse_optional_pair(text: str) -> tuple[float, float] | None:
@@ -279,7 +383,7 @@ def field_parsers() -> dict[str, Callable[[str], Any]]:
         float: lambda s: float(s.strip()),
         str: lambda s: s.strip(),
         bool: parse_bool,
-        tuple[int, int]: lambda s: parse_pair(s, int),
+        tuple[int, ...]: parse_size,
         tuple[float, float] | None: parse_optional_pair,
     }
     return {f.name: by_type[hints[f.name]] for f in dataclasses.fields(TrainConfig)}
