@@ -18,7 +18,7 @@ import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 # MONAI 2-D classification networks that build offline (no pretrained weights are downloaded).
 NETWORKS = (
@@ -207,7 +207,7 @@ def check_image_size(size: Sequence[Any]) -> tuple[int, ...]:
     return sizes
 
 
-def spatial_dims(settings: Any) -> int:
+def spatial_dims(settings: Any) -> Literal[2, 3]:
     """The mode of a configuration: 2 for images (H, W), 3 for volumes (D, H, W).
 
     Args:
@@ -216,7 +216,7 @@ def spatial_dims(settings: Any) -> int:
     Returns:
         2 or 3: MONAI's `spatial_dims` of the networks and transforms for it.
     """
-    return len(check_image_size(settings.image_size))
+    return 3 if len(check_image_size(settings.image_size)) == 3 else 2
 
 
 def check_network_input(network: str, image_size: Sequence[Any]) -> None:
