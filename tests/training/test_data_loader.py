@@ -83,3 +83,21 @@ def test_arguments_are_checked(kwargs: dict[str, object], message: str) -> None:
     arguments: dict[str, object] = {"batch_size": 4, "shuffle": True, "augment": 0.0, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         BatchLoader(make_split(), **arguments)  # type: ignore[arg-type]
+
+
+def test_volumes_are_augmented_in_3d_deterministically_keeping_the_slice_order() -> None:
+    """Volumes (B x C x D x H x W) through the same loader: flipped left-right about half the time, never along the
+    slice axis, so a volume bright at its first slices stays so (slice order carries anatomy, and may carry a class)."""
+    count = 200
+    images = torch.zeros(count, 1, 8, 12, 12, dtype=torch.uint8)
+    images[:, :, :4, :, :6] = 255  # bright: the first 4 slices, the left half
+    split = Split(images=images, labels=torch.arange(count), files=[f"s{i}" for i in range(count)],
+                  patients=[f"p-{i}" for i in range(count)])
+    loader = BatchLoader(split, batch_size=count, shuffle=False, augment=1e-6, seed=3)
+    (first, _), (again, _) = next(iter(loader)), next(iter(loader))
+    assert torch.equal(first, again) and first.shape == (count, 1, 8, 12, 12)
+    assert bool((first[:, :, :4].mean(dim=(1, 2, 3, 4)) > first[:, :, 4:].mean(dim=(1, 2, 3, 4)) + 0.4).all())
+    flipped = (first[..., 6:].mean(dim=(1, 2, 3, 4)) > first[..., :6].mean(dim=(1, 2, 3, 4))).float().mean()
+    assert 0.4 < float(flipped) < 0.6
+    strong = next(iter(BatchLoader(split, batch_size=count, shuffle=False, augment=1.0, seed=3)))[0]
+    assert 0.0 <= strong.min() and strong.max() <= 1.0 and (strong - first).abs().mean() > 0.02

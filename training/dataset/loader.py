@@ -15,6 +15,11 @@ Augmentation at strength s (0 = off, 1 = full), drawn independently per image:
   size, as one affine resampling (bilinear, zeros outside the image);
 - contrast factor uniform in [1 - 0.1 s, 1 + 0.1 s] around 0.5 and brightness uniform in +-0.05 s, then clipped to
   [0, 1].
+
+Volumes (B x C x D x H x W, issue 21) get the same, in 3-D: the left-right flip, the rotation about the slice normal
+(in the slice plane), the zoom and the intensity jitter as above, and a shift along all three axes, as one trilinear
+resampling. Never a flip along the slice axis nor a tilt out of the slice plane: slice order carries anatomy (head to
+foot), and a class may live in it (training/synthetic.py --order-only).
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ class BatchLoader:
             labels = self.split.labels[index].to(self.device, non_blocking=True)
             images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
             if self.augment > 0:
-                images = augment_batch(images, self.augment, generator)
+                augment = augment_volumes if images.dim() == 5 else augment_batch
+                images = augment(images, self.augment, generator)
             yield images, labels
 
 
@@ -136,6 +142,41 @@ def augment_batch(images: torch.Tensor, strength: float, generator: torch.Genera
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     contrast = contrast.to(images.device, images.dtype).view(-1, 1, 1, 1)
     brightness = brightness.to(images.device, images.dtype).view(-1, 1, 1, 1)
+    return out.sub_(0.5).mul_(contrast).add_(0.5 + brightness).clamp_(0.0, 1.0)
+
+
+def augment_volumes(volumes: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Randomly flip left-right, rotate in the slice plane, zoom, shift and jitter a batch of volumes (the rules are in
+    this module's docstring).
+
+    Args:
+        volumes: float32 B x C x D x H x W in [0, 1].
+        strength: in (0, 1].
+        generator: the random source (a CPU generator; parameters are drawn there, then moved).
+
+    Returns:
+        A new float32 batch of the same shape, in [0, 1].
+    """
+    count = volumes.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(count, generator=generator) * 2.0 - 1.0) * limit
+
+    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    angle = uniform(math.radians(MAX_ROTATION_DEGREES) * strength)
+    scale = 1.0 + uniform(MAX_ZOOM * strength)
+    shifts = [uniform(2 * MAX_SHIFT * strength) for _ in range(3)]  # x (columns), y (rows), z (slices)
+    contrast = 1.0 + uniform(MAX_CONTRAST * strength)
+    brightness = uniform(MAX_BRIGHTNESS * strength)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    zero, one = torch.zeros(count), torch.ones(count)
+    # affine_grid's rows map output (x, y, z) to input coordinates in [-1, 1]; z only shifts (no flip, no tilt).
+    theta = torch.stack([cos * flip, -sin, zero, shifts[0], sin * flip, cos, zero, shifts[1],
+                         zero, zero, one, shifts[2]], dim=1).view(count, 3, 4).to(volumes.device, volumes.dtype)
+    grid = F.affine_grid(theta, list(volumes.shape), align_corners=False)
+    out = F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast = contrast.to(volumes.device, volumes.dtype).view(-1, 1, 1, 1, 1)
+    brightness = brightness.to(volumes.device, volumes.dtype).view(-1, 1, 1, 1, 1)
     return out.sub_(0.5).mul_(contrast).add_(0.5 + brightness).clamp_(0.0, 1.0)
 
 
