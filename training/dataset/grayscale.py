@@ -48,12 +48,12 @@ def monochrome_to_unit(ds: Dataset, frame: np.ndarray, index: int | None, window
     Raises:
         NotFinite: a rescale or window value of the file is NaN or infinite.
     """
-    values = _modality_values(ds, frame, index)
+    values = modality_values(ds, frame, index)
     if window is not None:
         unit = apply_window(values, float(window[0]), float(window[1]))
     else:
-        file_window = _file_window(ds, index)
-        unit = apply_window(values, *file_window) if file_window else percentile_scale(values)
+        own = file_window(ds, index)
+        unit = apply_window(values, *own) if own else percentile_scale(values)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     return 1.0 - unit if photometric == "MONOCHROME1" else unit
 
@@ -170,8 +170,12 @@ def _finite(value: float, keyword: str) -> float:
     return value
 
 
-def _modality_values(ds: Dataset, frame: np.ndarray, index: int | None) -> np.ndarray:
-    """Apply the Modality LUT: rescale (per frame where the file says so) or the Modality LUT Sequence."""
+def modality_values(ds: Dataset, frame: np.ndarray, index: int | None) -> np.ndarray:
+    """Apply the Modality LUT: rescale (per frame where the file says so) or the Modality LUT Sequence.
+
+    Raises:
+        NotFinite: a rescale value is NaN or infinite.
+    """
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
     values = frame.astype(np.float32)
@@ -187,8 +191,13 @@ def _modality_values(ds: Dataset, frame: np.ndarray, index: int | None) -> np.nd
     return values
 
 
-def _file_window(ds: Dataset, index: int | None) -> tuple[float, float, str] | None:
-    """The file's first window (center, width, function), from the frame's functional groups or the top level."""
+def file_window(ds: Dataset, index: int | None) -> tuple[float, float, str] | None:
+    """The file's first window (center, width, function), from the frame's functional groups or the top level; None
+    when it has none (or a width <= 0).
+
+    Raises:
+        NotFinite: a window value is NaN or infinite.
+    """
     voi = _frame_item(ds, index, "FrameVOILUTSequence")
     source = voi if voi is not None and "WindowCenter" in voi else ds
     center = _first(source.get("WindowCenter"))
