@@ -76,7 +76,8 @@ class Volume:
         source_affine: 4 x 4, source index (k, row, column, 1) to LPS mm, k counting `slices`.
         source_shape: (slices, rows, columns) of the series.
         slices: the source slices in order (the series' order along its normal).
-        spacing: the output grid's spacing in mm, the same along every axis.
+        spacing: the output grid's nominal spacing in mm, the same along every axis; the affine holds each axis' exact
+            one (an axis' extent is rounded to whole voxels: within half a voxel over the whole extent).
         notes: what was assumed, in words without identifiers.
     """
 
