@@ -63,12 +63,16 @@ def _source_lesion(series: Series) -> np.ndarray:
     return np.array(points).reshape(-1, 3)
 
 
-def _volume_lesion(volume: Volume) -> np.ndarray:
-    """Voxels (N, 3) in LPS mm of the lesion band that are not there at most depths (the spine is everywhere)."""
+def _lesion_voxels(volume: Volume) -> np.ndarray:
+    """Voxels (N, 3) of the lesion band that are not there at most depths (the spine is there at every depth)."""
     unit = volume.array / 255.0
     band = ((unit > LESION_BAND[0]) & (unit < LESION_BAND[1])).astype(np.float32)
-    excess = band - np.median(band, axis=0, keepdims=True) > 0
-    voxels = np.argwhere(excess)
+    return np.argwhere(band - np.median(band, axis=0, keepdims=True) > 0)
+
+
+def _volume_lesion(volume: Volume) -> np.ndarray:
+    """The lesion voxels' positions (N, 3) in LPS mm, through the volume's affine."""
+    voxels = _lesion_voxels(volume)
     return (np.c_[voxels, np.ones(len(voxels))] @ volume.affine.T)[:, :3]
 
 
@@ -91,6 +95,8 @@ def test_anisotropic_spacing_is_respected_a_sphere_stays_a_sphere(lesion_series:
     assert stretched, "the seed gives at least one abnormal series with slices twice as far apart as pixels"
     for series in stretched:
         volume = read_volume(series, size=(64, 96, 96), window=LESION_WINDOW)
+        in_voxels = _lesion_voxels(volume).std(axis=0)  # d, h, w: the grid itself is isotropic
+        assert in_voxels / in_voxels.mean() == pytest.approx(np.ones(3), abs=0.2), in_voxels
         spread = _volume_lesion(volume).std(axis=0)  # x, y, z in mm
         truth = _source_lesion(series).std(axis=0)
         assert spread[2] / spread[:2].mean() == pytest.approx(1.0, abs=0.25), spread
