@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicomweb_client import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-from demo.orthanc import Orthanc, free_port, orthanc_missing, register_modality, start_orthanc
+from demo.orthanc import Orthanc, free_port, register_modality
 from launcher.pacs.__main__ import main
 from launcher.pacs.deidentify import read_link
 from launcher.pacs.dimse import DimseAddress, parse_move_to, pull_dimse
 from launcher.pacs.pull import PullError, PullReport, find_studies, pull_dicomweb
+from tests.launcher.pacs_checks import original_uids, seeded_orthanc
 from tests.training.dicom_builders import pydicom_data_dir
 
 KEY = bytes(range(32))
@@ -62,30 +62,12 @@ def _seed() -> list[Dataset]:
     return [ct, ct2, _read("MR_small.dcm", 1, new_series=True), emri, emri_ls, _read("693_J2KR.dcm", 3), burned]
 
 
-def _original_uids(dataset: Dataset) -> set[str]:
-    found: set[str] = set()
-
-    def visit(ds: Dataset, element: pydicom.DataElement) -> None:
-        if element.VR == "UI" and element.value and not element.keyword.endswith("ClassUID"):
-            found.update(str(v) for v in (element.value if element.VM > 1 else [element.value]))
-
-    dataset.walk(visit)
-    return found
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, list[Dataset], DimseAddress]]:
-    missing = orthanc_missing()
-    if missing:
-        pytest.fail(missing)
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        datasets = _seed()
-        DICOMwebClient(server.dicomweb).store_instances(datasets=datasets)
+    datasets = _seed()
+    with seeded_orthanc(tmp_path_factory.mktemp("orthanc"), datasets) as server:
         register_modality(server, "pull", "MONAI-PULL", 1)  # a real PACS lets only known callers retrieve
         yield server, datasets, DimseAddress("127.0.0.1", server.dicom_port, "PACSTEST")
-    finally:
-        server.stop()
 
 
 def _pull(orthanc: tuple[Orthanc, list[Dataset], DimseAddress], base: Path, *, workers: int,
@@ -135,7 +117,7 @@ def _check_pull(originals: list[Dataset], out: Path, link_path: Path, report: Pu
     assert len(report.refused) == 1 and "BurnedInAnnotation is YES" in report.refused[0]
     assert report.refused[0].startswith("instance 1 of study ")
     files = _files(out)
-    uids = set().union(*(_original_uids(d) for d in originals))
+    uids = set().union(*(original_uids(d) for d in originals))
     assert len(files) == 6 and len(uids) > 15
     for path in files:
         data = path.read_bytes()
@@ -249,7 +231,7 @@ def test_dropped_associations_are_retried_and_nothing_is_logged(orthanc: tuple[O
         proxy.server_close()
     assert proxy.connections >= 4 and proxy.cut == 1
     assert (report.written, len(report.refused)) == (6, 1) and len(_files(tmp_path / "out")) == 6
-    uids = set().union(*(_original_uids(d) for d in originals))
+    uids = set().union(*(original_uids(d) for d in originals))
     assert caplog.records and [u for u in uids | set(NEEDLES) if u in caplog.text] == []
 
 

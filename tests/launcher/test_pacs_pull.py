@@ -18,11 +18,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from demo.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
+from demo.orthanc import Orthanc, free_port
 from launcher.pacs.__main__ import default_link_path, main
 from launcher.pacs.deidentify import Deidentifier, LinkFileError, read_link
 from launcher.pacs.pull import PullError, PullReport, pull_dicomweb
 from tests.launcher.flaky import start_proxy
+from tests.launcher.pacs_checks import original_uids, seeded_orthanc
 
 KEY = bytes(range(32))
 PATIENTS = {
@@ -35,18 +36,6 @@ PATIENTS = {
 }
 NEEDLES = ["Quimby", "Harriet", "8675309", "5551234", "Elsewhere", "Kildare", "Bartholomew", "Wisteria",
            "Ozymandias", "Tobit", "3141592", "2718281", "Plainview", "Zhivago", "Juniper"]
-
-
-def _original_uids(dataset: Dataset) -> set[str]:
-    """Every instance UID the dataset holds (class and transfer syntax UIDs are public constants)."""
-    found: set[str] = set()
-
-    def visit(ds: Dataset, element: pydicom.DataElement) -> None:
-        if element.VR == "UI" and element.value and not element.keyword.endswith("ClassUID"):
-            found.update(str(v) for v in (element.value if element.VM > 1 else [element.value]))
-
-    dataset.walk(visit)
-    return found
 
 
 def _seed() -> list[Dataset]:
@@ -68,16 +57,9 @@ def _seed() -> list[Dataset]:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, list[Dataset]]]:
-    missing = orthanc_missing()
-    if missing:
-        pytest.fail(missing)
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        datasets = _seed()
-        DICOMwebClient(server.dicomweb).store_instances(datasets=datasets)
+    datasets = _seed()
+    with seeded_orthanc(tmp_path_factory.mktemp("orthanc"), datasets) as server:
         yield server, datasets
-    finally:
-        server.stop()
     assert server.process.poll() is not None
 
 
@@ -104,7 +86,7 @@ def test_pull_deidentifies_keeps_pixels_and_series(orthanc: tuple[Orthanc, list[
     assert "BurnedInAnnotation is YES" in report.refused[0]
     files = _files(out)
     assert len(files) == 3 and all(f.suffix == ".dcm" for f in files)
-    uids = set().union(*(_original_uids(d) for d in originals))
+    uids = set().union(*(original_uids(d) for d in originals))
     for path in files:
         data = path.read_bytes()
         assert [n for n in NEEDLES if n.encode() in data] == []
@@ -162,7 +144,7 @@ def test_flaky_server_still_gives_a_complete_pull(orthanc: tuple[Orthanc, list[D
     assert proxy.failures["503"] >= 5 and proxy.failures["stall"] == 1  # search, 3 listings, 4 retrievals
     assert (report.written, len(report.refused)) == (3, 1)
     assert len(_files(tmp_path / "out")) == 3
-    uids = set().union(*(_original_uids(d) for d in originals))
+    uids = set().union(*(original_uids(d) for d in originals))
     assert caplog.records and [u for u in uids | set(NEEDLES) if u in caplog.text] == []  # no identifier logged
 
 

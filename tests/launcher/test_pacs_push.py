@@ -23,7 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from demo.orthanc import Orthanc, free_port, orthanc_missing, start_orthanc
+from demo.orthanc import Orthanc, free_port
 from launcher.datasets.checksums import sha256_file
 from launcher.pacs.__main__ import main
 from launcher.pacs.deidentify import Link, LinkFile, read_link
@@ -33,6 +33,7 @@ from launcher.pacs.push import PushError, push_predictions, read_predictions
 from launcher.pacs.sr import BundleIdentityError, ModelIdentity
 from tests.conftest import TinyJob
 from tests.launcher.flaky import start_proxy
+from tests.launcher.pacs_checks import seeded_orthanc
 from training.predict import predict_json
 
 KEY = bytes(range(32, 64))
@@ -50,21 +51,14 @@ NEEDLES = ["Featherstonehaugh", "Imelda", "4242424", "9090901", "Swithin", "Quar
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, list[Dataset]]]:
     """Orthanc with CT (two instances of one series) and MR, each its own patient and study."""
-    missing = orthanc_missing()
-    if missing:
-        pytest.fail(missing)
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        ct, ct2, mr = (pydicom.dcmread(get_testdata_file(name)) for name in ("CT_small.dcm", "CT_small.dcm",
-                                                                              "MR_small.dcm"))
-        ct2.SOPInstanceUID = ct2.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        for dataset, name in ((ct, "CT_small.dcm"), (ct2, "CT_small.dcm"), (mr, "MR_small.dcm")):
-            for keyword, value in PATIENTS[name].items():
-                setattr(dataset, keyword, value)
-        DICOMwebClient(server.dicomweb).store_instances(datasets=[ct, ct2, mr])
+    ct, ct2, mr = (pydicom.dcmread(get_testdata_file(name)) for name in ("CT_small.dcm", "CT_small.dcm",
+                                                                          "MR_small.dcm"))
+    ct2.SOPInstanceUID = ct2.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for dataset, name in ((ct, "CT_small.dcm"), (ct2, "CT_small.dcm"), (mr, "MR_small.dcm")):
+        for keyword, value in PATIENTS[name].items():
+            setattr(dataset, keyword, value)
+    with seeded_orthanc(tmp_path_factory.mktemp("orthanc"), [ct, ct2, mr]) as server:
         yield server, [ct, ct2, mr]
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -159,33 +153,22 @@ def _check_srs(server: Orthanc, originals: list[Dataset], predictions: Path, mod
     return len(seen)
 
 
-def test_push_over_stow_rs_puts_one_sr_per_prediction_in_the_original_study(
-        orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple[Path, Path, Path], tiny_job: TinyJob,
+@pytest.mark.parametrize("transport", ["STOW-RS", "C-STORE"])
+def test_push_puts_one_sr_per_prediction_in_the_original_study(
+        transport: str, orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple[Path, Path, Path], tiny_job: TinyJob,
         caplog: pytest.LogCaptureFixture) -> None:
     server, originals = orthanc
     _, link, predictions = pulled
     _clear_srs(server)
     caplog.set_level(logging.DEBUG)
-    report = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, dicomweb=server.dicomweb)
+    where: dict[str, Any] = ({"dicomweb": server.dicomweb} if transport == "STOW-RS" else
+                             {"dimse": ("127.0.0.1", server.dicom_port, "PACSTEST")})
+    report = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, **where)
     assert (report.predictions, report.stored, report.studies) == (3, 3, 2)
     assert _check_srs(server, originals, predictions, tiny_job.model_dir) == 3
-    again = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, dicomweb=server.dicomweb)
-    assert again.stored == 3 and _sr_count(server, originals) == 3  # no new
+    again = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, **where)
+    assert again.stored == 3 and _sr_count(server, originals) == 3  # no new instance
     assert caplog.records and [s for s in _identifiers(originals, link) if s in caplog.text] == []
-
-
-def test_push_over_c_store(orthanc: tuple[Orthanc, list[Dataset]], pulled: tuple[Path, Path, Path],
-                           tiny_job: TinyJob, caplog: pytest.LogCaptureFixture) -> None:
-    server, originals = orthanc
-    _, link, predictions = pulled
-    _clear_srs(server)
-    caplog.set_level(logging.DEBUG)
-    address = ("127.0.0.1", server.dicom_port, "PACSTEST")
-    report = push_predictions(predictions, link_path=link, model=tiny_job.model_dir, dimse=address)
-    assert report.stored == 3 and _check_srs(server, originals, predictions, tiny_job.model_dir) == 3
-    assert push_predictions(predictions, link_path=link, model=tiny_job.model_dir, dimse=address).stored == 3
-    assert _sr_count(server, originals) == 3  # no new instance
-    assert [s for s in _identifiers(originals, link) if s in caplog.text] == []
     libraries = [r for r in caplog.records if r.name.split(".")[0] in ("pynetdicom", "highdicom")]
     assert [r for r in libraries if r.levelno < logging.WARNING] == []
 

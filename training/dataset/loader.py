@@ -123,26 +123,13 @@ def augment_batch(images: torch.Tensor, strength: float, generator: torch.Genera
     Returns:
         A new float32 batch of the same shape, in [0, 1].
     """
-    count = images.shape[0]
-
-    def uniform(limit: float) -> torch.Tensor:
-        return (torch.rand(count, generator=generator) * 2.0 - 1.0) * limit
-
-    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
-    angle = uniform(math.radians(MAX_ROTATION_DEGREES) * strength)
-    scale = 1.0 + uniform(MAX_ZOOM * strength)
-    shift_x, shift_y = uniform(2 * MAX_SHIFT * strength), uniform(2 * MAX_SHIFT * strength)
-    contrast = 1.0 + uniform(MAX_CONTRAST * strength)
-    brightness = uniform(MAX_BRIGHTNESS * strength)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    draw = _Draw(images.shape[0], strength, generator, shifts=2)
     # Output pixel (x, y) samples the input at R (flip x, y) / zoom + shift, in grid_sample's [-1, 1] coordinates:
     # dividing by the zoom enlarges the content.
-    theta = torch.stack([cos * flip, -sin, shift_x, sin * flip, cos, shift_y], dim=1).to(images.device, images.dtype)
+    theta = torch.stack([draw.cos * draw.flip, -draw.sin, draw.shifts[0], draw.sin * draw.flip, draw.cos,
+                         draw.shifts[1]], dim=1).to(images.device, images.dtype)
     grid = _affine_grid(theta, images.shape[-2], images.shape[-1])
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = contrast.to(images.device, images.dtype).view(-1, 1, 1, 1)
-    brightness = brightness.to(images.device, images.dtype).view(-1, 1, 1, 1)
-    return out.sub_(0.5).mul_(contrast).add_(0.5 + brightness).clamp_(0.0, 1.0)
+    return draw.jitter(F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
 
 
 def augment_volumes(volumes: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -157,27 +144,39 @@ def augment_volumes(volumes: torch.Tensor, strength: float, generator: torch.Gen
     Returns:
         A new float32 batch of the same shape, in [0, 1].
     """
-    count = volumes.shape[0]
-
-    def uniform(limit: float) -> torch.Tensor:
-        return (torch.rand(count, generator=generator) * 2.0 - 1.0) * limit
-
-    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
-    angle = uniform(math.radians(MAX_ROTATION_DEGREES) * strength)
-    scale = 1.0 + uniform(MAX_ZOOM * strength)
-    shifts = [uniform(2 * MAX_SHIFT * strength) for _ in range(3)]  # x (columns), y (rows), z (slices)
-    contrast = 1.0 + uniform(MAX_CONTRAST * strength)
-    brightness = uniform(MAX_BRIGHTNESS * strength)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    zero, one = torch.zeros(count), torch.ones(count)
+    draw = _Draw(volumes.shape[0], strength, generator, shifts=3)  # x (columns), y (rows), z (slices)
+    zero, one = torch.zeros(draw.count), torch.ones(draw.count)
     # affine_grid's rows map output (x, y, z) to input coordinates in [-1, 1]; z only shifts (no flip, no tilt).
-    theta = torch.stack([cos * flip, -sin, zero, shifts[0], sin * flip, cos, zero, shifts[1],
-                         zero, zero, one, shifts[2]], dim=1).view(count, 3, 4).to(volumes.device, volumes.dtype)
+    theta = torch.stack([draw.cos * draw.flip, -draw.sin, zero, draw.shifts[0],
+                         draw.sin * draw.flip, draw.cos, zero, draw.shifts[1],
+                         zero, zero, one, draw.shifts[2]], dim=1).view(-1, 3, 4).to(volumes.device, volumes.dtype)
     grid = F.affine_grid(theta, list(volumes.shape), align_corners=False)
-    out = F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = contrast.to(volumes.device, volumes.dtype).view(-1, 1, 1, 1, 1)
-    brightness = brightness.to(volumes.device, volumes.dtype).view(-1, 1, 1, 1, 1)
-    return out.sub_(0.5).mul_(contrast).add_(0.5 + brightness).clamp_(0.0, 1.0)
+    return draw.jitter(F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+
+
+class _Draw:
+    """One batch's random parameters, drawn in a fixed order from `generator`: flip, rotation, zoom (as cos and sin
+    over the zoom), `shifts` shifts, contrast and brightness."""
+
+    def __init__(self, count: int, strength: float, generator: torch.Generator, *, shifts: int) -> None:
+        def uniform(limit: float) -> torch.Tensor:
+            return (torch.rand(count, generator=generator) * 2.0 - 1.0) * limit
+
+        self.count = count
+        self.flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+        angle = uniform(math.radians(MAX_ROTATION_DEGREES) * strength)
+        scale = 1.0 + uniform(MAX_ZOOM * strength)
+        self.shifts = [uniform(2 * MAX_SHIFT * strength) for _ in range(shifts)]
+        self.contrast = 1.0 + uniform(MAX_CONTRAST * strength)
+        self.brightness = uniform(MAX_BRIGHTNESS * strength)
+        self.cos, self.sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+
+    def jitter(self, out: torch.Tensor) -> torch.Tensor:
+        """Contrast around 0.5 and brightness, per image, then clipped to [0, 1] (in place)."""
+        shape = (-1,) + (1,) * (out.dim() - 1)
+        contrast = self.contrast.to(out.device, out.dtype).view(shape)
+        brightness = self.brightness.to(out.device, out.dtype).view(shape)
+        return out.sub_(0.5).mul_(contrast).add_(0.5 + brightness).clamp_(0.0, 1.0)
 
 
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
