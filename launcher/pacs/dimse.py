@@ -190,7 +190,9 @@ class _Puller(Intake):
             found: list[Dataset] = []
             for status, answer in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
                 code = _status(status)
-                if code in PENDING and answer is not None:
+                if code in PENDING:
+                    if answer is None:  # its identifier lost: ask again on a new association
+                        raise _Dropped("a pending C-FIND answer without its identifier")
                     found.append(answer)
                 elif code != SUCCESS:
                     raise PullError(f"the PACS at {self.address} answered C-FIND for {what} with status "
@@ -208,17 +210,39 @@ class _Puller(Intake):
         return [str(answer.get("StudyInstanceUID", "")) for answer in found]
 
     def instances(self, study: str, where: str) -> list[Instance]:
+        """The study's instances, series by series, checked against the PACS's own count of them
+        (NumberOfStudyRelatedInstances): a listing short of it (an answer lost on a reused association, seen once
+        under load) is asked again on a new association, and a second mismatch is an error rather than a pull that
+        silently misses instances."""
         what = f"the instances of {where}"
+        counted = self.find(what, _identifier("STUDY", {}, StudyInstanceUID=study, NumberOfStudyRelatedInstances=""))
+        expected = {int(a.NumberOfStudyRelatedInstances) for a in counted if a.get("NumberOfStudyRelatedInstances")}
+        listed = self._listed(study, what)
+        if expected and len(listed) not in expected:
+            self._drop("find")
+            listed = self._listed(study, what)
+            if len(listed) not in expected:
+                raise PullError(f"the PACS at {self.address} listed {len(listed)} instances of {where} but counts "
+                                f"{sorted(expected)[0]}: pull again (what was pulled is kept)")
+        instances = [Instance(f"instance {n} of {where}", study, series_uid, str(answer.get("SOPInstanceUID", "")),
+                              str(answer.get("SOPClassUID", ""))) for n, (series_uid, answer) in enumerate(listed, 1)]
+        self._classes.update((i.sop_class, None) for i in instances)
+        return instances
+
+    def _listed(self, study: str, what: str) -> list[tuple[str, Dataset]]:
         series = self.find(what, _identifier("SERIES", {}, StudyInstanceUID=study, SeriesInstanceUID=""))
         listed = []
         for one in series:
             query = _identifier("IMAGE", {}, StudyInstanceUID=study, SeriesInstanceUID=one.SeriesInstanceUID,
                                 SOPInstanceUID="", SOPClassUID="")
             listed += [(str(one.SeriesInstanceUID), answer) for answer in self.find(what, query)]
-        instances = [Instance(f"instance {n} of {where}", study, series_uid, str(answer.get("SOPInstanceUID", "")),
-                              str(answer.get("SOPClassUID", ""))) for n, (series_uid, answer) in enumerate(listed, 1)]
-        self._classes.update((i.sop_class, None) for i in instances)
-        return instances
+        return listed
+
+    def _drop(self, kind: str) -> None:
+        """Abort this thread's association of `kind`: the next request opens a new one."""
+        held = self._local.__dict__.pop(kind, None)
+        if held is not None:
+            held[0].abort()
 
     def retrieve(self, instance: Instance) -> Dataset:
         return self.dimse(instance.where, "move" if self.destination else "get",

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
 from demo.orthanc import Orthanc, free_port, register_modality
+from launcher.pacs import dimse
 from launcher.pacs.__main__ import main
 from launcher.pacs.deidentify import read_link
 from launcher.pacs.dimse import DimseAddress, parse_move_to, pull_dimse
@@ -309,3 +310,28 @@ def test_command_line_pull_over_dimse(orthanc: tuple[Orthanc, list[Dataset], Dim
             main(["pull", *argv])
         error = capsys.readouterr().err
         assert says in error and "8675309" not in error
+
+
+def test_a_listing_short_of_the_pacs_count_is_asked_again_then_refused(
+        orthanc: tuple[Orthanc, list[Dataset], DimseAddress], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS's own count (NumberOfStudyRelatedInstances) holds the listing: an answer lost once (seen under load)
+    is asked again on a new association; lost every time, the pull stops naming the study by position."""
+    server, originals, address = orthanc
+    listed, losses = dimse._Puller._listed, {"left": 1}
+
+    def lossy(self: dimse._Puller, study: str, what: str) -> list[tuple[str, Dataset]]:
+        found = listed(self, study, what)
+        if losses["left"] and len(found) > 1:
+            losses["left"] -= 1
+            return found[1:]
+        return found
+
+    monkeypatch.setattr(dimse._Puller, "_listed", lossy)
+    ct = originals[0]
+    report = pull_dimse(address, tmp_path / "once", key=KEY, link_path=tmp_path / "once.link", progress=False,
+                        studies=[ct.StudyInstanceUID])
+    assert (report.found, report.written, losses["left"]) == (2, 2, 0)
+    losses["left"] = 10**6
+    with pytest.raises(PullError, match=r"listed 1 instances of study 1 of 1 but counts 2: pull again"):
+        pull_dimse(address, tmp_path / "always", key=KEY, link_path=tmp_path / "always.link", progress=False,
+                   studies=[ct.StudyInstanceUID])
