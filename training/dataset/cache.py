@@ -44,7 +44,7 @@ class CacheBuffer:
     """The cache's storage.
 
     Attributes:
-        array: uint8 array (N, 1, H, W).
+        array: uint8 array (N, 1, H, W), or (N, 1, D, H, W) for volumes.
         location: 'memory' or 'disk'.
     """
 
@@ -144,12 +144,12 @@ def pool_size(jobs: int, workers: int) -> int:
     return max(1, min(workers, jobs // MIN_FILES_PER_WORKER))
 
 
-def allocate(count: int, size: tuple[int, int], *, budget_bytes: int, cache_dir: str | Path | None) -> CacheBuffer:
+def allocate(count: int, size: tuple[int, ...], *, budget_bytes: int, cache_dir: str | Path | None) -> CacheBuffer:
     """Create the cache's storage: in memory within the budget, else a memmap on local disk.
 
     Args:
-        count: number of images.
-        size: (H, W).
+        count: number of images (or volumes).
+        size: (H, W), or (D, H, W) for volumes: the storage is (count, 1, *size).
         budget_bytes: the most memory the cache may take.
         cache_dir: where a disk cache goes; None: the system's temporary directory.
 
@@ -159,7 +159,7 @@ def allocate(count: int, size: tuple[int, int], *, budget_bytes: int, cache_dir:
     Raises:
         OSError: the cache directory cannot hold the cache; the message says how much it needs.
     """
-    shape = (count, 1, size[0], size[1])
+    shape = (count, 1, *size)
     needed = int(np.prod(shape))
     if needed <= budget_bytes or count == 0:
         return CacheBuffer(np.zeros(shape, dtype=np.uint8), "memory")
