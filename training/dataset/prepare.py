@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class DataOptions:
         world_size: the number of processes; each decodes and caches only its shard.
     """
 
-    image_size: tuple[int, ...] = TrainConfig.image_size  # two values: check_data_fields refuses a volume here
+    image_size: tuple[int, ...] = TrainConfig.image_size  # two values; three only in VolumeOptions (prepare_volumes)
     on_bad_file: str = TrainConfig.on_bad_file
     window: tuple[float, float] | None = TrainConfig.window
     val_fraction: float = TrainConfig.val_fraction
@@ -87,8 +87,10 @@ class DataOptions:
     world_size: int = 1
     label_attribute: str | None = None
 
+    reads_volumes: ClassVar[bool] = False  # True in VolumeOptions (training/dataset/prepare_volumes.py)
+
     def __post_init__(self) -> None:
-        check_data_fields(self)
+        check_data_fields(self, volumes=self.reads_volumes)
         if self.pseudonym_key is not None and len(self.pseudonym_key) != KEY_BYTES:
             raise ValueError(f"pseudonym_key must be {KEY_BYTES} bytes (training/dataset/pseudonym_key.py)")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:

@@ -159,19 +159,22 @@ class TrainConfig:
         return cls(**kwargs)
 
 
-def check_data_fields(settings: Any) -> None:
+def check_data_fields(settings: Any, *, volumes: bool = False) -> None:
     """The rules of the data fields, written once for the two classes that carry them: TrainConfig and
     training/dataset/prepare.py DataOptions (the same names; DataOptions also takes its defaults from TrainConfig).
 
     Args:
         settings: a TrainConfig or a DataOptions.
+        volumes: the settings are for the series data layer (training/dataset/prepare_volumes.py VolumeOptions),
+            which reads volumes: three image_size values are not refused.
 
     Raises:
         ValueError: a value out of range or not one of the allowed names; the message names the field.
     """
     _choice("on_bad_file", settings.on_bad_file, ON_BAD_FILE)
     check_image_size(settings.image_size)
-    check_two_dims(settings)
+    if not volumes:
+        check_two_dims(settings)
     check_window(settings.window)
     _at_least("workers", settings.workers, 1)
     _at_least("cache_memory_mb", settings.cache_memory_mb, 0)
