@@ -107,8 +107,11 @@ def test_real_ct5n_in_a_class_folder_decodes(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "made" / made[0].folder, tmp_path / "train" / "synthetic" / "s1")
     shutil.copytree(DICOMDIR_TESTS / "98892001" / "CT5N", tmp_path / "train" / "real" / "ct5n")
     shutil.copytree(DICOMDIR_TESTS / "98892001" / "CT2N", tmp_path / "train" / "real" / "ct2n")
-    data = prepare_volumes({"train": tmp_path / "train"}, _options(val_fraction=0.0, on_bad_file="skip"),
+    data = prepare_volumes({"train": tmp_path / "train"}, _options(val_fraction=0.0, on_bad_file="skip",
+                                                                  cache_memory_mb=0, cache_dir=tmp_path / "cache"),
                            output_dir=tmp_path / "out")
+    assert data.summary["cache"]["location"] == "disk"  # beyond the budget: a memmap, its file already unlinked
+    assert list((tmp_path / "cache").iterdir()) == []
     assert data.classes == ["real", "synthetic"] and data.train.files == ["real/ct5n", "synthetic/s1"]
     assert tuple(data.train.images.shape) == (2, 1, *SIZE) and int(data.train.images[0].max()) > 0
     assert [e["file"] for e in data.bad_files] == ["real/ct2n"] and data.bad_files[0]["reason"]
