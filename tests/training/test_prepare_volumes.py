@@ -125,3 +125,14 @@ def test_the_options_take_three_sides_and_the_2d_options_still_refuse_them() -> 
         DataOptions(image_size=SIZE)
     with pytest.raises(ValueError, match="three values"):
         VolumeOptions(image_size=(16, 16))
+
+
+def test_a_series_that_fails_to_decode_is_a_bad_series(tmp_path: Path) -> None:
+    made = synthetic.generate_volumes(tmp_path / "train", count=8, slices=6, size=32, label_format="folders")
+    cut = next((tmp_path / "train" / made[1].folder).iterdir())
+    cut.write_bytes(cut.read_bytes()[:-1000])  # the header reads, the pixel data is short
+    data = prepare_volumes({"train": tmp_path / "train"}, _options(on_bad_file="skip"))
+    assert [e["file"] for e in data.bad_files] == [made[1].folder]
+    assert "cannot be decoded" in data.bad_files[0]["reason"] and cut.name not in data.bad_files[0]["reason"]
+    assert made[1].folder not in data.train.files + data.validation.files
+    _assert_no_identifier(tmp_path / "train", json.dumps(data.bad_files))
