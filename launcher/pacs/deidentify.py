@@ -44,11 +44,12 @@ from dicognito.datetimeanonymizer import DateTimeAnonymizer
 from dicognito.randomizer import Randomizer
 from dicognito.uianonymizer import UIAnonymizer
 from dicognito.unwantedelements import UnwantedElementsStripper
-from pydicom import config, uid
+from pydicom import uid
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
+from launcher.pacs.validation import no_value_validation
 from training.dataset.pseudonym_key import KEY_BYTES
 
 __all__ = ["Deidentifier", "DeidentificationError", "Link", "LinkFile", "LinkFileError", "import_refusal", "read_link"]
@@ -108,7 +109,7 @@ def import_refusal(dataset: Dataset, *, allow_burned_in: bool = False) -> str | 
     """Why this instance may not be imported (its pixels may show identifiers as text), or None when it may."""
     if allow_burned_in:
         return None
-    with config.disable_value_validation():  # its warnings quote the value
+    with no_value_validation():  # its warnings quote the value
         return _refusal(dataset)
 
 
@@ -176,7 +177,7 @@ class Deidentifier:
 
         pydicom's value validation is off meanwhile: its warnings and log records quote the invalid value.
         """
-        with config.disable_value_validation():
+        with no_value_validation():
             return self._deidentify(dataset)
 
     def _deidentify(self, dataset: Dataset) -> Link:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom import StoragePresentationContexts, build_role, evt
@@ -44,6 +43,7 @@ from launcher.pacs import intake
 from launcher.pacs.deidentify import Deidentifier, LinkFile
 from launcher.pacs.intake import Instance, Intake, PullError, PullReport, TooLarge, retrying, run_pull
 from launcher.pacs.receive import COMPRESSED, NO_DELAY, SUCCESS, UNCOMPRESSED, Destination, Receiver, new_ae
+from launcher.pacs.validation import no_value_validation
 
 __all__ = ["DimseAddress", "dimse_intake", "parse_move_to", "pull_dimse"]
 
@@ -313,7 +313,7 @@ def _identifier(level: str, query: Mapping[str, str], **keys: str) -> Dataset:
     """A Study Root identifier at `level` with the matching and return keys; a query key must be a DICOM keyword."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel = level
-    with config.disable_value_validation():  # its warnings quote the value
+    with no_value_validation():  # its warnings quote the value
         for keyword, value in {**keys, **query}.items():  # a matching key of the query wins over a return key
             tag = tag_for_keyword(keyword)
             if tag is None:

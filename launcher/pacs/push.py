@@ -40,7 +40,6 @@ from typing import Any, Protocol, TypeVar
 import pynetdicom
 import requests
 from dicomweb_client import DICOMwebClient
-from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -49,6 +48,7 @@ from launcher.pacs.intake import PullError, retrying
 from launcher.pacs.pull import bounded_session, retriable_http
 from launcher.pacs.receive import NO_DELAY
 from launcher.pacs.sr import MAX_TEXT, ModelIdentity, classification_sr
+from launcher.pacs.validation import no_value_validation
 
 __all__ = ["MAX_PREDICTIONS", "MAX_PREDICTIONS_BYTES", "Prediction", "PushError", "PushReport",
            "push_predictions", "read_predictions"]
@@ -219,7 +219,7 @@ class _DicomWeb:
                                                    link.original_sop_instance_uid)),
             if_missing="its original instance is not on the server (deleted, or another PACS?)")
         plain = {tag: element for tag, element in document.items() if "BulkDataURI" not in element}
-        with config.disable_value_validation():
+        with no_value_validation():
             return Dataset.from_json(plain, bulk_data_uri_handler=lambda *_: None)
 
     def store(self, sr: Dataset, where: str) -> None:
@@ -304,7 +304,7 @@ class _Dimse:
     def _find(self, association: pynetdicom.association.Association, query: Dataset, what: str) -> list[Dataset]:
         """The matches of a C-FIND; a second one ends it (one is wanted)."""
         matches: list[Dataset] = []
-        with config.disable_value_validation():
+        with no_value_validation():
             for status, identifier in association.send_c_find(query, STUDY_ROOT_FIND):
                 code = _status(status)
                 if code in (0xFF00, 0xFF01) and identifier is not None:

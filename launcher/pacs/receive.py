@@ -22,13 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
-from pydicom import config, uid
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as netconfig
 from pynetdicom.association import Association
 
 from launcher.pacs.intake import PullError
+from launcher.pacs.validation import no_value_validation
 
 __all__ = ["COMPRESSED", "MAX_PDU", "NO_DELAY", "SUCCESS", "TRANSFER_SYNTAXES", "UNCOMPRESSED", "Destination",
            "Receiver", "new_ae"]
@@ -93,7 +94,7 @@ class Receiver:
             self.oversized = True
             return 0xA700
         try:
-            with config.disable_value_validation():  # its warnings quote values
+            with no_value_validation():  # its warnings quote values
                 dataset = event.dataset
                 dataset.file_meta = event.file_meta
         except Exception:

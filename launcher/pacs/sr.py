@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
-from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from launcher.datasets.checksums import sha256_file
+from launcher.pacs.validation import no_value_validation
 
 __all__ = ["MANUFACTURER", "BundleIdentityError", "ModelIdentity", "classification_sr", "sr_uids"]
 
@@ -116,7 +116,7 @@ def classification_sr(evidence: Dataset, *, label: str, probability: float, mode
         raise ValueError("a probability is a number from 0 to 1")
     if not label.strip() or len(label) > MAX_TEXT or not label.isprintable():
         raise ValueError(f"a label is a printable text of 1 to {MAX_TEXT} characters")
-    with config.disable_value_validation():
+    with no_value_validation():
         evidence = Dataset(evidence)  # a shallow copy: the caller's keeps its elements
         for keyword in TYPE2:
             if keyword not in evidence:

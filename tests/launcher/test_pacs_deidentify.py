@@ -243,3 +243,37 @@ def test_no_identifier_reaches_any_log_record(caplog: pytest.LogCaptureFixture, 
     read_link(tmp_path / "link.jsonl")
     logged = " ".join(f"{r.getMessage()} {r.args}" for r in caplog.records)
     assert [n for n in NEEDLES + [PRIVATE_NAME] if n in logged] == []
+
+
+def test_validation_is_restored_after_threads_overlap(tmp_path: Path) -> None:
+    """Four pull workers de-identifying at once leave pydicom's value validation as it was (pydicom's own
+    disable_value_validation() did not: the last thread out restored what the first had set, and validation stayed
+    off for the rest of the process). A file with an invalid value warns again afterwards."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydicom import config
+
+    from launcher.pacs.validation import no_value_validation
+
+    before = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    assert config.IGNORE not in before
+    lock, arrived, turns = threading.Lock(), [], [threading.Event() for _ in range(4)]
+    inside = threading.Barrier(4)
+
+    def overlap(_: int) -> None:
+        with no_value_validation():
+            with lock:
+                place = len(arrived)
+                arrived.append(place)
+            inside.wait(timeout=10)  # all four inside at once
+            assert config.settings.reading_validation_mode == config.IGNORE
+            if place:
+                assert turns[place - 1].wait(timeout=10)  # they leave in the order they came: the first first
+        turns[place].set()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(overlap, range(4)))
+    assert (config.settings.reading_validation_mode, config.settings.writing_validation_mode) == before
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        Dataset().SOPInstanceUID = "not-a-uid"
