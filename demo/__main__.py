@@ -156,8 +156,8 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Or
     parameters = journey_parameters(WORK_DIR, size, stack_name=stack)
     if pacs is not None:
         parameters |= pacs_parameters(pacs.dicomweb, WORK_DIR / "seed", size)
-        print(f"stored in the local PACS at {pacs.dicomweb}, one study per image; labels CSVs by AccessionNumber",
-              flush=True)
+        print(f"the synthetic set is stored in the local PACS at {pacs.dicomweb}, one study per image, with one "
+              "labels CSV per channel (demo/pacs.py)", flush=True)
     return run_notebook(notebook_env(env, emulator), parameters, output=EXECUTED_NOTEBOOK, on_cell=progress)
 
 

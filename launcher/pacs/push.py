@@ -265,14 +265,18 @@ class _Dimse:
         return self.association
 
     def _exchange(self, what: str, call: Callable[[pynetdicom.association.Association], T]) -> T:
-        for attempt in range(self.retries + 1):
+        def attempt() -> T:
             try:
                 return call(self._associated())
             except _Retry:
-                self.close()
-                if attempt == self.retries:
-                    break
-                time.sleep(self.backoff_s * 2**attempt)
+                self.close()  # the next attempt opens a new association
+                raise
+
+        try:
+            return retrying(attempt, retries=self.retries, backoff_s=self.backoff_s,
+                            retriable=lambda error: isinstance(error, _Retry))
+        except _Retry:
+            pass
         raise PushError(f"{self.name} could not be reached or did not answer for {what}: check HOST:PORT:AET, that "
                         "the server runs and accepts associations from here")
 
