@@ -11,6 +11,7 @@ import types
 import pytest
 
 from training.dataset.prepare import DataOptions
+from training.dataset.prepare_volumes import VolumeOptions
 from training.job import config as config_module
 from training.job.config import TrainConfig, format_value, json_to_string, parse_bool, parse_pair
 from training.job.train import build_parser
@@ -165,7 +166,7 @@ def test_config_module_imports_only_the_standard_library() -> None:
 
 # --- the mode: two values (H, W) train images, three (D, H, W) volumes ---
 
-VOLUME_REFUSED = "image_size with three values .a volume. needs series data; this version trains 2-D images"
+VOLUME_REFUSED = "image_size with three values .a volume. is read by the series data layer"
 
 
 @pytest.mark.parametrize("text", ["32,96,96", "32x96x96", "[32, 96, 96]", "(32, 96, 96)", " 32 , 96 , 96 "])
@@ -184,7 +185,8 @@ def test_check_image_size_returns_the_sizes_and_spatial_dims_follows_them() -> N
     assert config_module.check_image_size([64, 80]) == (64, 80)
     assert config_module.check_image_size(("32", 96, 96)) == (32, 96, 96)
     assert config_module.spatial_dims(TrainConfig(image_size=(64, 80))) == 2
-    # anything with an image_size: TrainConfig and DataOptions refuse a volume for now, the rule itself does not
+    assert config_module.spatial_dims(TrainConfig(network="resnet18", image_size=(16, 32, 32))) == 3
+    # anything with an image_size: the 2-D DataOptions refuses a volume, the rule itself does not
     assert config_module.spatial_dims(types.SimpleNamespace(image_size=(32, 96, 96))) == 3
 
 
@@ -205,17 +207,16 @@ def test_each_axis_and_a_volume_are_bounded(size: tuple[int, ...], message: str)
     assert config_module.check_image_size((64, 256, 256)) == (64, 256, 256)  # exactly MAX_VOXELS
 
 
-def test_a_volume_is_refused_on_every_path_that_reads_image_size() -> None:
+def test_a_volume_is_read_on_every_path_that_reads_image_size_and_the_2d_data_layer_refuses_it() -> None:
+    volume = (32, 96, 96)
+    assert TrainConfig(image_size=volume).image_size == volume
+    assert TrainConfig.from_strings({"image_size": "32,96,96"}).image_size == volume
+    assert config_module.from_arguments(build_parser().parse_args(["--image_size", "32,96,96"])).image_size == volume
+    namespace = build_parser().parse_args([])
+    assert config_module.from_arguments(namespace, {"image-size": json_to_string([32, 96, 96])}).image_size == volume
     with pytest.raises(ValueError, match=VOLUME_REFUSED):
-        TrainConfig(image_size=(32, 96, 96))
-    with pytest.raises(ValueError, match=VOLUME_REFUSED):
-        TrainConfig.from_strings({"image_size": "32,96,96"})
-    with pytest.raises(ValueError, match=VOLUME_REFUSED):
-        config_module.from_arguments(build_parser().parse_args(["--image_size", "32,96,96"]))
-    with pytest.raises(ValueError, match=VOLUME_REFUSED):
-        config_module.from_arguments(build_parser().parse_args([]), {"image-size": json_to_string([32, 96, 96])})
-    with pytest.raises(ValueError, match=VOLUME_REFUSED):
-        DataOptions(image_size=(32, 96, 96))  # the data layer's settings: two values would be read silently
+        DataOptions(image_size=volume)  # the 2-D data layer's settings: two of three values would be read silently
+    assert VolumeOptions(image_size=volume).image_size == volume
 
 
 @pytest.mark.parametrize(
@@ -245,6 +246,5 @@ def test_the_smallest_sizes_pass_the_network_check() -> None:
     assert TrainConfig(network="resnet18", image_size=(8, 8)).image_size == (8, 8)
     for network, smallest in config_module.SMALLEST_SIZE.items():
         size = (max(smallest, 8),) * 3
-        config_module.check_network_input(network, size)  # passes the network; then only the volume guard refuses
-        with pytest.raises(ValueError, match=VOLUME_REFUSED):
-            TrainConfig(network=network, image_size=size)
+        config_module.check_network_input(network, size)
+        assert TrainConfig(network=network, image_size=size).image_size == size

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.dataset.loader import BatchLoader
 from training.dataset.split import PreparedData, Split
 from training.job import distributed as dist
 from training.job import evaluation, loop, networks, runtime, train
@@ -115,6 +116,8 @@ def test_state_dict_round_trip_resumes_exactly() -> None:
 
 def test_selection_score() -> None:
     assert loop.selection_score({"val_auc": 0.9, "val_loss": 0.3}, 4) == 0.9
+    perfect = [loop.selection_score({"val_auc": 1.0, "val_loss": loss}, 4) for loss in (0.27, 0.027)]
+    assert 1.0 < perfect[0] < perfect[1]  # a perfect ranking with a lower loss beats the same ranking less sure
     assert loop.selection_score({"val_auc": float("nan"), "val_loss": 0.3}, 4) == -0.3
     assert loop.selection_score({"val_auc": float("nan"), "val_loss": float("nan")}, 4) == 4.0
 
@@ -186,3 +189,44 @@ def test_precise_bn_makes_evaluation_match_the_batch_statistics() -> None:
         features = model[0](images)
     assert torch.allclose(norm.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(norm.running_var, features.var(dim=(0, 2, 3)), rtol=1e-3)
+
+
+def test_a_step_whose_loss_is_not_finite_is_skipped_and_an_epoch_of_them_stops_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _config(precision="bf16")
+    data = _data(train_count=32)
+    poisoned = data.train.images.float() / 255.0
+    poisoned[16:] = float("nan")  # the second batch of 16: a NaN pixel makes its loss NaN
+    split = Split(images=poisoned, labels=data.train.labels, files=data.train.files, patients=data.train.patients)
+    compute = runtime.Compute.of(config, torch.device("cpu"), dist.World())
+    model = networks.build_network("resnet18", num_classes=2)
+    optimizer = runtime.make_optimizer(config, model)
+    state = loop.TrainState(model=model, optimizer=optimizer, scheduler=None, scaler=runtime.make_scaler(compute))
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def weights() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in model.parameters()]
+
+    first = loader_of(split, 0, 16)
+    loss, _ = loop.train_one_epoch(state, first, criterion, compute, progress=False, epoch=1)
+    assert math.isfinite(loss) and not caplog.records
+    before = weights()
+    # one clean batch and one poisoned: the poisoned step is not applied and the loss is the clean batch's
+    with caplog.at_level("WARNING"):
+        loss, _ = loop.train_one_epoch(state, loader_of(split, 0, 32), criterion, compute, progress=False, epoch=2)
+    assert math.isfinite(loss)
+    assert "epoch 2: 1 step(s) whose loss is not finite skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    after_clean = weights()
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_clean, strict=True))
+    with pytest.raises(loop.Diverged, match="epoch 3: the loss of every training step was not finite"):
+        loop.train_one_epoch(state, loader_of(split, 16, 32), criterion, compute, progress=False, epoch=3)
+    assert all(torch.equal(a, b) for a, b in zip(after_clean, weights(), strict=True))  # nothing applied
+
+
+def loader_of(split: Split, start: int, stop: int) -> BatchLoader:
+    """The images start:stop of a split, in order, one batch of 16 at a time, unaugmented."""
+    part = Split(images=split.images[start:stop], labels=split.labels[start:stop], files=split.files[start:stop],
+                 patients=split.patients[start:stop])
+    return BatchLoader(part, batch_size=16, shuffle=False, augment=0.0, seed=0)

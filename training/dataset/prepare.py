@@ -145,7 +145,7 @@ def prepare(
     records = [
         Record(name, item, listing.root / item.file) for name, listing in listings.items() for item in listing.items
     ]
-    records = _drop_unknown_labels(records, classes, bad)
+    records = drop_unknown_labels(records, classes, bad)
     records = _read_headers(records, options.workers, bad)
     key = options.pseudonym_key
     if key is None:
@@ -166,14 +166,14 @@ def prepare(
         if reason is not None
     )
     if bad:
-        _write_bad_files(bad, output_dir, options.rank)
+        write_bad_files(bad, output_dir, options.rank)
         if options.on_bad_file == "fail":
-            raise DataError(_bad_report(bad), bad)
+            raise DataError(bad_report(bad), bad)
         for entry in bad:
             log.warning("skipping [%s] %s: %s", entry["channel"], entry["file"], entry["reason"])
     kept = [r for r, reason in zip(mine, decoded, strict=True) if reason is None]
-    images = _compact(buffer.array, [reason is None for reason in decoded])
-    splits = _splits(kept, images, classes)
+    images = compact(buffer.array, [reason is None for reason in decoded])
+    splits = make_splits(kept, images, classes)
     if len(splits["train"]) == 0:
         raise DataError(
             f"no training image is left for rank {options.rank} of {options.world_size} after removing the bad "
@@ -181,7 +181,7 @@ def prepare(
         )
     failed = {(e["channel"], e["file"]) for e in bad}
     summary = _summary(listings, records, classes, options, split_key, bad, failed, decode_stats, buffer.location)
-    _log_plan(summary)
+    log_plan(summary)
     return PreparedData(
         classes=classes,
         train=splits["train"],
@@ -219,7 +219,7 @@ def _list_channels(
     return listings, classes, bad
 
 
-def _drop_unknown_labels(records: list[Record], classes: list[str], bad: list[dict[str, str]]) -> list[Record]:
+def drop_unknown_labels(records: list[Record], classes: list[str], bad: list[dict[str, str]]) -> list[Record]:
     """Validation and test labels must be train classes."""
     known = set(classes)
     keep = []
@@ -277,7 +277,7 @@ def _decode(mine: list[Record], options: DataOptions) -> tuple[Any, Any, list[st
     return buffer, stats, reasons
 
 
-def _compact(array: np.ndarray, keep: list[bool]) -> np.ndarray:
+def compact(array: np.ndarray, keep: list[bool]) -> np.ndarray:
     """Move the kept rows to the front (in order) and return that part."""
     target = 0
     for row, wanted in enumerate(keep):
@@ -288,7 +288,7 @@ def _compact(array: np.ndarray, keep: list[bool]) -> np.ndarray:
     return array[:target]
 
 
-def _splits(kept: list[Record], images: np.ndarray, classes: list[str]) -> dict[str, Split]:
+def make_splits(kept: list[Record], images: np.ndarray, classes: list[str]) -> dict[str, Split]:
     """Views of the cache per side (the cache is ordered train, validation, test)."""
     tensor = torch.from_numpy(images)
     index = {name: i for i, name in enumerate(classes)}
@@ -368,7 +368,7 @@ def _summary(
     }
 
 
-def _bad_report(bad: list[dict[str, str]]) -> str:
+def bad_report(bad: list[dict[str, str]]) -> str:
     """The one error that lists every bad file."""
     lines = [f"  [{e['channel']}] {e['file']}: {e['reason']}" for e in bad]
     return (
@@ -378,7 +378,7 @@ def _bad_report(bad: list[dict[str, str]]) -> str:
     )
 
 
-def _write_bad_files(bad: list[dict[str, str]], output_dir: str | Path | None, rank: int) -> None:
+def write_bad_files(bad: list[dict[str, str]], output_dir: str | Path | None, rank: int) -> None:
     """bad_files.json in the output directory (one file a rank)."""
     if output_dir is None:
         return
@@ -406,7 +406,7 @@ def _log_listing(listing: ChannelListing) -> None:
         log.info("channel '%s': skipped %d file(s), %s: %s", listing.channel, len(files), reason, examples)
 
 
-def _log_plan(summary: dict[str, Any]) -> None:
+def log_plan(summary: dict[str, Any]) -> None:
     """The split in one line per side, and a warning for a class left without training images."""
     for side in DATA_CHANNELS:
         counts = summary["class_counts"][side]

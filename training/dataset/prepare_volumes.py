@@ -37,12 +37,12 @@ from training.dataset.grayscale import Window
 from training.dataset.labels import DataError, LabeledFile
 from training.dataset.prepare import (
     DataOptions,
-    _bad_report,
-    _compact,
-    _drop_unknown_labels,
-    _log_plan,
-    _splits,
-    _write_bad_files,
+    bad_report,
+    compact,
+    drop_unknown_labels,
+    log_plan,
+    make_splits,
+    write_bad_files,
 )
 from training.dataset.pseudonym_key import local_key
 from training.dataset.series import MAX_FILES, Series, SeriesReport, assemble
@@ -98,7 +98,7 @@ def prepare_volumes(channels: Mapping[str, str | Path], options: DataOptions, *,
     found, bad = _read_channels(channels)
     classes = _classes(found)
     series = {(name, _record_name(item.series)): item for name, c in found.items() for item in c.labels.items}
-    records = _drop_unknown_labels([_record(channel, name, item, found[channel].root)
+    records = drop_unknown_labels([_record(channel, name, item, found[channel].root)
                                     for (channel, name), item in series.items()], classes, bad)
     key = options.pseudonym_key or local_key(data_dirs=[Path(d) for d in channels.values()])
     split_key = assign(records, key, val_fraction=options.val_fraction, seed=options.seed,
@@ -108,18 +108,18 @@ def prepare_volumes(channels: Mapping[str, str | Path], options: DataOptions, *,
     bad += [{"channel": r.channel, "file": r.file, "reason": reason}
             for r, reason in zip(mine, reasons, strict=True) if reason is not None]
     if bad:
-        _write_bad_files(bad, output_dir, options.rank)
+        write_bad_files(bad, output_dir, options.rank)
         if options.on_bad_file == "fail":
-            raise DataError(_bad_report(bad).replace("bad file(s)", "bad series or file(s)"), bad)
+            raise DataError(bad_report(bad).replace("bad file(s)", "bad series or file(s)"), bad)
         for entry in bad:
             log.warning("skipping [%s] %s: %s", entry["channel"], entry["file"], entry["reason"])
     kept = [r for r, reason in zip(mine, reasons, strict=True) if reason is None]
-    splits = _splits(kept, _compact(buffer.array, [reason is None for reason in reasons]), classes)
+    splits = make_splits(kept, compact(buffer.array, [reason is None for reason in reasons]), classes)
     if len(splits["train"]) == 0:
         raise DataError(f"no training series is left for rank {options.rank} of {options.world_size} after removing "
                         "the bad ones; fix them or add series")
     summary = _summary(found, records, classes, options, split_key, bad, stats, buffer.location)
-    _log_plan(summary)
+    log_plan(summary)
     return PreparedData(classes=classes, train=splits["train"], validation=splits["validation"],
                         test=splits["test"] if "test" in found else None, summary=summary, bad_files=bad)
 
@@ -137,7 +137,7 @@ def _read_channels(channels: Mapping[str, str | Path]) -> tuple[dict[str, _Chann
         report = assemble(_dicom_files(name, root), root=root)
         labels = label_series(name, root, report)
         found[name] = _Channel(root, report, labels)
-        bad += [{"channel": name, **entry} for entry in report.bad] + labels.bad
+        bad += [{"channel": name, **entry, "file": _bad_name(entry)} for entry in report.bad] + labels.bad
         log.info("channel '%s': %d series (%d labelled, labels from %s), %d bad, %d skipped", name,
                  len(report.series), len(labels.items), labels.label_format, len(report.bad),
                  len(labels.skipped) + len(report.skipped))
@@ -180,6 +180,12 @@ def _record_name(series: Series) -> str:
     """A series' name in records, the summary and bad_files.json: its location, and its part after a split."""
     part = series.name.partition(" part ")[2]
     return f"{series.location} (part {part})" if part else series.location
+
+
+def _bad_name(entry: dict[str, str]) -> str:
+    """A bad series' name as a record's (`_record_name`): a part split off is not the series it came from."""
+    part = entry.get("series", "").partition(" part ")[2]
+    return f"{entry['file']} (part {part})" if part else entry["file"]
 
 
 def volume_job(job: tuple[Series, tuple[int, int, int], Window | None]) -> tuple[np.ndarray | None, str | None]:

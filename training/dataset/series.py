@@ -125,11 +125,14 @@ class SeriesReport:
         bad: the bad series and unreadable files, each {"series", "file", "reason"} ("series" is '' for a file whose
             header cannot be read; "file" is the series' location, or the file).
         skipped: files that hold no image (a DICOMDIR, a report), each {"file", "reason"}.
+        unusable: the SeriesInstanceUIDs and locations of the series none of whose parts is in `series` (kept for the
+            labels, which may name them: their bad entry already answers for them); never listed or printed.
     """
 
     series: list[Series] = field(default_factory=list)
     bad: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    unusable: set[str] = field(default_factory=set, repr=False)
 
     def listing(self) -> dict[str, Any]:
         """The report as `training.check --json` gives it (no identifier)."""
@@ -189,6 +192,13 @@ def _groups(headers: list[FileHeader]) -> list[list[FileHeader]]:
 
 def _assemble_group(name: str, group: list[FileHeader], report: SeriesReport) -> None:
     location = group[0].name if group[0].frames > 1 else _common_folder([h.name for h in group])
+    found = len(report.series)
+    _assemble_parts(name, location, group, report)
+    if len(report.series) == found:
+        report.unusable.update(key for key in (group[0].series_uid, location) if key)
+
+
+def _assemble_parts(name: str, location: str, group: list[FileHeader], report: SeriesReport) -> None:
     if len(group) > MAX_SERIES_FILES:
         report.bad.append(_bad(name, location, f"it has {len(group)} files; a series holds at most "
                                                f"{MAX_SERIES_FILES} (training.dataset.series.MAX_SERIES_FILES)"))

@@ -10,9 +10,10 @@ A channel of series carries its labels in one of these forms, detected at its to
   series' class is the first folder of its location.
 
 A series split into parts (series.py: a part of another orientation or size) gives its label to every part. A row
-that names no series, a blank label or a series named twice with two labels is a bad entry, named by its line number,
-never by the UID in it; a series without a label is skipped and listed. The patient split is the data layer's, as
-in 2-D (the patient_id column, else PatientID).
+that names no series, a blank label or a series named twice with two labels is a bad entry, named by its line
+number, never by the UID in it (a row naming a series that is bad as a whole is left to that series' own entry); a
+series without a label is skipped and listed. The patient split is the data layer's, as in 2-D (the patient_id
+column, else PatientID).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _from_csv(channel: str, path: Path, report: SeriesReport) -> SeriesLabels:
             cells = dict(zip(columns, (cell.strip() for cell in row), strict=False))
             if not any(cells.values()):
                 continue
+            if cells.get(key, "") in report.unusable or normalize_path(cells.get(key, "")) in report.unusable:
+                continue  # a bad series: its entry in the report says why
             _add_row(listing, by_key, chosen, cells, key, f"{LABELS_CSV} line {line}")
     labelled = {item.series.name for item in listing.items}
     listing.skipped += [{"file": s.location, "reason": f"a series without a label (no row in {LABELS_CSV})"}

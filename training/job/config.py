@@ -113,7 +113,7 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         if len(self.image_size) == 3:  # 2-D keeps its one size rule with DataOptions and load_image (see below)
             check_network_input(self.network, self.image_size)
-        check_data_fields(self)
+        check_data_fields(self, volumes=True)  # the job reads either: training/job/train.py picks the data layer
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("patience", self.patience, 0)
@@ -248,15 +248,17 @@ def check_network_input(network: str, image_size: Sequence[Any]) -> None:
 
 
 def check_two_dims(settings: Any) -> None:
-    """Refuse a volume while the data layer reads 2-D images only (training/dataset/ assembles no series yet).
+    """Refuse a volume in the settings of the 2-D data layer (training/dataset/prepare.py DataOptions), which would
+    read two of its three values silently; volumes have their own (training/dataset/prepare_volumes.py VolumeOptions).
 
     Raises:
         ValueError: image_size has three values.
     """
     if spatial_dims(settings) == 3:
         raise ValueError(
-            "image_size with three values (a volume) needs series data; this version trains 2-D images: give two "
-            f"values, e.g. 96,96; got {format_value(tuple(settings.image_size))}"
+            "image_size with three values (a volume) is read by the series data layer (training/dataset/"
+            "prepare_volumes.py VolumeOptions); these settings read 2-D images: give two values, e.g. 96,96; got "
+            f"{format_value(tuple(settings.image_size))}"
         )
 
 

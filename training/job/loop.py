@@ -29,9 +29,13 @@ from training.job import checkpoint, evaluation
 from training.job import distributed as dist
 from training.job.config import TrainConfig
 from training.job.metrics import format_line
-from training.job.runtime import Compute
+from training.job.runtime import Compute, memory_format
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """Training cannot go on: no step of an epoch had a finite loss."""
 
 
 @dataclass
@@ -95,7 +99,8 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty from a disabled scaler (before it ran in every precision): keep the fresh one
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         self.best_weights, self.history = state["best_weights"], list(state["history"])
         self.stopped = bool(state.get("stopped", False))
@@ -123,8 +128,15 @@ class Plan:
     job: str | None
 
 
-def run_epochs(state: TrainState, config: TrainConfig, data: PreparedData, loader: BatchLoader, criterion: nn.Module,
-               compute: Compute, plan: Plan) -> None:
+def run_epochs(
+    state: TrainState,
+    config: TrainConfig,
+    data: PreparedData,
+    loader: BatchLoader,
+    criterion: nn.Module,
+    compute: Compute,
+    plan: Plan,
+) -> None:
     """The epochs from the state's next one to the last, or to early stopping; a checkpoint after each."""
     model = state.model
     world = compute.world
@@ -137,7 +149,11 @@ def run_epochs(state: TrainState, config: TrainConfig, data: PreparedData, loade
         )
         if config.precise_bn:
             recompute_batchnorm(
-                model, data.train, config=config, dtype=compute.dtype, seed=epoch + 1_000_003 * world.rank,
+                model,
+                data.train,
+                config=config,
+                dtype=compute.dtype,
+                seed=epoch + 1_000_003 * world.rank,
                 images=max(1, config.precise_bn // world.size),
             )
             dist.average_buffers(model, world)
@@ -187,7 +203,12 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over the training batches (the first `steps` of them: every rank takes as many).
 
-    The hot path holds no host-device synchronization: the loss is summed on the device and read once at the end.
+    The hot path holds no host-device synchronization: the loss is summed on the device and read once at the end
+    (GradScaler's check of the gradients syncs only with an optimizer that is not fused: SGD). A step whose loss is not
+    finite is not applied (the scaler skips it), left out of the mean and counted in a warning.
+
+    Raises:
+        Diverged: no step of the epoch had a finite loss.
 
     Returns:
         (mean training loss over all ranks, images per second of all ranks including batch preparation).
@@ -196,6 +217,8 @@ def train_one_epoch(
     model, optimizer, scaler = state.trainer or state.model, state.optimizer, state.scaler
     model.train()
     loss_sum = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device, dtype=torch.long)  # steps whose loss was not finite
+    counted = torch.zeros((), device=device, dtype=torch.long)  # the images of the other steps
     images_seen = 0
     started = time.perf_counter()
     batches = itertools.islice(loader, steps if steps is not None else len(loader))
@@ -211,10 +234,26 @@ def train_one_epoch(
         scaler.update()
         if state.scheduler is not None:
             state.scheduler.step()
-        loss_sum += loss.detach() * labels.shape[0]
+        finite = torch.isfinite(loss.detach())
+        loss_sum += torch.where(finite, loss.detach(), 0.0) * labels.shape[0]
+        skipped += ~finite
+        counted += finite * labels.shape[0]
         images_seen += labels.shape[0]
     seconds = time.perf_counter() - started
-    loss, seen = dist.all_sum([loss_sum.item(), images_seen], world, device)  # the epoch's one synchronization
+    # the epoch's one synchronization
+    loss, seen, bad = dist.all_sum([loss_sum.item(), counted.item(), skipped.item()], world, device)
+    if bad:  # the scaler did not apply those steps: their gradients are not finite either
+        log.warning(
+            "epoch %d: %d step(s) whose loss is not finite skipped (if it repeats: a lower learning_rate, "
+            "or precision fp32)",
+            epoch,
+            int(bad),
+        )
+    if bad and not seen:
+        raise Diverged(
+            f"epoch {epoch}: the loss of every training step was not finite: training diverges at these "
+            "settings; lower learning_rate, or use precision fp32"
+        )
     rate = dist.all_sum([images_seen / seconds if seconds > 0 else 0.0], world, device)[0]
     return loss / max(seen, 1), rate
 
@@ -287,7 +326,7 @@ def recompute_batchnorm(
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches below
     device = next(model.parameters()).device
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    layout = memory_format(config)
     loader = BatchLoader(
         split, batch_size=config.batch_size, shuffle=True, augment=0.0, seed=config.seed + seed, device=device
     )
@@ -295,7 +334,7 @@ def recompute_batchnorm(
     seen, limit = 0, images if images is not None else config.precise_bn
     for batch, _ in loader:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            model(batch.contiguous(memory_format=memory_format))
+            model(batch.contiguous(memory_format=layout))
         seen += batch.shape[0]
         if seen >= limit:
             break
@@ -306,9 +345,14 @@ def recompute_batchnorm(
 def selection_score(row: Mapping[str, float], epoch: int) -> float:
     """What "better" means for model selection: validation AUC; where undefined (one class), -loss; else the epoch.
 
+    A perfect AUC (1.0, common on a small validation set) can rise no further, while the decisions at the threshold may
+    still be wrong: among perfect epochs the lower validation loss is better (1 + 1 / (1 + loss), above every AUC), so
+    the job does not keep the first epoch that ranked all validation samples right but classed a fifth wrong.
     Whether AUC is defined depends only on the validation labels, so one run never mixes the scales.
     """
     if math.isfinite(row["val_auc"]):
+        if row["val_auc"] >= 1.0 and math.isfinite(row["val_loss"]):
+            return 1.0 + 1.0 / (1.0 + row["val_loss"])
         return row["val_auc"]
     if math.isfinite(row["val_loss"]):
         return -row["val_loss"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from training.job import distributed as dist
-from training.job.config import TrainConfig
+from training.job.config import TrainConfig, spatial_dims
 from training.job.environment import JobContext
 
 
@@ -29,13 +29,17 @@ def rank_batch_size(batch_size: int, world: dist.World) -> int:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov momentum); weight decay on weight matrices and kernels, not on biases and norms."""
+    """AdamW or SGD (Nesterov momentum); weight decay on weight matrices and kernels, not on biases and norms.
+
+    AdamW runs fused (one kernel over all parameters, CPU and GPU alike): on a 3-D ResNet18's 33M parameters its step
+    took 0.02 s on 2 cores here against 0.07-0.11 s for the default per-tensor loop.
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
 
 
 def make_scheduler(
@@ -96,7 +100,7 @@ class Compute:
     Attributes:
         device: this process's GPU, else the CPU (pick_device).
         dtype: the autocast type, None for fp32 (autocast_dtype).
-        memory_format: channels_last or contiguous, for the model and its batches.
+        memory_format: channels_last (channels_last_3d for volumes) or contiguous, for the model and its batches.
         world: the processes training together (training/job/distributed.py).
     """
 
@@ -108,5 +112,23 @@ class Compute:
     @classmethod
     def of(cls, config: TrainConfig, device: torch.device, world: dist.World) -> Compute:
         """The settings of `config` (precision, channels_last) on `device`."""
-        return cls(device=device, dtype=autocast_dtype(config.precision, device), world=world,
-                   memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        return cls(
+            device=device,
+            dtype=autocast_dtype(config.precision, device),
+            world=world,
+            memory_format=memory_format(config),
+        )
+
+
+def make_scaler(compute: Compute) -> torch.amp.GradScaler:
+    """The gradient scaler, in every precision, so that a step whose gradients are not finite is skipped, not applied
+    (it happened in 3-D bf16 on the CPU, rarely, and left every weight NaN); it scales the loss only in fp16: a scale
+    of 1 (or another power of 2 after a skip) leaves fp32 and bf16 gradients exactly as they are."""
+    return torch.amp.GradScaler(compute.device.type, init_scale=2.0**16 if compute.dtype == torch.float16 else 1.0)
+
+
+def memory_format(config: TrainConfig) -> torch.memory_format:
+    """channels_last for images (N x H x W x C), channels_last_3d for volumes, or contiguous when turned off."""
+    if not config.channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims(config) == 3 else torch.channels_last

@@ -37,12 +37,20 @@ from training.job import bundle_writer, checkpoint, environment, evaluation, lin
 from training.job import config as config_module
 from training.job import distributed as dist
 from training.job.checkpoint import CheckpointError, Interrupted
-from training.job.config import TrainConfig
+from training.job.config import TrainConfig, spatial_dims
 from training.job.environment import JobContext
 from training.job.evaluation import positive_index
 from training.job.metrics import format_line
 from training.job.networks import build_network
-from training.job.runtime import Compute, make_optimizer, make_scheduler, pick_device, rank_batch_size, seed_everything
+from training.job.runtime import (
+    Compute,
+    make_optimizer,
+    make_scaler,
+    make_scheduler,
+    pick_device,
+    rank_batch_size,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     namespace, unknown = parser.parse_known_args(argv)
     ignored, rejected = environment.split_injected(unknown)
     if rejected:
-        parser.error(f"unknown arguments {' '.join(rejected)}: "
-                     "hyperparameters are the fields of training/job/config.py")
+        parser.error(
+            f"unknown arguments {' '.join(rejected)}: hyperparameters are the fields of training/job/config.py"
+        )
     if ignored:
         log.info("ignoring SageMaker's own arguments: %s", " ".join(ignored))
     try:
@@ -75,7 +84,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error(str(exc))
     try:
         run(config, context)
-    except (DataError, CheckpointError) as exc:
+    except (DataError, CheckpointError, loop.Diverged) as exc:
         log.error("error: %s", exc)
         environment.write_failure(str(exc), environ)
         return 1
@@ -144,12 +153,13 @@ def _run(
 ) -> JobResult:
     compute = Compute.of(config, device, world)
     log.info(
-        "device %s, autocast %s, %d threads, network %s at %dx%d",
+        "device %s, autocast %s, %d threads, network %s in %d-D at %s",
         device,
         compute.dtype or "off (fp32)",
         torch.get_num_threads(),
         config.network,
-        *config.image_size,
+        spatial_dims(config),
+        "x".join(str(v) for v in config.image_size),
     )
     s3 = lineage.read_dataset_manifest(context.manifest)  # read first: a bad record fails now, not after training
     data = _prepare_everywhere(config, context, world)
@@ -234,7 +244,7 @@ def fit(
     world = world or dist.World()
     seed_everything(config.seed)
     compute = Compute.of(config, device, world)
-    model = build_network(config.network, num_classes=len(data.classes)).to(device)
+    model = build_network(config.network, num_classes=len(data.classes), spatial_dims=spatial_dims(config)).to(device)
     model = model.to(memory_format=compute.memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
     loader = _train_loader(config, data.train, compute)
     steps = dist.all_min(len(loader), world, device)  # every rank the same number of steps: DDP's requirement
@@ -243,7 +253,7 @@ def fit(
         model=model,
         optimizer=optimizer,
         scheduler=make_scheduler(config, optimizer, steps_per_epoch=steps),
-        scaler=torch.amp.GradScaler(device.type, enabled=compute.dtype == torch.float16),
+        scaler=make_scaler(compute),
         trainer=dist.wrap(model, world, device),
     )
     criterion = loop.make_criterion(config, data, compute)
@@ -260,12 +270,19 @@ def fit(
     restored = _restore(config, data.classes, restore_from=restore_from, resume_from=resume_from, job=job)
     if restored is not None:
         state.load_state_dict(restored.state)
-        log.info("going on from %s: %d epoch(s) done, continuing at epoch %d", restored.path, state.epoch,
-                 state.epoch + 1)
+        log.info(
+            "going on from %s: %d epoch(s) done, continuing at epoch %d", restored.path, state.epoch, state.epoch + 1
+        )
     with checkpoint.stop_on_sigterm():
-        loop.run_epochs(state, config, data, loader, criterion, compute,
-                        loop.Plan(steps=steps, positive=positive, progress=progress, checkpoint_dir=checkpoint_dir,
-                                  job=job))
+        loop.run_epochs(
+            state,
+            config,
+            data,
+            loader,
+            criterion,
+            compute,
+            loop.Plan(steps=steps, positive=positive, progress=progress, checkpoint_dir=checkpoint_dir, job=job),
+        )
     assert state.best_weights is not None
     model.load_state_dict(state.best_weights)
     log.info("best epoch %d: %s", state.best_epoch, format_line(state.history[state.best_epoch - 1]))
@@ -310,18 +327,29 @@ def _restore(
 
 
 def data_options(config: TrainConfig, context: JobContext) -> DataOptions:
-    """The data layer's options from the hyperparameters and this process's rank."""
+    """The data layer's options from the hyperparameters and this process's rank: VolumeOptions for volumes."""
     from training.dataset.pseudonym_key import resolve_key  # the key: a file, the job's channel or the local key
 
-    key = resolve_key(context.pseudonym_key_file, from_channel=context.pseudonym_key_from_channel,
-                      data_dirs=list(context.channels.values()))
-    return DataOptions.from_config(config, pseudonym_key=key, rank=context.rank, world_size=context.world_size)
+    key = resolve_key(
+        context.pseudonym_key_file,
+        from_channel=context.pseudonym_key_from_channel,
+        data_dirs=list(context.channels.values()),
+    )
+    options = DataOptions
+    if spatial_dims(config) == 3:
+        from training.dataset.prepare_volumes import VolumeOptions  # MONAI's transforms: 4 s to import, 3-D only
+
+        options = VolumeOptions
+    return options.from_config(config, pseudonym_key=key, rank=context.rank, world_size=context.world_size)
 
 
 def _prepare_everywhere(config: TrainConfig, context: JobContext, world: dist.World) -> PreparedData:
     """Prepare this rank's shard; in a distributed job, every rank fails when one does (none waits forever)."""
     try:
-        data, failure = prepare(context.channels, data_options(config, context), output_dir=context.output_dir), None
+        data, failure = (
+            _reader(config)(context.channels, data_options(config, context), output_dir=context.output_dir),
+            None,
+        )
         positive_index(data.classes, config.positive_class)
     except (DataError, ValueError) as exc:
         data, failure = None, str(exc)
@@ -331,6 +359,15 @@ def _prepare_everywhere(config: TrainConfig, context: JobContext, world: dist.Wo
         raise DataError(text if not world.active else f"rank {rank}: {text}")
     assert data is not None
     return data
+
+
+def _reader(config: TrainConfig) -> Any:
+    """The data layer of the mode: prepare (one image a file) or prepare_volumes (series), imported when used."""
+    if spatial_dims(config) == 2:
+        return prepare
+    from training.dataset.prepare_volumes import prepare_volumes
+
+    return prepare_volumes
 
 
 def _test_report(config: TrainConfig, data: PreparedData, model: nn.Module, compute: Compute) -> dict[str, Any] | None:
