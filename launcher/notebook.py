@@ -1,7 +1,7 @@
 """What notebooks/dicom_training.ipynb checks and shows, here rather than in its cells, so that it is tested.
 
     print(check_kernel())                      # first cell: are the kernel's packages installed?
-    check_dataset(DATA_DIR)                    # python -m training.check on each channel
+    check_dataset(DATA_DIR)                    # python -m training.check on each channel (series=True: --series)
     show_samples(DATA_DIR)                     # class counts and a few images of each class
     print(summarize(results))                  # the test metrics with their 95% intervals
     show_figures(results)                      # the job's learning curve and confusion matrix
@@ -128,13 +128,14 @@ def fetch_pseudonym_key(settings: Any, path: str | os.PathLike[str] | None = Non
     return target
 
 
-def check_dataset(data_dir: str | os.PathLike[str], settings: Any = None) -> int:
+def check_dataset(data_dir: str | os.PathLike[str], settings: Any = None, *, series: bool = False) -> int:
     """Run the job's data check (`python -m training.check`) on a local dataset's channels, here in the kernel.
 
     Args:
         data_dir: a folder with train/ (validation/, test/), or the train channel itself (as upload_dataset reads it).
         settings: the stack's Settings: check with the deployment's pseudonym key, so that the patients go by the
             names the training jobs give them; None: the local key.
+        series: list the series (volumes) and the bad ones instead (`training.check --series`).
 
     Returns:
         training.check's exit status: 0 every labeled file is usable, 1 some files are bad, 2 unusable.
@@ -144,7 +145,9 @@ def check_dataset(data_dir: str | os.PathLike[str], settings: Any = None) -> int
 
     channels = local_channels(Path(data_dir))
     argv = [str(channels.pop("train"))] + [f"--{name}={path}" for name, path in channels.items()]
-    if settings is not None:
+    if series:
+        argv.append("--series")
+    elif settings is not None:
         argv.append(f"--pseudonym-key-file={fetch_pseudonym_key(settings)}")
     print("python -m training.check " + " ".join(argv))
     return check.main(check.parse_args(argv))

@@ -44,6 +44,7 @@ from training.job.metrics import format_line
 from training.job.networks import build_network
 from training.job.runtime import (
     Compute,
+    autocast_dtype,
     make_optimizer,
     make_scaler,
     make_scheduler,
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         context = environment.read_context(namespace, environ, interactive=sys.stdout.isatty())
         config = config_module.from_arguments(namespace, context.hyperparameters)
         rank_batch_size(config.batch_size, dist.World(size=context.world_size))
+        autocast_dtype(config.precision, pick_device(context), spatial_dims(config))  # a precision the device lacks
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -153,12 +155,12 @@ def _run(
 ) -> JobResult:
     compute = Compute.of(config, device, world)
     log.info(
-        "device %s, autocast %s, %d threads, network %s in %d-D at %s",
+        "device %s, autocast %s, %d threads, network %s%s at %s",
         device,
         compute.dtype or "off (fp32)",
         torch.get_num_threads(),
         config.network,
-        spatial_dims(config),
+        " (3-D)" if spatial_dims(config) == 3 else "",
         "x".join(str(v) for v in config.image_size),
     )
     s3 = lineage.read_dataset_manifest(context.manifest)  # read first: a bad record fails now, not after training
