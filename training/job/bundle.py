@@ -12,6 +12,10 @@ training/inference.py and training/predict.py load through. inference.json is MO
 `$expression`) for MONAI's own tools. Our loaders never evaluate it: `read_bundle` reads named plain fields as data and
 checks each, `load_network` builds the network from training.job.networks and loads model.pt with weights_only=True.
 models/model.ts (TorchScript is code) is never loaded.
+
+The mode is data too: inference.json "spatial_dims" 3 with a 3-value image_size [D, H, W] is a 3-D bundle (a volume a
+series); a bundle without "spatial_dims" is 2-D (every bundle written before volumes loads unchanged), and 2 must come
+with [H, W]. Every loader and server follows `BundleSpec.spatial_dims`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, TypeGuard
 
 import torch
 
-from training.job.config import IMAGE_SIZE_RANGE, NETWORKS
+from training.dataset.volume import MAX_TARGET_VOXELS, SIZE_RANGE
+from training.job.config import IMAGE_SIZE_RANGE, NETWORKS, check_image_size, check_network_input
 from training.job.networks import build_network, network_spec
 
 MAX_CLASSES = 1000
@@ -54,19 +59,21 @@ class BundleSpec:
         root: the bundle.
         network: a name in training.job.config.NETWORKS (metadata.json "network").
         class_names: by output index (inference.json "class_names").
-        image_size: (H, W) (inference.json "image_size").
+        image_size: (H, W), or (D, H, W) for a 3-D bundle (inference.json "image_size").
         window: (center, width) or None (inference.json "window").
         threshold: in [0, 1] (inference.json "threshold").
         positive_index: 0 <= i < classes (inference.json "positive_index").
+        spatial_dims: 2 (one image a sample) or 3 (one series a sample) (inference.json "spatial_dims", 2 if absent).
     """
 
     root: Path
     network: str
     class_names: tuple[str, ...]
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]
     window: tuple[float, float] | None
     threshold: float
     positive_index: int
+    spatial_dims: int = 2
 
     @property
     def weights(self) -> Path:
@@ -110,7 +117,8 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
     if not isinstance(network, str) or network not in NETWORKS:
         raise BundleError(meta_file, "network", f"must be one of {', '.join(NETWORKS)}; got {network!r}")
     names = _class_names(config_file, config.get("class_names"))
-    size = _image_size(config_file, config.get("image_size"))
+    dims = _spatial_dims(config_file, config.get("spatial_dims", 2))
+    size = _image_size(config_file, config.get("image_size"), dims, network)
     window = _window(config_file, config.get("window"))
 
     threshold = config.get("threshold")
@@ -125,7 +133,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
             config_file, "positive_index", f"must be an integer from 0 to {len(names) - 1}; got {str(positive)[:200]}"
         )
 
-    _check_network_def(config_file, config.get("network_def"), network, len(names))
+    _check_network_def(config_file, config.get("network_def"), network, len(names), dims)
     return BundleSpec(
         root=root,
         network=network,
@@ -134,6 +142,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
         window=window,
         threshold=float(threshold),
         positive_index=positive,
+        spatial_dims=dims,
     )
 
 
@@ -154,14 +163,34 @@ def _class_names(config_file: Path, names: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _image_size(config_file: Path, size: Any) -> tuple[int, int]:
-    """inference.json "image_size": [H, W], integers in IMAGE_SIZE_RANGE."""
+def _spatial_dims(config_file: Path, dims: Any) -> int:
+    """inference.json "spatial_dims": 2 or 3 (absent: 2, the bundles written before volumes)."""
+    if not _is_int(dims) or dims not in (2, 3):
+        raise BundleError(config_file, "spatial_dims", f"must be 2 (images) or 3 (volumes); got {str(dims)[:200]}")
+    return dims
+
+
+def _image_size(config_file: Path, size: Any, dims: int, network: str) -> tuple[int, ...]:
+    """inference.json "image_size": [H, W] integers in IMAGE_SIZE_RANGE; in 3-D [D, H, W] within the training rule
+    (config.check_image_size, check_network_input) and what read_volume can produce (volume.SIZE_RANGE, voxels)."""
     low, high = IMAGE_SIZE_RANGE
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and low <= v <= high for v in size):
-        raise BundleError(
-            config_file, "image_size", f"must be [H, W], integers from {low} to {high}; got {str(size)[:200]}"
-        )
-    return (size[0], size[1])
+    if dims == 2:
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and low <= v <= high for v in size):
+            raise BundleError(
+                config_file, "image_size", f"must be [H, W], integers from {low} to {high}; got {str(size)[:200]}"
+            )
+        return (size[0], size[1])
+    if not isinstance(size, list) or len(size) != 3 or not all(_is_int(v) for v in size):
+        raise BundleError(config_file, "image_size", f"must be [D, H, W] with spatial_dims 3; got {str(size)[:200]}")
+    try:
+        check_network_input(network, check_image_size(size))
+    except ValueError as exc:
+        raise BundleError(config_file, "image_size", f"is refused: {exc}") from None
+    volume_low, volume_high = SIZE_RANGE
+    if not all(volume_low <= v <= volume_high for v in size) or math.prod(size) > MAX_TARGET_VOXELS:
+        raise BundleError(config_file, "image_size", f"must have sides from {volume_low} to {volume_high} and at "
+                          f"most {MAX_TARGET_VOXELS} voxels (training.dataset.volume); got {size}")
+    return (size[0], size[1], size[2])
 
 
 def _window(config_file: Path, window: Any) -> tuple[float, float] | None:
@@ -177,9 +206,9 @@ def _window(config_file: Path, window: Any) -> tuple[float, float] | None:
     return (float(window[0]), float(window[1])) if window is not None else None
 
 
-def _check_network_def(config_file: Path, network_def: Any, network: str, num_classes: int) -> None:
+def _check_network_def(config_file: Path, network_def: Any, network: str, num_classes: int, dims: int) -> None:
     """inference.json's network_def must be exactly what we would write for the network (MONAI's tools build it)."""
-    target, kwargs = network_spec(network, num_classes=num_classes)
+    target, kwargs = network_spec(network, num_classes=num_classes, spatial_dims=dims)
     if not isinstance(network_def, dict):
         raise BundleError(config_file, "network_def", f"must be an object {{'_target_': {target!r}, ...}}")
     if network_def.get("_target_") != target:
@@ -215,7 +244,7 @@ def load_network(bundle: str | os.PathLike[str] | BundleSpec, *, device: str = "
         BundleError: a field fails its check (read_bundle), or model.pt is not a plain state dict of this network.
     """
     spec = bundle if isinstance(bundle, BundleSpec) else read_bundle(bundle)
-    network = build_network(spec.network, num_classes=len(spec.class_names))
+    network = build_network(spec.network, num_classes=len(spec.class_names), spatial_dims=spec.spatial_dims)
     try:
         state = torch.load(spec.weights, map_location=device, weights_only=True)
     except FileNotFoundError:

@@ -4,6 +4,12 @@ describes, at the end of the job (training/job/train.py `run`, rank 0).
 Nothing here touches the network: the metadata's "schema" URL is recorded as the specification asks, but never
 fetched (tests validate against a stored copy of the schema). inference.json is written in MONAI config syntax for
 MONAI's own tools; our loaders never evaluate it (training/job/bundle.py reads its plain fields as data).
+
+The mode follows config.image_size: two values (H, W) write a 2-D bundle, byte for byte what this module wrote before
+volumes existed (no "spatial_dims" key: a bundle without one is 2-D); three values (D, H, W) write a 3-D bundle, whose
+inference.json says "spatial_dims": 3, whose network_def builds MONAI's 3-D network, whose preprocessing is a series
+decoded by training.dataset.volume.read_volume (training.inference.LoadSeriesVolume), and whose TorchScript is traced
+on a 1 x 1 x D x H x W input.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ def write_bundle(
     configs, models, docs = model_dir / "configs", model_dir / "models", model_dir / "docs"
     for directory in (configs, models, docs):
         directory.mkdir(parents=True, exist_ok=True)
-    target, kwargs = network_spec(network_name, num_classes=len(classes))
+    dims = len(config.image_size)
+    target, kwargs = network_spec(network_name, num_classes=len(classes), spatial_dims=dims)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
     torch.save(weights, models / "model.pt")
     inference = inference_config(
@@ -81,10 +88,24 @@ def write_bundle(
         lineage=lineage,
     )
     _write_json(configs / "metadata.json", meta)
-    (docs / "README.md").write_text(_readme(meta), encoding="utf-8")
+    (docs / "README.md").write_text(_readme(meta) if dims == 2 else _volume_readme(meta), encoding="utf-8")
     if config.torchscript:
         export_torchscript(model_dir, image_size=config.image_size)
     return model_dir
+
+
+def _volume_entries(config: dict[str, Any]) -> dict[str, Any]:
+    """A 3-D inference.json: the mode, a series' preprocessing, and `run` over the series found in `dataset`."""
+    items = list(config.items())
+    after = [key for key, _ in items].index("image_size") + 1  # the mode beside the size it follows from
+    config = dict([*items[:after], ("spatial_dims", 3), *items[after:]])
+    config["preprocessing"] = {
+        "_target_": "training.inference.LoadSeriesVolume",  # training.dataset.volume.read_volume, as in training
+        "image_size": "@image_size",
+        "window": "@window",
+    }
+    config["run"] = ["$@evaluator.write_series_predictions(@dataset, @output_file)"]
+    return config
 
 
 def inference_config(
@@ -100,9 +121,10 @@ def inference_config(
     """configs/inference.json: MONAI config syntax (`_target_`, `@ref`, `$expression`), runnable offline.
 
     `network_def` is what `monai.bundle.load` and `ckpt_export` instantiate; `network` adds the weights;
-    `evaluator` is a training.inference.Predictor; `run` classifies `dataset_dir` into `output_file`.
+    `evaluator` is a training.inference.Predictor; `run` classifies `dataset_dir` into `output_file` (per file in 2-D,
+    per series in 3-D: three image_size values).
     """
-    return {
+    config = {
         "bundle_root": ".",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "class_names": list(classes),
@@ -141,6 +163,7 @@ def inference_config(
         },
         "run": ["$@evaluator.write_predictions(@dataset, @output_file)"],
     }
+    return _volume_entries(config) if len(image_size) == 3 else config
 
 
 def metadata(
@@ -156,7 +179,7 @@ def metadata(
     """configs/metadata.json: the specification's required keys, the tensor formats, and the lineage."""
     names = ", ".join(classes)
     two = len(classes) == 2
-    return {
+    meta = {
         "schema": SCHEMA_URL,
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: "trained by the monai-dicom-sagemaker training job (training/job/train.py)"},
@@ -188,6 +211,25 @@ def metadata(
         "positive_class": classes[positive_index] if two else None,
         "lineage": dict(lineage),
     }
+    return _volume_metadata(meta, image_size) if len(image_size) == 3 else meta
+
+
+def _volume_metadata(meta: dict[str, Any], image_size: Sequence[int]) -> dict[str, Any]:
+    """metadata.json of a 3-D bundle: the task, the input and its preprocessing say series and volumes."""
+    depth, height, width = (int(v) for v in image_size)
+    decision = meta["description"].split(" probabilities.", 1)[1]
+    meta["name"] = meta["name"].replace("DICOM image classifier", "DICOM series classifier")
+    meta["task"] = meta["task"].replace("a 2-D DICOM image", "a DICOM series (a CT or MR volume)")
+    meta["description"] = (
+        f"MONAI {meta['network']} (3-D) trained from scratch on labeled DICOM series. Input: one series (the slices "
+        "of a CT or MR series, or an enhanced multi-frame file) assembled by training.dataset.series.assemble and "
+        "decoded by training.dataset.volume.read_volume (modality LUT, window, MONOCHROME1 inverted, oriented to "
+        f"superior, posterior, left, resampled at one isotropic spacing to fit {depth}x{height}x{width} (D x H x W), "
+        "zero padded, [0, 1]). Output: one logit per class; softmax gives probabilities." + decision
+    )
+    meta["image_classes"] = "single-channel grayscale volume (D, H, W), intensities in [0, 1]"
+    meta["network_data_format"]["inputs"]["image"]["modality"] = "DICOM series (CT, MR: one volume a series)"
+    return meta
 
 
 def _network_data_format(classes: Sequence[str], image_size: Sequence[int]) -> dict[str, Any]:
@@ -245,7 +287,7 @@ def export_torchscript(model_dir: Path, *, image_size: Sequence[int]) -> Path:
                 config_file=str(model_dir / "configs" / "inference.json"),
                 key_in_ckpt="",
                 use_trace=True,
-                input_shape=[1, 1, int(image_size[0]), int(image_size[1])],
+                input_shape=[1, 1, *(int(v) for v in image_size)],  # 4-D for images, 5-D for volumes
                 bundle_root=str(model_dir),
             )
     finally:
@@ -291,3 +333,16 @@ Or with MONAI only:
 any recent PyTorch with `torch.load(..., weights_only=True)`. `models/model.ts` (TorchScript) may need the PyTorch
 version in `configs/metadata.json`. Where the model came from: `configs/metadata.json`, key `lineage`.
 """
+
+
+def _volume_readme(meta: Mapping[str, Any]) -> str:
+    """docs/README.md of a 3-D bundle: the 2-D text, with a series for an image."""
+    text = _readme(meta).replace(
+        'predictor.predict(["image.dcm"])',
+        'predictions, bad = predictor.predict_volumes(["series_dir"])   # one answer per series found',
+    )
+    return text.replace(
+        "--output_file predictions.csv`.",
+        "--output_file predictions.csv` (one row per series), or\n"
+        "`python -m training.predict path/to/this/bundle DICOM_DIR` (JSON, one answer per series).",
+    )
