@@ -18,6 +18,10 @@ definition training used.
 SageMaker's handlers (model_fn, input_fn, predict_fn, output_fn) follow, for training/serve.py and the image's
 `serve`; what a request may hold (content types, limits, a zip read member by member) is
 training/serving/request.py's, and its names are importable from here as before.
+
+A 3-D bundle (training.job.bundle.BundleSpec.spatial_dims 3) answers per series, never per file: `predict_volumes`
+assembles the files it is given into series and predicts once per series (`predict_series`), reporting bad series
+with their reasons; a request to the server is one series (training/serving/volumes.py says what it may hold).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 
 from training.dataset.dicom import DicomReadError, Source, has_dicom_marker
+from training.dataset.series import Series, assemble
 from training.job.evaluation import predict as decide
 from training.serving.request import (
     DICOM,
@@ -53,6 +58,9 @@ from training.serving.request import MAX_ZIP_BYTES as MAX_ZIP_BYTES
 from training.serving.request import MAX_ZIP_DIRECTORY_BYTES as MAX_ZIP_DIRECTORY_BYTES
 from training.serving.request import MAX_ZIP_MEMBERS as MAX_ZIP_MEMBERS
 from training.serving.request import MAX_ZIP_RATIO as MAX_ZIP_RATIO
+from training.serving.volumes import MAX_SERIES_SLICES as MAX_SERIES_SLICES
+from training.serving.volumes import LoadSeriesVolume as LoadSeriesVolume  # inference.json of a 3-D bundle names it
+from training.serving.volumes import SeriesPrediction, predict_request
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class Predictor:
         inferer: runs the network on a batch, e.g. MONAI's SimpleInferer; None calls the network.
         postprocessing: logits (N x C) to probabilities; None: softmax.
         batch_size: files per forward pass.
+        spatial_dims: 2 (preprocessing reads a file: `predict`) or 3 (it reads a series: `predict_series`).
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class Predictor:
         inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor] | None = None,
         postprocessing: Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 32,
+        spatial_dims: int = 2,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -109,6 +119,7 @@ class Predictor:
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.batch_size = batch_size
+        self.spatial_dims = spatial_dims
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None) -> Predictor:
@@ -127,9 +138,11 @@ class Predictor:
 
         spec = read_bundle(Path(bundle_dir).resolve())  # plain fields as data: nothing in the bundle is evaluated
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        volumes = spec.spatial_dims == 3
         return cls(
             network=load_network(spec, device=device),
-            preprocessing=LoadDicomImage(spec.image_size, spec.window),
+            preprocessing=(LoadSeriesVolume if volumes else LoadDicomImage)(spec.image_size, spec.window),
+            spatial_dims=spec.spatial_dims,
             class_names=spec.class_names,
             threshold=spec.threshold,
             positive_index=spec.positive_index,
@@ -186,6 +199,53 @@ class Predictor:
     def write_predictions(self, sources: Sequence[Source], path: str | os.PathLike[str]) -> Path:
         """Classify files and write the CSV (`write_predictions`); what the bundle's `run` does."""
         return write_predictions(self.predict(sources), path)
+
+    def predict_series(self, series: Series) -> SeriesPrediction:
+        """Classify one assembled series (3-D bundles): one forward pass on its volume.
+
+        Raises:
+            training.dataset.volume.VolumeError: the series cannot be decoded; the message names it by position.
+        """
+        probabilities = self.probabilities(torch.as_tensor(self.preprocessing(series)).unsqueeze(0))
+        label = int(decide(probabilities, threshold=self.threshold, positive=self.positive_index)[0])
+        scores = {c: float(p) for c, p in zip(self.class_names, probabilities[0], strict=True)}
+        return SeriesPrediction(series.name, series.location, series.slice_count, self.class_names[label], scores,
+                                series.series_uid)
+
+    def predict_volumes(
+        self, files: Sequence[str | os.PathLike[str]], *, root: str | os.PathLike[str] | None = None
+    ) -> tuple[list[SeriesPrediction], list[dict[str, str]]]:
+        """Assemble DICOM files into series (training.dataset.series.assemble) and classify each (3-D bundles).
+
+        Returns:
+            The predictions, one per good series in name order, and the bad series and files, each {"series", "file",
+            "reason"} (series that cannot be decoded included): named by position and location, never by UID.
+        """
+        from training.dataset.volume import VolumeError
+
+        report = assemble(files, root=root)
+        predictions = []
+        bad = list(report.bad)
+        for series in report.series:
+            try:
+                predictions.append(self.predict_series(series))
+            except VolumeError as exc:
+                bad.append({"series": series.name, "file": series.location, "reason": str(exc)})
+        return predictions, bad
+
+    def write_series_predictions(self, files: Sequence[str | os.PathLike[str]], path: str | os.PathLike[str]) -> Path:
+        """Classify the series among files and write a CSV of series, location, slices, label and probabilities (the
+        3-D bundle's `run`); no UID: the CSV is a file we write, the UIDs stay in answers."""
+        predictions, _ = self.predict_volumes(files)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["series", "location", "slices", "label", *[f"p_{c}" for c in self.class_names]])
+            for p in predictions:
+                writer.writerow([p.series, p.location, p.slices, p.label,
+                                 *[f"{p.probabilities[c]:.6f}" for c in self.class_names]])
+        return target
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike[str], device: Any) -> torch.nn.Module:
@@ -274,9 +334,13 @@ def predict_fn(data: Sequence[DicomInput], model: Predictor) -> list[dict[str, A
     """Classify the files; one result per file, in request order. Files are loaded (zip members inflated) a batch
     of model.batch_size at a time, so a request holds one batch of files in memory, not all of them.
 
+    A 3-D model answers the request's one series instead (training/serving/volumes.py predict_request).
+
     Raises:
         InvalidInput: a file cannot become an image (no pixel data, undecodable); the reason names it.
     """
+    if getattr(model, "spatial_dims", 2) == 3:
+        return predict_request(data, model)
     results: list[dict[str, Any]] = []
     for start in range(0, len(data), model.batch_size):
         batch = data[start : start + model.batch_size]

@@ -6,15 +6,23 @@ MODEL is the bundle (the job's model directory, or its model.tar.gz extracted). 
 for DICOM files (by the 'DICM' marker, not the suffix). The output is training.inference's output_fn JSON, with
 each file named by its path; a file that cannot be classified, or a bundle refused (training.job.bundle.BundleError),
 stops the run with its reason (exit status 2).
+
+With a 3-D bundle (inference.json "spatial_dims" 3) the files found are assembled into series and each series is
+predicted once: {"predictions": [{"series", "location", "SeriesInstanceUID", "slices", "label", "probabilities"}],
+"bad": [{"series", "file", "reason"}]}. A bad series (a missing slice, a slice of another size, one that
+cannot be decoded) is listed with its reason and the others are still predicted; the exit status is 2 only when no
+series could be predicted. Series are named by position and location: the UID is in the answers alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from training import inference
 from training.job.bundle import BundleError
@@ -48,6 +56,8 @@ def collect(sources: Sequence[str]) -> list[Path]:
 def predict_json(model_dir: str, sources: Sequence[str]) -> str:
     """The JSON document for the files (what `main` prints)."""
     model = inference.model_fn(model_dir)
+    if model.spatial_dims == 3:
+        return json.dumps(_volumes(model, sources))
     data = []
     for path in collect(sources):
         (item,) = inference.input_fn(path.read_bytes(), inference.DICOM)
@@ -56,13 +66,30 @@ def predict_json(model_dir: str, sources: Sequence[str]) -> str:
     return body.decode("utf-8")
 
 
+def _volumes(model: inference.Predictor, sources: Sequence[str]) -> dict[str, Any]:
+    """A 3-D bundle's answer: one prediction per series, the bad series with their reasons (nothing stops the run)."""
+    files = collect(sources)
+    try:
+        predictions, bad = model.predict_volumes(files)
+    except ValueError as exc:  # more files than training.dataset.series.MAX_FILES
+        raise inference.InvalidInput(str(exc)) from None
+    return {"predictions": [p.answer() for p in predictions], "bad": bad}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the predictions; 2 with the reason on stderr when a file cannot be classified."""
+    """Print the predictions; 2 with the reason on stderr when a file (2-D) or every series (3-D) cannot be
+    classified."""
     args = parse_args(argv)
     try:
-        print(predict_json(args.model, args.sources))
+        document = predict_json(args.model, args.sources)
     except (inference.InvalidInput, BundleError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(document)
+    answers = json.loads(document)
+    if "bad" in answers and not answers["predictions"]:
+        print(f"error: no series could be predicted ({len(answers['bad'])} bad series or files, listed above)",
+              file=sys.stderr)
         return 2
     return 0
 
