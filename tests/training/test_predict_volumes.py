@@ -1,7 +1,8 @@
 """Inference per series with a 3-D bundle (issue 21 item 5): `python -m training.predict` and the Predictor on real
 series nobody here wrote (pydicom's dicomdirtests: CT5N is the one whole volume, the others are bad for their own
 reasons), and MONAI's bundle runner following the bundle's mode. The bundle is untrained
-(tests/training/volume_bundles.py): what is held is one answer per series, equal to the network on read_volume's output, and bad series reported."""
+(tests/training/volume_bundles.py): what is held is one answer per series, equal to the network on read_volume's
+output, and bad series reported."""
 
 from __future__ import annotations
 
