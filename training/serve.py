@@ -23,6 +23,10 @@ headers before the application runs and sets no deadline on them once a first by
 
 Every request is bounded before work starts: the body to MAX_BODY_BYTES (read in chunks, a chunked body included:
 413), its upload to BODY_TIMEOUT_S (408), the files and pixels it holds to training.inference's limits (400).
+
+With a 3-D bundle a request is one series (its slices zipped, or one multi-frame file) and gets one answer; a real-time
+endpoint's 6 MB hold about 22 deflated 512 x 512 16-bit slices: training/serving/volumes.py has the measure, the
+per-series limits and the way out for larger series.
 """
 
 from __future__ import annotations
