@@ -8,6 +8,11 @@ launcher/endpoints.py).
     results = transform_results(settings, described, inputs)         # file, label, probabilities
     delete_model(settings, model)                   # or launcher.endpoints.clean_up_inference(settings, model=...)
 
+A 3-D model (a bundle with "spatial_dims" 3) answers one series a request: upload_series(settings, ["DICOM_DIR"],
+run=...) assembles the files into series and uploads one zip object per series, then start_transform(...,
+content_type=ZIP). A series whose zip would pass batch transform's 100 MB payload (MAX_OBJECT_BYTES) is refused
+before any upload: run `python -m training.predict MODEL DIR` on the notebook instead, or split the series.
+
 Everything runs in the stack's training image, whose `serve` command answers SageMaker's hosting contract with
 training/inference.py's handlers (application/dicom or application/zip in, JSON out). The model runs with network
 isolation (it fetches nothing), in the stack's subnets when it has them, with the stack's KMS key on volumes and
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 INFERENCE_PREFIX = "inference/"  # infra/constructs/storage.py: transform input and output
 DICOM = "application/dicom"
 ZIP = "application/zip"
+MAX_OBJECT_BYTES = 100 * 1024**2  # MaxPayloadInMB below, training/serve.py MAX_BODY_BYTES: one request's body
 DEFAULT_INSTANCE_TYPE = DEFAULT_CPU_INSTANCE  # the CPU image; the GPU image serves on DEFAULT_GPU_INSTANCE
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one S3 folder name, e.g. a training job's name
 
@@ -124,6 +130,7 @@ class TransformInputs:
 
     uri: str
     files: Mapping[str, str] = field(default_factory=dict)
+    bad: tuple[Mapping[str, str], ...] = ()  # upload_series: the series not uploaded, {"series", "file", "reason"}
 
 
 def upload_inputs(
@@ -153,13 +160,90 @@ def upload_inputs(
         raise ValueError(f"these files do not exist: {', '.join(missing)}")
     root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
     names = {p.resolve().relative_to(root).as_posix(): str(p) for p in paths}
+    uri = _upload(settings, run, {name: Path(path) for name, path in names.items()}, content_type)
+    return TransformInputs(uri=uri, files=names)
+
+
+def _upload(settings: Settings, run: str, objects: Mapping[str, Path], content_type: str) -> str:
+    """Each file as the object NAME under s3://BUCKET/inference/RUN/input/, encrypted with the stack's key."""
     uri = inference_uri(settings, run, "input")
     prefix = uri.removeprefix(f"s3://{settings.bucket}/")
     s3 = settings.boto_session().client("s3", region_name=settings.region)
-    for name, path in names.items():
-        s3.upload_file(path, settings.bucket, f"{prefix}{name}", ExtraArgs={
+    for name, path in objects.items():
+        s3.upload_file(str(path), settings.bucket, f"{prefix}{name}", ExtraArgs={
             "ContentType": content_type, "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": settings.data_key_arn})
-    return TransformInputs(uri=uri, files=names)
+    return uri
+
+
+def upload_series(
+    settings: Settings, sources: Sequence[str | os.PathLike[str]], *, run: str, max_object_bytes: int = MAX_OBJECT_BYTES
+) -> TransformInputs:
+    """For a 3-D model: the series among DICOM files (and folders, at any depth), one zip object per series.
+
+    Each series (training.dataset.series.assemble, from headers) becomes s3://BUCKET/inference/RUN/input/series-N.zip
+    (N: assemble's position),
+    its slices deflated under names by position (slice-0001.dcm, ...: no original file name); bad series are not
+    uploaded and come back in `bad`. Every series is checked before the first upload: within the server's limits
+    (training/serving/volumes.py) and its zip within max_object_bytes. Then start_transform(..., content_type=ZIP).
+
+    Args:
+        settings: the stack's values.
+        sources: DICOM files and folders.
+        run: the run's folder name under inference/.
+        max_object_bytes: the largest zip: batch transform's payload (100 MB); 6 MB for a real-time endpoint.
+
+    Returns:
+        The input prefix, `files` mapping each object to its series' location, and the bad series.
+
+    Raises:
+        ValueError: a bad run name, a source missing, no good series, or a series over a limit (named, with the way
+            out: `python -m training.predict` on the notebook, or the series split).
+    """
+    import tempfile
+
+    from training.predict import collect  # pydicom: the notebook's kernel has it (it runs training.check)
+
+    if not _RUN.match(run):
+        raise ValueError(f"run must be one folder name of letters, digits, '.', '_' or '-'; got {run!r}")
+    try:
+        files = collect([os.fspath(s) for s in sources])
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="series-zips-") as workdir:
+        zips, locations, bad = _series_zips(files, Path(workdir), max_object_bytes)
+        uri = _upload(settings, run, zips, ZIP)
+    return TransformInputs(uri=uri, files=locations, bad=tuple(bad))
+
+
+def _series_zips(
+    files: Sequence[Path], workdir: Path, max_object_bytes: int
+) -> tuple[dict[str, Path], dict[str, str], list[dict[str, str]]]:
+    """Each good series zipped into workdir (object name to zip, object name to location), and the bad series."""
+    import zipfile
+
+    from training.dataset.series import assemble
+    from training.serving.volumes import over_request_limits
+
+    report = assemble(files)
+    if not report.series:
+        raise ValueError(f"no whole series among the {len(files)} DICOM files given ({len(report.bad)} bad): check "
+                         "them with `python -m training.check DIR --series`")
+    zips, locations = {}, {}
+    for series in report.series:
+        name = series.name.replace(" ", "-") + ".zip"  # 'series 3' (assemble's name, as in `bad`): series-3.zip
+        problem = over_request_limits(series)
+        path = workdir / name
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for index, file in enumerate(series.files if not problem else [], 1):
+                archive.write(file, f"slice-{index:04d}.dcm")
+        if not problem and path.stat().st_size > max_object_bytes:
+            problem = f"its zip has {path.stat().st_size} bytes, over the {max_object_bytes} a request may carry"
+        if problem:
+            raise ValueError(f"{series.name} ({series.location}): {problem} (batch transform: 100 MB, "
+                             "launcher.inference.MAX_OBJECT_BYTES): run `python -m training.predict MODEL DIR` on "
+                             "the notebook, or split the series into smaller ones")
+        zips[name], locations[name] = path, series.location
+    return zips, locations, list(report.bad)
 
 
 def start_transform(
@@ -206,7 +290,7 @@ def start_transform(
         TransformJobName=name,
         ModelName=model_name,
         BatchStrategy="SingleRecord",  # one file (or zip) per request: DICOM cannot be split into records
-        MaxPayloadInMB=100,  # training/serve.py MAX_BODY_BYTES
+        MaxPayloadInMB=MAX_OBJECT_BYTES // 1024**2,  # training/serve.py MAX_BODY_BYTES
         TransformInput={
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
             "ContentType": content_type,
@@ -261,6 +345,7 @@ class TransformResult:
         probabilities: class name to probability.
         sop_instance_uid: the file's SOPInstanceUID ('' when it has none).
         output_uri: the .out object it was read from.
+        series_instance_uid: a 3-D model's answer: the series' SeriesInstanceUID ('' for a file's answer).
     """
 
     file: str
@@ -268,6 +353,7 @@ class TransformResult:
     probabilities: dict[str, float]
     sop_instance_uid: str
     output_uri: str
+    series_instance_uid: str = ""
 
 
 def transform_results(
@@ -300,7 +386,8 @@ def transform_results(
                 file = files.get(name, name) if member == "body" else f"{files.get(name, name)}/{member}"
                 results.append(TransformResult(
                     file=file, label=prediction["label"], probabilities=dict(prediction["probabilities"]),
-                    sop_instance_uid=prediction.get("SOPInstanceUID", ""), output_uri=f"s3://{bucket}/{item['Key']}"))
+                    sop_instance_uid=prediction.get("SOPInstanceUID", ""), output_uri=f"s3://{bucket}/{item['Key']}",
+                    series_instance_uid=prediction.get("SeriesInstanceUID", "")))
     return results
 
 

@@ -26,12 +26,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from training.dataset.series import Series, SeriesReport, assemble
 from training.serving.request import MAX_REQUEST_PIXELS, MAX_ZIP_MEMBERS, DicomInput, InvalidInput, position, shown
+
+if TYPE_CHECKING:  # torch at run time only where a volume is decoded: the launcher checks series without it
+    import torch
 
 MAX_SERIES_SLICES = MAX_ZIP_MEMBERS  # a slice is a zip member; a multi-frame file's frames are held to the same count
 _WAY_OUT = ("send one series a request (its slices zipped, or one multi-frame file), or run `python -m "
@@ -54,6 +55,8 @@ class LoadSeriesVolume:
         self.window = (float(window[0]), float(window[1])) if window is not None else None
 
     def __call__(self, series: Series) -> torch.Tensor:
+        import torch
+
         from training.dataset.volume import read_volume  # MONAI (2.5 s): imported by the first series, not by clients
 
         volume = read_volume(series, size=self.image_size, window=self.window)
@@ -104,13 +107,21 @@ def request_series(data: Sequence[DicomInput], workdir: str | os.PathLike[str]) 
         raise InvalidInput(f"the request holds {len(report.series)} series; a 3-D model answers one series a "
                            f"request: {_WAY_OUT}")
     series = report.series[0]
-    voxels = series.slice_count * series.rows * series.columns
-    if series.slice_count > MAX_SERIES_SLICES or voxels > MAX_REQUEST_PIXELS:
-        raise InvalidInput(f"the series has {series.slice_count} slices of {series.rows} x {series.columns} "
-                           f"({voxels} voxels); at most {MAX_SERIES_SLICES} slices "
-                           f"(inference.MAX_SERIES_SLICES) and {MAX_REQUEST_PIXELS} voxels "
-                           f"(inference.MAX_REQUEST_PIXELS) a request: {_WAY_OUT}")
+    problem = over_request_limits(series)
+    if problem:
+        raise InvalidInput(f"{problem}: {_WAY_OUT}")
     return series
+
+
+def over_request_limits(series: Series) -> str:
+    """What makes a series too large for one request ('' when nothing): the server's refusal, and the launcher's
+    before it uploads (launcher/inference.py upload_series)."""
+    voxels = series.slice_count * series.rows * series.columns
+    if series.slice_count <= MAX_SERIES_SLICES and voxels <= MAX_REQUEST_PIXELS:
+        return ""
+    return (f"the series has {series.slice_count} slices of {series.rows} x {series.columns} ({voxels} voxels); at "
+            f"most {MAX_SERIES_SLICES} slices (inference.MAX_SERIES_SLICES) and {MAX_REQUEST_PIXELS} voxels "
+            "(inference.MAX_REQUEST_PIXELS) a request")
 
 
 def _refuse_bad(report: SeriesReport, data: Sequence[DicomInput]) -> None:
