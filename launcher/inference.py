@@ -190,7 +190,7 @@ def upload_series(
         settings: the stack's values.
         sources: DICOM files and folders.
         run: the run's folder name under inference/.
-        max_object_bytes: the largest zip: batch transform's payload (100 MB); 6 MB for a real-time endpoint.
+        max_object_bytes: the largest zip an object may be: batch transform's payload (100 MB).
 
     Returns:
         The input prefix, `files` mapping each object to its series' location, and the bad series.

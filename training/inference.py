@@ -167,8 +167,11 @@ class Predictor:
 
         Raises:
             training.dataset.dicom.DicomReadError: a file cannot be read; the message names it.
-            ValueError: names and sources differ in length.
+            ValueError: names and sources differ in length, or the model is 3-D (it reads series: predict_volumes).
         """
+        if self.spatial_dims == 3:
+            raise ValueError("this model classifies series (a 3-D bundle): use predict_volumes(files), which assembles "
+                             "the files into series and answers once per series")
         if names is not None and len(names) != len(sources):
             raise ValueError(f"names must name every source: {len(names)} names for {len(sources)} sources")
         results: list[Prediction] = []
@@ -205,7 +208,10 @@ class Predictor:
 
         Raises:
             training.dataset.volume.VolumeError: the series cannot be decoded; the message names it by position.
+            ValueError: the model is 2-D (it reads files: predict).
         """
+        if self.spatial_dims != 3:
+            raise ValueError("this model classifies single images (a 2-D bundle): use predict(files)")
         probabilities = self.probabilities(torch.as_tensor(self.preprocessing(series)).unsqueeze(0))
         label = int(decide(probabilities, threshold=self.threshold, positive=self.positive_index)[0])
         scores = {c: float(p) for c, p in zip(self.class_names, probabilities[0], strict=True)}

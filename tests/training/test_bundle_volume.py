@@ -50,6 +50,7 @@ def test_the_bundle_records_the_mode_and_the_volume_size(bundle: tuple[Path, tor
     assert config["network_def"]["spatial_dims"] == 3
     assert config["preprocessing"]["_target_"] == "training.inference.LoadSeriesVolume"
     assert config["run"] == ["$@evaluator.write_series_predictions(@dataset, @output_file)"]
+    assert config["evaluator"]["spatial_dims"] == "@spatial_dims"  # MONAI builds a 3-D Predictor
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == list(SIZE)
     assert "series" in meta["task"] and "32x32x32 (D x H x W)" in meta["description"]

@@ -101,3 +101,9 @@ def test_monai_bundle_runner_follows_the_mode_offline(bundle: Path, tmp_path: Pa
         rows = list(csv.DictReader(fh))
     assert [(row["location"], row["slices"]) for row in rows] == [(str(CT5N), "5")]
     assert list(rows[0]) == ["series", "location", "slices", "label", "p_abnormal", "p_normal"]
+
+
+def test_a_3d_predictor_refuses_files_one_by_one_and_says_what_to_call(bundle: Path) -> None:
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    with pytest.raises(ValueError, match=r"classifies series.*predict_volumes"):
+        predictor.predict(sorted(CT5N.iterdir()))

@@ -104,6 +104,7 @@ def _volume_entries(config: dict[str, Any]) -> dict[str, Any]:
         "image_size": "@image_size",
         "window": "@window",
     }
+    config["evaluator"] = {**config["evaluator"], "spatial_dims": "@spatial_dims"}
     config["run"] = ["$@evaluator.write_series_predictions(@dataset, @output_file)"]
     return config
 
