@@ -201,18 +201,29 @@ def upload_series(
     """
     import tempfile
 
-    from training.predict import collect  # pydicom: the notebook's kernel has it (it runs training.check)
-
     if not _RUN.match(run):
         raise ValueError(f"run must be one folder name of letters, digits, '.', '_' or '-'; got {run!r}")
-    try:
-        files = collect([os.fspath(s) for s in sources])
-    except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+    files = _dicom_files(sources)
     with tempfile.TemporaryDirectory(prefix="series-zips-") as workdir:
         zips, locations, bad = _series_zips(files, Path(workdir), max_object_bytes)
         uri = _upload(settings, run, zips, ZIP)
     return TransformInputs(uri=uri, files=locations, bad=tuple(bad))
+
+
+def _dicom_files(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files named, and the DICOM files (by the 'DICM' marker) under the folders named, as training.predict finds
+    them; pydicom and numpy only (training.dataset), no torch in the notebook's kernel for this."""
+    from training.dataset.dicom import has_dicom_marker
+
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files += sorted(p for p in source.rglob("*") if p.is_file() and has_dicom_marker(p))
+        elif source.is_file():
+            files.append(source)
+        else:
+            raise ValueError(f"{source} does not exist: pass DICOM files or folders holding them")
+    return files
 
 
 def _series_zips(
