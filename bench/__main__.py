@@ -3,13 +3,17 @@
     make bench                                  # = python -m bench: every benchmark, about 10-15 min on 2 cores
     python -m bench --quick                     # a small set and few epochs (about 3 min), for a first look
     python -m bench --only loader --sizes 256   # one benchmark, one source size
+    python -m bench --only volumes              # the 3-D benchmark alone (about 10 min on 2 cores)
 
 For each source size (256x256 and 512x512 16-bit DICOM, generated into a temporary directory) it measures the loader
 (a) vs (b) and the training loop (a) vs (b); once, DenseNet121's compute limit; once, serving: requests per second
 and p50/p99 latency of training/serve.py's server for one 512x512 file (the largest --sizes when 512 is not among
-them), with a bundle the real job trains for it. Each measurement runs in a process of its own (bench/child.py) for
-its peak memory. Figures go to bench/results/bench.json and bench/results/bench.md (the table the README's
-"Performance" section quotes); the command exits 1 when a target is missed (serving has none).
+them), with a bundle the real job trains for it; once, volumes (bench/volumes.py): synthetic CT series through the
+pipeline a MONAI user writes first (ITK reads each series folder every epoch) against ours (prepare_volumes' cache,
+BatchLoader, the job's epoch step): loader and training of ResNet18 and DenseNet121 in 3-D (no target is set). Each
+measurement runs in a process of its own (bench/child.py) for its peak memory. Figures go to bench/results/bench.json
+and bench/results/bench.md (the table the README's "Performance" section quotes); the command exits 1 when a target
+is missed (serving and volumes have none).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from typing import Any
 
 from bench import report
 from bench.child import ROOT, BenchError, run_case, wait_for_quiet
-from bench.datasets import make_set
+from bench.datasets import make_set, make_volume_set
 from bench.measure import load_average, machine
+from training.job.config import NETWORKS, check_network_input
 
-BENCHMARKS = ("loader", "training", "limit", "serving")
+BENCHMARKS = ("loader", "training", "limit", "serving", "volumes")
 SERVING_SIZE = 512  # the source size serving is measured at (the issue's "one 512x512 file")
 Runner = Callable[[str, dict[str, Any]], dict[str, Any]]
 RESULTS = ROOT / "bench" / "results"
@@ -75,12 +80,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="before each measurement, wait up to this many seconds for other jobs to leave the CPU (default 30)",
     )
+    parser.add_argument(
+        "--volume-grid", type=int, nargs=3, default=[32, 64, 64], help="3-D: training grid D H W (default 32 64 64)"
+    )
+    parser.add_argument(
+        "--volume-source", type=int, nargs=2, default=[40, 96], help="3-D: slices and size of a series (default 40 96)"
+    )
+    parser.add_argument("--volume-count", type=int, default=16, help="3-D: synthetic CT series (default 16)")
+    parser.add_argument(
+        "--volume-networks",
+        nargs="+",
+        choices=NETWORKS,
+        default=["resnet18", "densenet121"],
+        help="3-D: networks trained (default resnet18 densenet121)",
+    )
+    parser.add_argument("--volume-batch-size", type=int, default=4, help="3-D: volumes a batch (default 4)")
+    parser.add_argument("--volume-loader-epochs", type=int, default=3, help="3-D: loader epochs of (a) (default 3)")
+    parser.add_argument(
+        "--volume-loader-epochs-ours", type=int, default=5, help="3-D: loader epochs of (b) (default 5)"
+    )
+    parser.add_argument("--volume-train-epochs", type=int, default=2, help="3-D: training epochs (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where bench.json and bench.md go")
-    parser.add_argument("--quick", action="store_true", help="100 + 60 images at 256 only, 2 training epochs")
+    parser.add_argument(
+        "--quick", action="store_true", help="100 + 60 images at 256 only, 2 training epochs; 8 series of 32x64x64"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.train_count, args.validation_count = [256], 100, 60
         args.loader_epochs, args.loader_epochs_ours, args.train_epochs, args.limit_steps = 3, 5, 2, 2
+        args.volume_count, args.volume_source = 8, [32, 64]
     for name in ("train_count", "validation_count"):
         if getattr(args, name) < 4:
             parser.error(f"--{name.replace('_', '-')} must be >= 4; got {getattr(args, name)}")
@@ -94,9 +122,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "serving_requests",
         "serving_concurrency",
         "serving_epochs",
+        "volume_batch_size",
+        "volume_loader_epochs",
+        "volume_loader_epochs_ours",
+        "volume_train_epochs",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.volume_count < 4:
+        parser.error(f"--volume-count must be >= 4; got {args.volume_count}")
     if args.serving_workers < 0:
         parser.error(f"--serving-workers must be >= 0; got {args.serving_workers}")
     return args
@@ -187,12 +221,48 @@ def run(args: argparse.Namespace, runner: Runner = run_case) -> dict[str, Any]:
                     "train_images": data.train_count,
                     "note": serving_note,
                 }
+        if "volumes" in args.only:
+            results["volumes"] = volume_benchmark(args, Path(scratch), _case)
     if "limit" in args.only:
         results["limit"] = _case("compute_limit", {"steps": args.limit_steps})
     results["load"]["end"] = load_average()
     results["targets"] = report.targets(results, basis=args.basis)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def volume_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> dict[str, Any]:
+    """The 3-D benchmark (bench/volumes.py): one synthetic CT set; loader (a) and (b), then each network's training
+    (a) and (b), side by side. A network whose smallest input (config.SMALLEST_SIZE) exceeds the grid is left out,
+    with the reason."""
+    slices, size = args.volume_source
+    data = make_volume_set(scratch, count=args.volume_count, slices=slices, size=size)
+    _say(f"volumes: {data.count} series of {slices} slices of {size}x{size} made in {data.seconds:.0f} s")
+    common = {"train_dir": str(data.train), "grid": list(args.volume_grid), "batch_size": args.volume_batch_size}
+    entry: dict[str, Any] = {
+        "count": data.count,
+        "slices": slices,
+        "size": size,
+        "grid": list(args.volume_grid),
+        "batch_size": args.volume_batch_size,
+        "data_seconds": round(data.seconds, 1),
+        "loader": {
+            "a": case("loader_volumes_monai", {**common, "epochs": args.volume_loader_epochs}),
+            "b": case("loader_volumes_ours", {**common, "epochs": args.volume_loader_epochs_ours}),
+        },
+        "training": {},
+        "left_out": {},
+    }
+    for network in args.volume_networks:
+        try:
+            check_network_input(network, args.volume_grid)
+        except ValueError as exc:
+            entry["left_out"][network] = str(exc)
+            _say(f"  {network} left out: {exc}")
+            continue
+        train = {**common, "network": network, "epochs": args.volume_train_epochs}
+        entry["training"][network] = {"a": case("train_volumes_monai", train), "b": case("train_volumes_ours", train)}
+    return entry
 
 
 def serving_size_of(sizes: Sequence[int]) -> tuple[int, str | None]:

@@ -1,4 +1,4 @@
-"""The benchmarks' data: the synthetic DICOM set (training/synthetic.py), generated at bench time, never committed.
+"""The benchmarks' data: the synthetic DICOM sets (training/synthetic.py), generated at bench time, never committed.
 
 Both sides read the same files: the public sample through its meta-data.json (the aws-samples layout, which the
 generator's 'metadata-json' format writes) and ours through the same channel directories.
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.synthetic import generate
+from training.synthetic import generate, generate_volumes
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,40 @@ def make_set(root: Path, *, size: int, train_count: int, validation_count: int, 
         first_patient=train_count + 1,
     )
     return BenchSet(size, train, validation, train_count, validation_count, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class VolumeSet:
+    """The 3-D benchmark's set: synthetic CT series, one folder each, under a folder per class.
+
+    Attributes:
+        train: CLASS/series-NNNN/<random name>.dcm (the issue's 'folders' layout; both sides read it).
+        count: series.
+        slices, size: slices a series, rows and columns a slice.
+        seconds: time taken to generate it.
+    """
+
+    train: Path
+    count: int
+    slices: int
+    size: int
+    seconds: float
+
+
+def make_volume_set(root: Path, *, count: int, slices: int, size: int, seed: int = 0) -> VolumeSet:
+    """Generate `count` synthetic CT series (generate_volumes: slices written in random order, random file names).
+
+    Args:
+        root: a new or empty directory.
+        count: series (>= 4).
+        slices: slices a series (4-512).
+        size: rows and columns (32-512).
+        seed: the same seed gives the same files.
+
+    Returns:
+        Where the set is and how long it took.
+    """
+    started = time.perf_counter()
+    train = root / f"volumes-{slices}x{size}" / "train"
+    generate_volumes(train, count=count, slices=slices, size=size, label_format="folders", seed=seed)
+    return VolumeSet(train, count, slices, size, time.perf_counter() - started)

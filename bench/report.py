@@ -1,6 +1,7 @@
 """The targets of the performance issue, checked against a run's figures, and the markdown table the README quotes.
 
-Serving (requests per second and latency of the served model) is reported, not judged: no target is set for it.
+Serving (requests per second and latency of the served model) and the 3-D benchmark (volumes) are reported, not
+judged: no target is set for them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _training_lines(sizes, limit)
     lines += _limit_lines(limit)
     lines += serving_lines(results.get("serving"))
+    lines += volume_lines(results.get("volumes"))
     lines += _target_lines(results.get("targets", []))
     return "\n".join(lines)
 
@@ -238,6 +240,66 @@ def serving_lines(serving: dict[str, Any] | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def volume_lines(volumes: dict[str, Any] | None) -> list[str]:
+    """The 3-D tables (bench/volumes.py's figures, bench/__main__.py's volume_benchmark): loader and training, (a)
+    and (b) side by side, each with its peak memory and the 1-minute load average before it; [] without them."""
+    if not volumes:
+        return []
+    grid = "x".join(str(v) for v in volumes["grid"])
+    a, b = volumes["loader"]["a"], volumes["loader"]["b"]
+    decode = b.get("decode", {})
+    lines = [
+        f"Volumes (3-D): {volumes['count']} synthetic CT series of {volumes['slices']} slices of "
+        f"{volumes['size']}x{volumes['size']} (random file names, slices in random order), resampled to {grid} "
+        f"(D x H x W), batch {volumes['batch_size']}; rates in volumes/s, median of the epochs after the first. "
+        "(a) monai.data.Dataset + LoadImaged(ITKReader) of each series folder, ScaleIntensity, Resize, RandRotate90 "
+        "every epoch, torch DataLoader, Adam fp32; (b) prepare_volumes once (its decode apart) + BatchLoader "
+        "(augment_volumes) + the job's train_one_epoch. No target is set.",
+        "",
+        "| loader | (a) MONAI | (b) ours | (b)/(a) | (b) one-time prepare" + _VOLUME_COLUMNS,
+        "|---|---|---|---|---|---|---|---|",
+        f"| {grid} | {a['images_per_second']:,.1f} | {b['images_per_second']:,.1f} "
+        f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x "
+        f"| {b['prepare_seconds']:.1f} s ({decode.get('series', '?')} series, {decode.get('processes', '?')} "
+        f"process(es)) | {_side_by_side(a, b)}",
+        "",
+    ]
+    if volumes.get("training"):
+        lines += [
+            "| training | (a) MONAI | (b) ours | (b)/(a) | (b) autocast" + _VOLUME_COLUMNS,
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for network, pair in volumes["training"].items():
+            a, b = pair["a"], pair["b"]
+            lines.append(
+                f"| {network} {grid} | {a['images_per_second']:.2f} | {b['images_per_second']:.2f} "
+                f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {b.get('autocast', '?')} "
+                f"| {_side_by_side(a, b)}"
+            )
+        lines.append("")
+    lines += [f"Left out: {network}: {why}." for network, why in volumes.get("left_out", {}).items()]
+    return lines + ([""] if volumes.get("left_out") else [])
+
+
+_VOLUME_COLUMNS = " | peak RSS (a) / (b) | load avg before (a) / (b) | other load (a) / (b) |"
+
+
+def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The last three columns of a 3-D row: peak memory, load average before, other load."""
+    return f"{_rss(a)} / {_rss(b)} MiB | {_load_average(a)} / {_load_average(b)} | {_load(a)} / {_load(b)} |"
+
+
+def _rss(entry: dict[str, Any]) -> str:
+    """This process's peak, and its largest child's when it had one (prepare_volumes' decoding processes)."""
+    child = entry.get("children_peak_rss_mib", 0.0)
+    return f"{entry['peak_rss_mib']:,.0f}" + (f" (+{child:,.0f} child)" if child else "")
+
+
+def _load_average(entry: dict[str, Any]) -> str:
+    process = entry.get("process")
+    return f"{process['load_average_before']:.1f}" if process else "-"
 
 
 def _ratio(numerator: float, denominator: float) -> float:
