@@ -100,6 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--volume-loader-epochs-ours", type=int, default=5, help="3-D: loader epochs of (b) (default 5)"
     )
     parser.add_argument("--volume-train-epochs", type=int, default=2, help="3-D: training epochs (default 2)")
+    parser.add_argument(
+        "--volume-precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="3-D: (b)'s precision (default auto, the job's: bf16 where the CPU computes it natively)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where bench.json and bench.md go")
     parser.add_argument(
         "--quick", action="store_true", help="100 + 60 images at 256 only, 2 training epochs; 8 series of 32x64x64"
@@ -260,7 +266,7 @@ def volume_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> d
             entry["left_out"][network] = str(exc)
             _say(f"  {network} left out: {exc}")
             continue
-        train = {**common, "network": network, "epochs": args.volume_train_epochs}
+        train = {**common, "network": network, "epochs": args.volume_train_epochs, "precision": args.volume_precision}
         entry["training"][network] = {"a": case("train_volumes_monai", train), "b": case("train_volumes_ours", train)}
     return entry
 

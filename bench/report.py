@@ -275,7 +275,8 @@ def volume_lines(volumes: dict[str, Any] | None) -> list[str]:
             a, b = pair["a"], pair["b"]
             lines.append(
                 f"| {network} {grid} | {a['images_per_second']:.2f} | {b['images_per_second']:.2f} "
-                f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {b.get('autocast', '?')} "
+                f"| {_ratio(b['images_per_second'], a['images_per_second']):.1f}x | {b.get('autocast', '?')}"
+                f"{'' if b.get('losses_finite', True) else ' (loss not finite: diverged)'} "
                 f"| {_side_by_side(a, b)}"
             )
         lines.append("")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def train_volumes(
     grid: Sequence[int] = GRID,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Training throughput of (a) 'monai' or (b) 'ours' (this module's docstring), with the same network.
 
@@ -168,9 +170,12 @@ def train_volumes(
         network: a name build_network knows, built with spatial_dims=3.
         epochs: epochs to run; the first is reported apart.
         grid, batch_size, seed: as `loader_volumes_monai`.
+        precision: (b)'s TrainConfig.precision ('auto': the job's default; bf16 on CPUs that compute it natively);
+            (a) computes in fp32 whatever it is, as the tutorial does.
 
     Returns:
-        {"images_per_second" (volumes), "epochs": per-epoch rates, "losses", "network", "autocast"}; (b) adds
+        {"images_per_second" (volumes), "epochs": per-epoch rates, "losses" (NaN shows a diverged run),
+        "losses_finite", "network", "autocast"}; (b) adds
         "prepare_seconds" (apart from the rates) and "threads".
 
     Raises:
@@ -179,7 +184,7 @@ def train_volumes(
     if pipeline not in TRAINERS:
         raise ValueError(f"pipeline must be one of {', '.join(TRAINERS)}; got {pipeline!r}")
     torch.manual_seed(seed)
-    run_epoch, extra = TRAINERS[pipeline](train_dir, network, epochs, grid, batch_size, seed)
+    run_epoch, extra = TRAINERS[pipeline](train_dir, network, epochs, grid, batch_size, seed, precision)
     rates: list[float] = []
     cpu_rates: list[float] = []
     losses: list[float] = []
@@ -189,14 +194,21 @@ def train_volumes(
         append_rates(rates, cpu_rates, volumes, clock)
         losses.append(loss)
         log.info("(%s) %s: %.2f volumes/s, loss %.4f", pipeline, network, rates[-1], loss)
-    return {**rates_summary(rates, cpu_rates), "losses": rounded(losses), "network": network, **extra}
+    finite = all(math.isfinite(loss) for loss in losses)
+    return {
+        **rates_summary(rates, cpu_rates),
+        "losses": rounded(losses),
+        "losses_finite": finite,
+        "network": network,
+        **extra,
+    }
 
 
 EpochRunner = Callable[[int], tuple[float, int]]  # epoch -> (mean loss, volumes trained)
 
 
 def _monai_trainer(
-    train_dir: str, network: str, epochs: int, grid: Sequence[int], batch_size: int, seed: int
+    train_dir: str, network: str, epochs: int, grid: Sequence[int], batch_size: int, seed: int, precision: str
 ) -> tuple[EpochRunner, dict[str, Any]]:
     """(a)'s epoch: the MONAI 3-D classification tutorial's step (Adam, cross-entropy, fp32, loss.item() a step)."""
     loader = monai_loader(train_dir, grid, batch_size=batch_size, seed=seed)
@@ -221,10 +233,11 @@ def _monai_trainer(
 
 
 def _our_trainer(
-    train_dir: str, network: str, epochs: int, grid: Sequence[int], batch_size: int, seed: int
+    train_dir: str, network: str, epochs: int, grid: Sequence[int], batch_size: int, seed: int, precision: str
 ) -> tuple[EpochRunner, dict[str, Any]]:
     """(b)'s epoch: prepare_volumes once, then loop.train_one_epoch with the state fit would build."""
-    config = TrainConfig(batch_size=batch_size, epochs=epochs, seed=seed)  # the job's defaults; its 2-D size unused
+    # The job's defaults otherwise; its (2-D) image_size is not used.
+    config = TrainConfig(batch_size=batch_size, epochs=epochs, seed=seed, precision=precision)
     runtime.seed_everything(seed)
     data, prepare_seconds = prepare_volume_set(train_dir, grid, seed=seed)
     device = torch.device("cpu")

@@ -61,7 +61,7 @@ def test_the_cli_volume_run_measures_both_sides_and_reports_them(series: VolumeS
     args = cli.parse_args(
         ["--only", "volumes", "--volume-count", "4", "--volume-source", "8", "32", "--volume-grid", "8", "32", "32"]
         + ["--volume-batch-size", "2", "--volume-loader-epochs", "2", "--volume-loader-epochs-ours", "2"]
-        + ["--volume-train-epochs", "1", "--settle", "0", "--out", str(tmp_path)]
+        + ["--volume-train-epochs", "1", "--volume-precision", "fp32", "--settle", "0", "--out", str(tmp_path)]
     )
     results = cli.run(args, runner=run_in_process)
     entry = results["volumes"]
@@ -75,7 +75,8 @@ def test_the_cli_volume_run_measures_both_sides_and_reports_them(series: VolumeS
     for side in ("a", "b"):
         trained = entry["training"]["resnet18"][side]
         assert trained["network"] == "resnet18" and trained["images_per_second"] > 0
-        assert len(trained["losses"]) == 1 and math.isfinite(trained["losses"][0])
+        assert len(trained["losses"]) == 1 and math.isfinite(trained["losses"][0]) and trained["losses_finite"]
+        assert trained["autocast"] == "off (fp32)"  # (a) always; (b) as --volume-precision says
     assert results["targets"] == []  # no target is set for volumes: it never fails the command
     table = report.markdown(results)
     assert "| loader | (a) MONAI | (b) ours |" in table and "| 8x32x32 |" in table
