@@ -94,7 +94,10 @@ def _setting_lines(results: dict[str, Any], limit: dict[str, Any]) -> list[str]:
         "'other load' is the CPU the rest of the machine used during that measurement, in cores. 'Per CPU-s' "
         "ratios divide by the CPU time each side used instead of wall time: robust to other jobs' time slices "
         "(exact with 1 thread per process; with more, OpenMP's spin-waiting is counted too).",
-        "",
+    ]
+    if not results.get("sizes"):  # --only limit, serving or volumes: no 2-D set was made
+        return [*lines, f"Whole run: {results.get('seconds', 0) / 60:.1f} min.", ""]
+    lines += [
         f"Data: synthetic 16-bit DICOM generated at bench time (training/synthetic.py), {settings['train_count']} "
         f"training + {settings['validation_count']} validation images per source size. Throughput: median of "
         f"the epochs after the first; loader {settings['loader_epochs']} epochs for (a), "
@@ -256,7 +259,7 @@ def volume_lines(volumes: dict[str, Any] | None) -> list[str]:
         f"(D x H x W), batch {volumes['batch_size']}; rates in volumes/s, median of the epochs after the first. "
         "(a) monai.data.Dataset + LoadImaged(ITKReader) of each series folder, ScaleIntensity, Resize, RandRotate90 "
         "every epoch, torch DataLoader, Adam fp32; (b) prepare_volumes once (its decode apart) + BatchLoader "
-        "(augment_volumes) + the job's train_one_epoch. No target is set.",
+        "(augment_volumes) + the job's train_one_epoch. Peak RSS: the case's process. No target is set.",
         "",
         "| loader | (a) MONAI | (b) ours | (b)/(a) | (b) one-time prepare" + _VOLUME_COLUMNS,
         "|---|---|---|---|---|---|---|---|",
@@ -289,13 +292,8 @@ _VOLUME_COLUMNS = " | peak RSS (a) / (b) | load avg before (a) / (b) | other loa
 
 def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> str:
     """The last three columns of a 3-D row: peak memory, load average before, other load."""
-    return f"{_rss(a)} / {_rss(b)} MiB | {_load_average(a)} / {_load_average(b)} | {_load(a)} / {_load(b)} |"
-
-
-def _rss(entry: dict[str, Any]) -> str:
-    """This process's peak, and its largest child's when it had one (prepare_volumes' decoding processes)."""
-    child = entry.get("children_peak_rss_mib", 0.0)
-    return f"{entry['peak_rss_mib']:,.0f}" + (f" (+{child:,.0f} child)" if child else "")
+    rss = f"{a['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB"
+    return f"{rss} | {_load_average(a)} / {_load_average(b)} | {_load(a)} / {_load(b)} |"
 
 
 def _load_average(entry: dict[str, Any]) -> str:

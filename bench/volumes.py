@@ -8,9 +8,10 @@
     sample on a CPU); the tutorial's step: Adam, cross-entropy, fp32, `loss.item()` every step.
 (b) training/dataset/prepare_volumes.py `prepare_volumes` (headers, assembly, decode once into the uint8 cache; its
     cost is reported apart) + BatchLoader (augment_volumes on the cached tensors) + training/job/loop.py
-    `train_one_epoch` with the job's optimizer, schedule, class weighting and autocast 'auto'. `fit` is not used:
-    TrainConfig refuses three sizes until train.py reads series, so the model, loader and state are built here as
-    fit builds them, in the contiguous memory format (torch's channels_last is 4-D only).
+    `train_one_epoch` with the job's optimizer, schedule and class weighting, in fp32 by default (`train_volumes`
+    says why; --volume-precision chooses). `fit` is not used: TrainConfig refuses three sizes until train.py reads
+    series, so the model, loader and state are built here as fit builds them, in the contiguous memory format
+    (TrainConfig's channels_last is torch's 4-D format; channels_last_3d is not measured here).
 
 Each case returns JSON-ready figures; rates are in samples (volumes) per second under the 2-D cases' key names.
 Time to a validation accuracy is not measured here: it needs the job's own 3-D fit.
@@ -160,7 +161,7 @@ def train_volumes(
     grid: Sequence[int] = GRID,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Training throughput of (a) 'monai' or (b) 'ours' (this module's docstring), with the same network.
 
@@ -170,8 +171,9 @@ def train_volumes(
         network: a name build_network knows, built with spatial_dims=3.
         epochs: epochs to run; the first is reported apart.
         grid, batch_size, seed: as `loader_volumes_monai`.
-        precision: (b)'s TrainConfig.precision ('auto': the job's default; bf16 on CPUs that compute it natively);
-            (a) computes in fp32 whatever it is, as the tutorial does.
+        precision: (b)'s TrainConfig.precision. fp32 by default, as (a): 'auto' (the 2-D job's default) is bf16 on
+            CPUs that compute it natively, and there DenseNet121 3-D's conv3d gradients are not finite from the
+            first step and ResNet18's loss went NaN in its second epoch at 32x64x64. (a) computes in fp32 always.
 
     Returns:
         {"images_per_second" (volumes), "epochs": per-epoch rates, "losses" (NaN shows a diverged run),
