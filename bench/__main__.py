@@ -1,9 +1,9 @@
 """The benchmarks: the public sample's pipeline and loop (a) against ours (b), on the same synthetic data.
 
-    make bench                                  # = python -m bench: every benchmark, about 10-15 min on 2 cores
+    make bench                                  # = python -m bench: every benchmark, about 15-20 min on 2 cores
     python -m bench --quick                     # a small set and few epochs (about 3 min), for a first look
     python -m bench --only loader --sizes 256   # one benchmark, one source size
-    python -m bench --only volumes              # the 3-D benchmark alone (about 10 min on 2 cores)
+    python -m bench --only volumes              # the 3-D benchmark alone (about 5 min on 2 cores)
 
 For each source size (256x256 and 512x512 16-bit DICOM, generated into a temporary directory) it measures the loader
 (a) vs (b) and the training loop (a) vs (b); once, DenseNet121's compute limit; once, serving: requests per second
@@ -99,7 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--volume-loader-epochs-ours", type=int, default=5, help="3-D: loader epochs of (b) (default 5)"
     )
-    parser.add_argument("--volume-train-epochs", type=int, default=2, help="3-D: training epochs (default 2)")
+    parser.add_argument(
+        "--volume-train-epochs", type=int, default=3, help="3-D: training epochs (default 3: the median of two counts)"
+    )
     parser.add_argument(
         "--volume-precision",
         choices=("auto", "fp32", "bf16", "fp16"),
