@@ -34,7 +34,7 @@ from bench import report
 from bench.child import ROOT, BenchError, run_case, wait_for_quiet
 from bench.datasets import make_set, make_volume_set
 from bench.measure import load_average, machine
-from training.job.config import NETWORKS, check_network_input
+from training.job.config import NETWORKS, check_image_size, check_network_input
 
 BENCHMARKS = ("loader", "training", "limit", "serving", "volumes")
 SERVING_SIZE = 512  # the source size serving is measured at (the "one 512x512 file")
@@ -139,6 +139,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.volume_count < 4:
         parser.error(f"--volume-count must be >= 4; got {args.volume_count}")
+    try:
+        check_image_size(args.volume_grid)  # the job's rule: each axis in range, the volume within MAX_VOXELS
+    except ValueError as exc:
+        parser.error(f"--volume-grid: {exc}")
     if args.serving_workers < 0:
         parser.error(f"--serving-workers must be >= 0; got {args.serving_workers}")
     return args

@@ -82,3 +82,9 @@ def test_the_cli_volume_run_measures_both_sides_and_reports_them(series: VolumeS
     assert "| loader | (a) MONAI | (b) ours |" in table and "| 8x32x32 |" in table
     assert "| resnet18 8x32x32 |" in table and "Left out: densenet121:" in table
     json.dumps(results, allow_nan=True)
+
+
+def test_a_volume_grid_over_the_jobs_voxel_bound_is_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--only", "volumes", "--volume-grid", "512", "512", "512"])
+    assert "--volume-grid: image_size 512,512,512 is" in capsys.readouterr().err
