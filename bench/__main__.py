@@ -103,10 +103,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--volume-train-epochs", type=int, default=3, help="3-D: training epochs (default 3: the median of two counts)"
     )
     parser.add_argument(
+        "--volume-accuracy-epochs", type=int, default=8,
+        help="3-D: epochs of the job's fit on the order-only set for the time to --target-accuracy (default 8)",
+    )
+    parser.add_argument(
         "--volume-precision",
         choices=("auto", "fp32", "bf16", "fp16"),
-        default="fp32",  # auto is bf16 on CPUs that have it, and there both 3-D networks' losses went NaN (2026-12)
-        help="3-D: (b)'s precision (default fp32; auto, the 2-D job's default, diverges in 3-D on a bf16 CPU)",
+        default="auto",  # the job's: fp32 for volumes on the CPU, whose bf16 conv3d gradients are not finite (2026-12)
+        help="3-D: (b)'s precision (default auto, the job's: fp32 for volumes on a CPU, bf16 refused there)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where bench.json and bench.md go")
     parser.add_argument(
@@ -274,6 +278,8 @@ def volume_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> d
             continue
         train = {**common, "network": network, "epochs": args.volume_train_epochs, "precision": args.volume_precision}
         entry["training"][network] = {"a": case("train_volumes_monai", train), "b": case("train_volumes_ours", train)}
+    entry["accuracy"] = case("accuracy_volumes_ours", {"epochs": args.volume_accuracy_epochs,
+                                                      "target_accuracy": args.target_accuracy})
     return entry
 
 

@@ -283,6 +283,15 @@ def volume_lines(volumes: dict[str, Any] | None) -> list[str]:
                 f"| {_side_by_side(a, b)}"
             )
         lines.append("")
+    accuracy = volumes.get("accuracy")
+    if accuracy:
+        reached = (f"{accuracy['seconds_to_target']} s (epoch {accuracy['epochs_to_target']}, the decode's "
+                   f"{accuracy['prepare_seconds']:.1f} s included)" if accuracy["seconds_to_target"] is not None
+                   else f"not within {len(accuracy['epochs'])} epochs (best {accuracy['best_val_accuracy']})")
+        lines += [f"Time to {accuracy['target_accuracy']} validation accuracy, the job's fit on the order-only set "
+                  f"({accuracy['series']} series, {accuracy['validation_series']} for validation, resnet18 at "
+                  f"{'x'.join(str(v) for v in accuracy['grid'])}, {accuracy['autocast']}, "
+                  f"{accuracy['memory_format']}): {reached}; {accuracy['images_per_second']:.1f} volumes/s.", ""]
     lines += [f"Left out: {network}: {why}." for network, why in volumes.get("left_out", {}).items()]
     return lines + ([""] if volumes.get("left_out") else [])
 

@@ -8,13 +8,12 @@
     sample on a CPU); the tutorial's step: Adam, cross-entropy, fp32, `loss.item()` every step.
 (b) training/dataset/prepare_volumes.py `prepare_volumes` (headers, assembly, decode once into the uint8 cache; its
     cost is reported apart) + BatchLoader (augment_volumes on the cached tensors) + training/job/loop.py
-    `train_one_epoch` with the job's optimizer, schedule and class weighting, in fp32 by default (`train_volumes`
-    says why; --volume-precision chooses). `fit` is not used: TrainConfig refuses three sizes until train.py reads
-    series, so the model, loader and state are built here as fit builds them, in the contiguous memory format
-    (TrainConfig's channels_last is torch's 4-D format; channels_last_3d is not measured here).
+    `train_one_epoch` with the job's optimizer, schedule, class weighting, precision rule (`auto`: fp32 for volumes
+    on the CPU, `train_volumes` says why; --volume-precision chooses) and memory format (channels_last_3d), the
+    model, loader and state built as train.py's `fit` builds them (its validation each epoch is not part of a rate).
 
 Each case returns JSON-ready figures; rates are in samples (volumes) per second under the 2-D cases' key names.
-Time to a validation accuracy is not measured here: it needs the job's own 3-D fit.
+The time to a validation accuracy with the job's own 3-D `fit` is bench/volume_accuracy.py's.
 """
 
 from __future__ import annotations
@@ -161,7 +160,7 @@ def train_volumes(
     grid: Sequence[int] = GRID,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Training throughput of (a) 'monai' or (b) 'ours' (this module's docstring), with the same network.
 
@@ -171,9 +170,9 @@ def train_volumes(
         network: a name build_network knows, built with spatial_dims=3.
         epochs: epochs to run; the first is reported apart.
         grid, batch_size, seed: as `loader_volumes_monai`.
-        precision: (b)'s TrainConfig.precision. fp32 by default, as (a): 'auto' (the 2-D job's default) is bf16 on
-            CPUs that compute it natively, and there DenseNet121 3-D's conv3d gradients are not finite from the
-            first step and ResNet18's loss went NaN in its second epoch at 32x64x64. (a) computes in fp32 always.
+        precision: (b)'s TrainConfig.precision; the job's 'auto' is fp32 for volumes on the CPU (training/job/runtime.py
+            autocast_dtype): there, in bf16, DenseNet121 3-D's conv3d gradients were not finite from the first step
+            and ResNet18's loss went NaN in its second epoch at 32x64x64. (a) computes in fp32 always.
 
     Returns:
         {"images_per_second" (volumes), "epochs": per-epoch rates, "losses" (NaN shows a diverged run),
@@ -238,25 +237,22 @@ def _our_trainer(
     train_dir: str, network: str, epochs: int, grid: Sequence[int], batch_size: int, seed: int, precision: str
 ) -> tuple[EpochRunner, dict[str, Any]]:
     """(b)'s epoch: prepare_volumes once, then loop.train_one_epoch with the state fit would build."""
-    # The job's defaults otherwise; its (2-D) image_size is not used.
-    config = TrainConfig(batch_size=batch_size, epochs=epochs, seed=seed, precision=precision)
+    # The job's defaults otherwise: its precision rule (fp32 for volumes on the CPU) and channels_last_3d.
+    config = TrainConfig(network=network, image_size=tuple(int(v) for v in grid), batch_size=batch_size,
+                         epochs=epochs, seed=seed, precision=precision)
     runtime.seed_everything(seed)
     data, prepare_seconds = prepare_volume_set(train_dir, grid, seed=seed)
     device = torch.device("cpu")
-    compute = runtime.Compute(
-        device=device,
-        dtype=runtime.autocast_dtype(config.precision, device),
-        memory_format=torch.contiguous_format,
-        world=dist.World(),
-    )
+    compute = runtime.Compute.of(config, device, dist.World())
     model = build_network(network, num_classes=len(data.classes), spatial_dims=3)
+    model = model.to(memory_format=compute.memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
     loader = _batches(data, batch_size=batch_size, seed=seed, augment=config.augment)
     optimizer = runtime.make_optimizer(config, model)
     state = loop.TrainState(
         model=model,
         optimizer=optimizer,
         scheduler=runtime.make_scheduler(config, optimizer, steps_per_epoch=len(loader)),
-        scaler=torch.amp.GradScaler(device.type, enabled=False),
+        scaler=runtime.make_scaler(compute),
     )
     criterion = loop.make_criterion(config, data, compute)
     volumes = len(loader) * batch_size if loader.drop_last else len(data.train)
@@ -271,6 +267,7 @@ def _our_trainer(
         "prepare_seconds": round(prepare_seconds, 3),
         "autocast": str(dtype).replace("torch.", "") if dtype is not None else "off (fp32)",
         "threads": torch.get_num_threads(),
+        "memory_format": str(compute.memory_format).replace("torch.", ""),
     }
 
 

@@ -8,6 +8,9 @@ uploaded, the training job is created in the emulator and run on this machine by
 executed notebook is written to demo-output/ (with the data and results under demo-output/work/). Finally it runs
 `python -m infra.teardown` (what `make destroy` runs), which prints what the stack kept. Everything it starts is
 stopped before it returns, and it checks that no process of its own is left.
+
+`python -m demo --volumes` walks the notebook's 3-D setting instead (VOLUMES = True, demo/notebook.py
+volume_parameters): synthetic CT series trained, predicted, transformed and served as volumes; no PACS.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from demo.notebook import (
     notebook_env,
     pacs_parameters,
     run_notebook,
+    volume_parameters,
 )
 from demo.orthanc import Orthanc, orthanc_missing, start_orthanc
 
@@ -136,7 +140,8 @@ def start_pacs(running: ExitStack) -> Orthanc | None:
     return server
 
 
-def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Orthanc | None) -> NotebookRun:
+def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Orthanc | None, *,
+                volumes: bool = False) -> NotebookRun:
     """Execute the notebook against the deployed stack with the local runner, printing each cell as it ends.
 
     Args:
@@ -144,6 +149,7 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Or
         env: the emulator's environment.
         stack: the deployed stack's name.
         pacs: the local PACS the notebook pulls the synthetic set from and pushes its results to, or None.
+        volumes: the notebook's 3-D setting (volume_parameters).
     """
     shutil.rmtree(WORK_DIR, ignore_errors=True)  # a fresh emulator: start from fresh data too
 
@@ -154,6 +160,10 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Or
     print(f"synthetic set: {size.train_images} training + {size.test_images} test images; hyperparameters "
           + " ".join(f"{k}={v}" for k, v in size.hyperparameters.items()), flush=True)
     parameters = journey_parameters(WORK_DIR, size, stack_name=stack)
+    if volumes:
+        parameters |= volume_parameters()
+        print(f"volumes: {parameters['SYNTHETIC_SERIES']} synthetic CT series (train, test); hyperparameters "
+              f"{parameters['HYPERPARAMETERS']}", flush=True)
     if pacs is not None:
         parameters |= pacs_parameters(pacs.dicomweb, WORK_DIR / "seed", size)
         print(f"the synthetic set is stored in the local PACS at {pacs.dicomweb}, one study per image, with one "
@@ -202,12 +212,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Walk the journey on the emulator; print each step's duration.
+
+    Args:
+        argv: the arguments (default sys.argv[1:]): `--volumes` for the 3-D setting.
 
     Returns:
         The exit status.
     """
+    arguments = sys.argv[1:] if argv is None else argv
+    if set(arguments) - {"--volumes"}:
+        print("usage: python -m demo [--volumes]", file=sys.stderr)
+        return 2
+    volumes = "--volumes" in arguments
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the CLI and the emulator are stopped too
     timings: dict[str, float] = {}
     context = emulator_context()
@@ -232,12 +250,14 @@ def main() -> int:
                 deploy(env, context)
             step("Created in the emulator")
             show_created(env, stack)
-            step("A local PACS (Orthanc with DICOMweb) for the notebook's From your PACS")
-            with timed(timings, "start PACS"):
-                pacs = start_pacs(running)
+            pacs = None
+            if not volumes:  # the PACS holds the 2-D synthetic set
+                step("A local PACS (Orthanc with DICOMweb) for the notebook's From your PACS")
+                with timed(timings, "start PACS"):
+                    pacs = start_pacs(running)
             step(f"The notebook {NOTEBOOK.relative_to(ROOT)}, headless (nbclient), with the local runner")
             with timed(timings, "notebook"):
-                journey = run_journey(emulator, env, stack, pacs)
+                journey = run_journey(emulator, env, stack, pacs, volumes=volumes)
             if "train" in journey.seconds:
                 timings["  of which the job"] = journey.seconds["train"]
             if journey.error is None:

@@ -74,6 +74,17 @@ def journey_parameters(workdir: Path, size: JourneySize, *, stack_name: str) -> 
     }
 
 
+def volume_parameters() -> dict[str, Any]:
+    """The notebook's 3-D setting for a run here (`python -m demo --volumes`): a small synthetic CT set at a size the
+    CPU trains in a few minutes (the job's fp32 on the CPU: training/job/runtime.py autocast_dtype)."""
+    return {
+        "VOLUMES": True,
+        "SYNTHETIC_SERIES": (40, 8),
+        "HYPERPARAMETERS": {"image_size": (16, 48, 48), "network": "resnet18", "epochs": 6, "batch_size": 8},
+        "PREDICT_COUNT": 4,
+    }
+
+
 def pacs_parameters(dicomweb_root: str, folder: Path, size: JourneySize) -> dict[str, Any]:
     """The notebook's PACS settings for a run against a local Orthanc: the synthetic set of `size` stored in it
     (demo/pacs.py, one study per image) and the labels CSV of each channel (under `folder`)."""

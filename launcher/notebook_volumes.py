@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 VOLUME_HYPERPARAMETERS: dict[str, Any] = {"image_size": (32, 64, 64), "network": "resnet18", "batch_size": 8}
 DISPLAY_SIZE = (32, 128, 128)  # (D, H, W) a series is resampled to for display
 SLICES_SHOWN = 5
+ENDPOINT_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit (training/serving/volumes.py)
 
 
 def make_volume_demo(data_dir: str | os.PathLike[str], *, train_series: int = 60, test_series: int = 16,
@@ -60,8 +61,8 @@ def volume_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]
     """
     merged = {**VOLUME_HYPERPARAMETERS, **hyperparameters}
     if len(tuple(merged["image_size"])) != 3:
-        raise ValueError(f"VOLUMES = True trains volumes: HYPERPARAMETERS['image_size'] must be three values (D, H, W), "
-                         f"e.g. (32, 64, 64); got {merged['image_size']}")
+        raise ValueError("VOLUMES = True trains volumes: HYPERPARAMETERS['image_size'] must be three values "
+                         f"(D, H, W), e.g. (32, 64, 64); got {merged['image_size']}")
     return merged
 
 
@@ -163,6 +164,27 @@ def show_series_predictions(predictions: Sequence[Any], truth: Mapping[str, str]
         color = "black" if true is None else "green" if true == prediction.label else "red"
         _draw_slices(axis_row, series, title, color=color)
     return figure
+
+
+def zip_series(folder: str | os.PathLike[str]) -> bytes:
+    """A series folder as one endpoint request: its DICOM files deflated under names by position (slice-0001.dcm,
+    ...: no original file name leaves the notebook). The server orders the slices by their positions, not these names.
+
+    Raises:
+        ValueError: the zip is over the endpoint's 6 MB payload; the message says how to predict the series instead.
+    """
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for k, path in enumerate(_dicom_files(Path(folder)), start=1):
+            archive.write(path, f"slice-{k:04d}.dcm")
+    body = buffer.getvalue()
+    if len(body) > ENDPOINT_PAYLOAD_BYTES:
+        raise ValueError(f"{folder} zips to {len(body):,} bytes, over a real-time endpoint's {ENDPOINT_PAYLOAD_BYTES:,}"
+                         ": predict it in the notebook (section 9) or with a batch transform (up to 100 MB a series)")
+    return body
 
 
 def _draw_slices(axes: Sequence[Axes], series: Any, title: str, *, color: str = "black") -> None:

@@ -61,7 +61,8 @@ def test_the_cli_volume_run_measures_both_sides_and_reports_them(series: VolumeS
     args = cli.parse_args(
         ["--only", "volumes", "--volume-count", "4", "--volume-source", "8", "32", "--volume-grid", "8", "32", "32"]
         + ["--volume-batch-size", "2", "--volume-loader-epochs", "2", "--volume-loader-epochs-ours", "2"]
-        + ["--volume-train-epochs", "1", "--volume-precision", "fp32", "--settle", "0", "--out", str(tmp_path)]
+        + ["--volume-train-epochs", "1", "--volume-precision", "fp32", "--volume-accuracy-epochs", "1"]
+        + ["--settle", "0", "--out", str(tmp_path)]
     )
     results = cli.run(args, runner=run_in_process)
     entry = results["volumes"]
@@ -77,10 +78,17 @@ def test_the_cli_volume_run_measures_both_sides_and_reports_them(series: VolumeS
         assert trained["network"] == "resnet18" and trained["images_per_second"] > 0
         assert len(trained["losses"]) == 1 and math.isfinite(trained["losses"][0]) and trained["losses_finite"]
         assert trained["autocast"] == "off (fp32)"  # (a) always; (b) as --volume-precision says
+    accuracy = entry["accuracy"]  # the job's own fit, one epoch here: the clock runs, the target may not be met
+    assert accuracy["grid"] == [8, 24, 24] and accuracy["series"] == 48 and accuracy["validation_series"] >= 10
+    assert len(accuracy["epochs"]) == 1 and accuracy["prepare_seconds"] > 0 and accuracy["autocast"] == "off (fp32)"
+    assert accuracy["memory_format"] == "channels_last_3d" and accuracy["target_accuracy"] == 0.95
+    reached = accuracy["epochs"][0]["val_accuracy"] >= 0.95
+    assert (accuracy["epochs_to_target"] == 1) == reached and (accuracy["seconds_to_target"] is not None) == reached
     assert results["targets"] == []  # no target is set for volumes: it never fails the command
     table = report.markdown(results)
     assert "| loader | (a) MONAI | (b) ours |" in table and "| 8x32x32 |" in table
     assert "| resnet18 8x32x32 |" in table and "Left out: densenet121:" in table
+    assert "Time to 0.95 validation accuracy, the job's fit on the order-only set (48 series" in table
     json.dumps(results, allow_nan=True)
 
 

@@ -158,14 +158,21 @@ def test_volumes_on_the_cpu_train_in_fp32_because_bf16_conv3d_gradients_are_not_
     with pytest.raises(SystemExit):
         train.main(["--train=/nowhere", "--model-dir=/tmp/m", "--output-dir=/tmp/o", "--image_size", "32,32,32",
                     "--precision", "bf16"], environ={})
-    # the reason, measured: one bf16 step of the 3-D DenseNet121 leaves weight gradients that are not finite
+    # the reason, measured: a bf16 backward of the 3-D DenseNet121 leaves weight gradients that are not finite (at a
+    # batch of 4, in every one of 8 tries here; not always the same ones: the kernel is not deterministic, so up to 3)
     torch.manual_seed(0)
     model = networks.build_network("densenet121", num_classes=2, spatial_dims=3)
-    images, labels = torch.rand(4, 1, 32, 32, 32), torch.tensor([0, 1, 0, 1])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
-    loss.backward()
-    assert not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for _ in range(3):
+        images, labels = torch.rand(4, 1, 32, 32, 32), torch.tensor([0, 1, 0, 1])
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        if not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None):
+            break
+    else:
+        pytest.fail("three bf16 steps of the 3-D DenseNet121 on the CPU gave finite gradients: if this PyTorch fixed "
+                    "its conv3d backward, let precision auto pick bf16 for volumes again (training/job/runtime.py)")
 
 
 def test_class_weights_balance_the_classes() -> None:
