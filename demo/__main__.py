@@ -9,7 +9,7 @@ executed notebook is written to demo-output/ (with the data and results under de
 `python -m infra.teardown` (what `make destroy` runs), which prints what the stack kept. Everything it starts is
 stopped before it returns, and it checks that no process of its own is left.
 
-`python -m demo --volumes` walks the notebook's 3-D setting instead (VOLUMES = True, demo/notebook.py
+`python -m demo --volumes` walks the notebook's 3-D setting instead (an image_size of three values, demo/notebook.py
 volume_parameters): synthetic CT series trained, predicted, transformed and served as volumes; no PACS.
 """
 
@@ -162,8 +162,7 @@ def run_journey(emulator: Emulator, env: Mapping[str, str], stack: str, pacs: Or
     parameters = journey_parameters(WORK_DIR, size, stack_name=stack)
     if volumes:
         parameters |= volume_parameters()
-        print(f"volumes: {parameters['SYNTHETIC_SERIES']} synthetic CT series (train, test); hyperparameters "
-              f"{parameters['HYPERPARAMETERS']}", flush=True)
+        print(f"volumes: hyperparameters {parameters['HYPERPARAMETERS']}", flush=True)
     if pacs is not None:
         parameters |= pacs_parameters(pacs.dicomweb, WORK_DIR / "seed", size)
         print(f"the synthetic set is stored in the local PACS at {pacs.dicomweb}, one study per image, with one "

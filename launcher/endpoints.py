@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -26,6 +28,7 @@ from launcher.inference import (
     DEFAULT_INSTANCE_TYPE,
     DICOM,
     INFERENCE_PREFIX,
+    ZIP,
     delete_model,
     resource_name,
     runs_locally,
@@ -96,6 +99,16 @@ def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_
     sagemaker_client(settings).get_waiter("endpoint_in_service").wait(
         EndpointName=name, WaiterConfig={"Delay": poll_s, "MaxAttempts": max_attempts}
     )
+
+
+def request_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """The body and content type of one request: a DICOM file as it is, a series folder zipped (3-D models; named by
+    position, within the 6 MB payload: launcher/notebook_volumes.py zip_series)."""
+    if Path(path).is_dir():
+        from launcher.notebook_volumes import zip_series
+
+        return zip_series(path), ZIP
+    return Path(path).read_bytes(), DICOM
 
 
 def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type: str = DICOM) -> dict[str, Any]:

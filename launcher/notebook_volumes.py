@@ -1,7 +1,7 @@
-"""The notebook's 3-D setting (VOLUMES = True): CT series in, a few slices of each out, with the model's answer.
+"""The notebook's 3-D setting (an image_size of three values): CT series in, a few slices each out, with the answer.
 
+    DATA_DIR, DATASET_NAME, HYPERPARAMETERS, VOLUMES = demo_data(...)  # the data cell: the mode, the synthetic set
     data = make_volume_demo(WORK_DIR / "volumes")            # synthetic CT series: train/ and test/ (other patients)
-    HYPERPARAMETERS = volume_hyperparameters(HYPERPARAMETERS)  # image_size D,H,W and a network that takes it
     show_volume_samples(DATA_DIR)                             # a few series of each class, five slices each
     held_out = held_out_series(DATA_DIR, 4)                   # (series folder, true label) of the test channel
     predictions = predict_series_folders(predictor, [folder for folder, _ in held_out])
@@ -26,11 +26,69 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-# The 3-D defaults of the notebook: a CPU instance trains them in minutes; on a GPU give a larger image_size.
-VOLUME_HYPERPARAMETERS: dict[str, Any] = {"image_size": (32, 64, 64), "network": "resnet18", "batch_size": 8}
+# The 3-D defaults of the notebook under its image_size, e.g. (32, 64, 64): a network that takes any depth, and a
+# batch a CPU instance trains in minutes.
+VOLUME_HYPERPARAMETERS: dict[str, Any] = {"network": "resnet18", "batch_size": 8}
 DISPLAY_SIZE = (32, 128, 128)  # (D, H, W) a series is resampled to for display
 SLICES_SHOWN = 5
 ENDPOINT_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit (training/serving/volumes.py)
+
+
+def demo_data(data_dir: str | os.PathLike[str] | None, dataset_name: str, hyperparameters: Mapping[str, Any], *,
+              work_dir: str | os.PathLike[str], images: tuple[int, int]) -> tuple[Path, str, dict[str, Any], bool]:
+    """The notebook's data cell: the data folder, its dataset name, the job's settings and the mode.
+
+    The mode follows the job's rule: an image_size of three values (D, H, W) trains volumes, and then the settings get
+    VOLUME_HYPERPARAMETERS under the notebook's own. With data_dir None it makes the synthetic set once under
+    work_dir: images (training.local_demo, `images` = (train, test) images) or, for volumes, CT series
+    (make_volume_demo: a series of 32 slices for every 8 images, at least 8 and 4), uploaded as 'synthetic-volumes'
+    rather than the 2-D set's 'synthetic'.
+
+    Returns:
+        (data folder, dataset name, settings, True for volumes).
+    """
+    from training.local_demo import make_demo_data
+
+    volumes = len(tuple(hyperparameters.get("image_size", ()))) == 3
+    settings = volume_hyperparameters(hyperparameters) if volumes else dict(hyperparameters)
+    if data_dir is not None:
+        return Path(data_dir), dataset_name, settings, volumes
+    if volumes:
+        root = make_volume_demo(Path(work_dir) / "volumes", train_series=max(8, images[0] // 8),
+                                test_series=max(4, images[1] // 8))
+        return root, "synthetic-volumes" if dataset_name == "synthetic" else dataset_name, settings, volumes
+    root = Path(work_dir) / "synthetic"
+    if not (root / "train").is_dir():  # made once: delete the folder to make a new one
+        make_demo_data(root, train_images=images[0], test_images=images[1])
+    return root, dataset_name, settings, volumes
+
+
+def predict_held_out(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], count: int, *,
+                     volumes: bool) -> tuple[list[tuple[Path, str]], list[Any], dict[str, str]]:
+    """The notebook's prediction cell: held-out files (or series, with `volumes`) classified in this kernel.
+
+    Returns:
+        (held out: (file or series folder, true label) pairs, the predictions, file or folder -> true label).
+    """
+    from launcher.notebook import held_out_files
+    from training.inference import Predictor
+
+    predictor = Predictor.from_bundle(model_dir, device="cpu")
+    if volumes:
+        held_out = held_out_series(data_dir, count)
+        predictions = predict_series_folders(predictor, [folder for folder, _ in held_out])
+    else:
+        held_out = held_out_files(data_dir, count)
+        predictions = predictor.predict([str(path) for path, _ in held_out])
+    return held_out, predictions, {str(path): label for path, label in held_out}
+
+
+def show_held_out(predictions: Sequence[Any], truth: Mapping[str, str], *, volumes: bool) -> Figure:
+    """Print the predictions' table and draw them: series as slices (show_series_predictions), or images."""
+    from launcher.notebook import prediction_table, show_predictions
+
+    print(series_table(predictions, truth) if volumes else prediction_table(predictions, truth))
+    return show_series_predictions(predictions, truth) if volumes else show_predictions(predictions, truth)
 
 
 def make_volume_demo(data_dir: str | os.PathLike[str], *, train_series: int = 60, test_series: int = 16,
@@ -54,16 +112,8 @@ def make_volume_demo(data_dir: str | os.PathLike[str], *, train_series: int = 60
 
 
 def volume_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's settings for volumes: VOLUME_HYPERPARAMETERS under the notebook's own (which win).
-
-    Raises:
-        ValueError: the notebook's image_size has two values (2-D) while VOLUMES is set.
-    """
-    merged = {**VOLUME_HYPERPARAMETERS, **hyperparameters}
-    if len(tuple(merged["image_size"])) != 3:
-        raise ValueError("VOLUMES = True trains volumes: HYPERPARAMETERS['image_size'] must be three values "
-                         f"(D, H, W), e.g. (32, 64, 64); got {merged['image_size']}")
-    return merged
+    """The job's settings for volumes: VOLUME_HYPERPARAMETERS under the notebook's own (which win)."""
+    return {**VOLUME_HYPERPARAMETERS, **hyperparameters}
 
 
 def held_out_series(data_dir: str | os.PathLike[str], count: int = 4) -> list[tuple[Path, str]]:
