@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from bench import public_sample, volume_accuracy, volumes
-from bench.measure import Clock, append_rates, epoch_row, rates_summary, training_summary
+from bench.measure import Clock, append_rates, epoch_row, rates_summary, timed_fit, training_summary
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataOptions, prepare
 from training.dataset.split import PreparedData
-from training.job import loop, runtime, train
+from training.job import runtime, train
 from training.job.config import TrainConfig
 from training.job.networks import build_network
 from training.serve import measure_serving
@@ -207,19 +206,7 @@ def train_ours(
     if config.threads:
         torch.set_num_threads(config.threads)
     data, prepare_seconds = _prepare({"train": train_dir, "validation": val_dir}, config)
-    clock: list[tuple[float, float, float]] = []
-    original = loop.train_one_epoch
-
-    def timed(*args: Any, **kwargs: Any) -> tuple[float, float]:
-        epoch_clock = Clock()
-        result = original(*args, **kwargs)  # ends with loss.item(): the device is synchronized
-        clock.append((*epoch_clock.read(), result[0]))
-        return result
-
-    started = time.perf_counter()
-    with mock.patch.object(loop, "train_one_epoch", timed):  # where loop.run_epochs looks it up
-        state, _ = train.fit(config, data, device=target)
-    fit_seconds = time.perf_counter() - started
+    state, clock, fit_seconds = timed_fit(config, data, target)
     images = (len(data.train) // batch_size) * batch_size if len(data.train) > batch_size else len(data.train)
     rows = [
         epoch_row(epoch, seconds, cpu, images, loss, float(history["val_accuracy"]), None)

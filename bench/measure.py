@@ -150,3 +150,29 @@ def training_summary(rows: list[dict[str, Any]], target: float, *, setup_seconds
 
 def rounded(values: Sequence[float]) -> list[float]:
     return [round(v, 2) for v in values]
+
+
+def timed_fit(config: Any, data: Any, device: Any) -> tuple[Any, list[tuple[float, float, float]], float]:
+    """training/job/train.py `fit`, with each epoch's `train_one_epoch` timed (wall, CPU) and its loss; fit's own
+    validation each epoch is not in those times.
+
+    Returns:
+        (fit's final state, one (seconds, cpu seconds, loss) an epoch, fit's wall seconds in all).
+    """
+    from unittest import mock
+
+    from training.job import loop, train
+
+    clock: list[tuple[float, float, float]] = []
+    original = loop.train_one_epoch
+
+    def timed(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        epoch_clock = Clock()
+        result = original(*args, **kwargs)  # ends with loss.item(): the device is synchronized
+        clock.append((*epoch_clock.read(), result[0]))
+        return result
+
+    started = time.perf_counter()
+    with mock.patch.object(loop, "train_one_epoch", timed):  # where loop.run_epochs looks it up
+        state, _ = train.fit(config, data, device=device)
+    return state, clock, time.perf_counter() - started

@@ -14,15 +14,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 
-from bench.measure import Clock, epoch_row, training_summary
+from bench.measure import Clock, epoch_row, timed_fit, training_summary
 from training import synthetic
 from training.dataset.prepare_volumes import VolumeOptions, prepare_volumes
 from training.dataset.pseudonym_key import KEY_BYTES
-from training.job import loop, runtime, train
+from training.job import distributed, runtime
 from training.job.config import TrainConfig
 
 # tests/training/test_volume_job.py's set and size: 48 series (24 patients) of 8 slices of 32x32, trained at 8x24x24
@@ -50,22 +49,12 @@ def accuracy_volumes_ours(*, epochs: int = 8, grid: tuple[int, int, int] = GRID,
         options = VolumeOptions.from_config(config, pseudonym_key=KEY)
         data = prepare_volumes({"train": root}, options)
         prepare_seconds = clock.read()[0]
-        timings: list[tuple[float, float, float]] = []
-        original = loop.train_one_epoch
-
-        def timed(*args: Any, **kwargs: Any) -> tuple[float, float]:
-            epoch_clock = Clock()
-            result = original(*args, **kwargs)  # ends with loss.item(): the device is synchronized
-            timings.append((*epoch_clock.read(), result[0]))
-            return result
-
-        with mock.patch.object(loop, "train_one_epoch", timed):  # where loop.run_epochs looks it up
-            state, _ = train.fit(config, data, device=torch.device("cpu"))
+        state, timings, _ = timed_fit(config, data, torch.device("cpu"))
     volumes = (len(data.train) // batch_size) * batch_size if len(data.train) > batch_size else len(data.train)
     rows = [epoch_row(epoch, seconds, cpu, volumes, loss, float(history["val_accuracy"]), None)
             for epoch, ((seconds, cpu, loss), history) in enumerate(zip(timings, state.history, strict=True), start=1)]
     summary = training_summary(rows, target_accuracy, setup_seconds=prepare_seconds)
-    compute = runtime.Compute.of(config, torch.device("cpu"), train.dist.World())
+    compute = runtime.Compute.of(config, torch.device("cpu"), distributed.World())
     summary.update(
         prepare_seconds=round(prepare_seconds, 3),
         autocast=str(compute.dtype).replace("torch.", "") if compute.dtype is not None else "off (fp32)",

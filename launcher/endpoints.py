@@ -101,14 +101,14 @@ def wait_for_endpoint(settings: Settings, name: str, *, poll_s: float = 30, max_
     )
 
 
-def request_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
-    """The body and content type of one request: a DICOM file as it is, a series folder zipped (3-D models; named by
-    position, within the 6 MB payload: launcher/notebook_volumes.py zip_series)."""
+def request_of(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """invoke_endpoint's body and content_type for one request: a DICOM file as it is, a series folder zipped (3-D
+    models; named by position, within the 6 MB payload: launcher/notebook_volumes.py zip_series)."""
     if Path(path).is_dir():
         from launcher.notebook_volumes import zip_series
 
-        return zip_series(path), ZIP
-    return Path(path).read_bytes(), DICOM
+        return {"body": zip_series(path), "content_type": ZIP}
+    return {"body": Path(path).read_bytes(), "content_type": DICOM}
 
 
 def invoke_endpoint(settings: Settings, name: str, body: bytes, *, content_type: str = DICOM) -> dict[str, Any]:

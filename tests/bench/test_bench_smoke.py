@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,8 @@ TINY_JOB = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tests share 2 cores with another pytest worker, and OpenMP threads that find their
-    cores taken make every tiny operator wait for a time slice (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """One torch thread for every test here (tests/bench/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +156,5 @@ def _small_batches(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def gpu_available() -> bool:
-    import torch
 
     return torch.cuda.is_available()

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from bench import __main__ as cli
 from bench import report, volumes
@@ -26,12 +24,8 @@ GRID = (8, 32, 32)  # the source grid: Resize leaves it as it is, so (a)'s voxel
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One torch thread: the tests share 2 cores with another pytest worker (see test_bench_smoke.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """One torch thread for every test here (tests/bench/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

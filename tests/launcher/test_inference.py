@@ -175,12 +175,17 @@ def _bundle_predictions(bundle: Path, files: list[str]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def local_settings(stack: Stack, job_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The stack's settings with the local runner, and the session's trained bundle as a job's model.tar.gz."""
-    archive = tmp_path_factory.mktemp("model") / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for child in sorted(job_bundle.iterdir()):
-            tar.add(child, arcname=child.name)
-    boto3.client("s3").upload_file(str(archive), BUCKET, LOCAL_MODEL_DATA.removeprefix(f"s3://{BUCKET}/"))
+    _publish(job_bundle, LOCAL_MODEL_DATA, tmp_path_factory.mktemp("model"))
     return replace(stack.settings, runner="local")
+
+
+def _publish(bundle: Path, model_data: str, scratch: Path) -> None:
+    """A bundle as a job's model.tar.gz at model_data (s3://BUCKET/...)."""
+    archive = scratch / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for child in sorted(bundle.iterdir()):
+            tar.add(child, arcname=child.name)
+    boto3.client("s3").upload_file(str(archive), BUCKET, model_data.removeprefix(f"s3://{BUCKET}/"))
 
 
 @pytest.fixture(scope="module")
@@ -373,11 +378,7 @@ def test_no_whole_series_is_refused(stack: Stack) -> None:
 @pytest.fixture(scope="module")
 def volume_settings(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     bundle, _ = write_volume_bundle(tmp_path_factory.mktemp("volume") / "model")
-    archive = tmp_path_factory.mktemp("archive") / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for child in sorted(bundle.iterdir()):
-            tar.add(child, arcname=child.name)
-    boto3.client("s3").upload_file(str(archive), BUCKET, VOLUME_MODEL_DATA.removeprefix(f"s3://{BUCKET}/"))
+    _publish(bundle, VOLUME_MODEL_DATA, tmp_path_factory.mktemp("archive"))
     return replace(stack.settings, runner="local")
 
 

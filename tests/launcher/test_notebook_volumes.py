@@ -117,12 +117,13 @@ def test_a_series_is_one_request_named_by_position_and_bounded(volume_data: Path
     from launcher.endpoints import request_of
 
     folder, _ = notebook_volumes.held_out_series(volume_data, 1)[0]
-    body, kind = request_of(folder)
-    assert kind == "application/zip"
+    request = request_of(folder)
+    body = request["body"]
+    assert request["content_type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert names == [f"slice-{k:04d}.dcm" for k in range(1, 9)]  # no original file name leaves the notebook
     first = sorted(folder.iterdir())[0]
-    assert request_of(first) == (first.read_bytes(), "application/dicom")
+    assert request_of(first) == {"body": first.read_bytes(), "content_type": "application/dicom"}
     monkeypatch.setattr(notebook_volumes, "ENDPOINT_PAYLOAD_BYTES", len(body) - 1)
     with pytest.raises(ValueError, match=f"{folder} zips to {len(body):,} bytes, over a real-time endpoint's"):
         request_of(folder)
