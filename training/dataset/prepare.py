@@ -407,14 +407,15 @@ def _log_listing(listing: ChannelListing) -> None:
 
 
 def log_plan(summary: dict[str, Any]) -> None:
-    """The split in one line per side, and a warning for a class left without training images."""
+    """The split in one line per side, and a warning for a class left without training images (or series)."""
+    volumes = summary.get("kind") == "volumes"
     for side in DATA_CHANNELS:
         counts = summary["class_counts"][side]
         if sum(counts.values()):
             detail = ", ".join(f"{name} {count}" for name, count in counts.items())
-            log.info(
-                "%s: %d image(s) of %d patient(s) (%s)", side, sum(counts.values()), summary["patients"][side], detail
-            )
+            log.info("%s: %d %s of %d patient(s) (%s)", side, sum(counts.values()),
+                     "series" if volumes else "image(s)", summary["patients"][side], detail)
     empty = [name for name, count in summary["class_counts"]["train"].items() if count == 0]
     if empty:
-        log.warning("no training image of class(es) %s is left: the model cannot learn them", ", ".join(empty))
+        log.warning("no training %s of class(es) %s is left: the model cannot learn them",
+                    "series" if volumes else "image", ", ".join(empty))

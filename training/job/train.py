@@ -261,11 +261,12 @@ def fit(
     criterion = loop.make_criterion(config, data, compute)
     positive = positive_index(data.classes, config.positive_class)
     log.info(
-        "classes %s%s; %d training and %d validation images%s; %d steps an epoch",
+        "classes %s%s; %d training and %d validation %s%s; %d steps an epoch",
         ", ".join(data.classes),
         f" (positive: {data.classes[positive]})" if len(data.classes) == 2 else "",
         len(data.train),
         len(data.validation),
+        "series" if spatial_dims(config) == 3 else "images",
         f" on rank 0 of {world.size} (batches of {loader.batch_size} a rank)" if world.active else "",
         steps,
     )
