@@ -213,12 +213,12 @@ def upload_series(
 def _dicom_files(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """The files named, and the DICOM files (by the 'DICM' marker) under the folders named, as training.predict finds
     them; pydicom and numpy only (training.dataset), no torch in the notebook's kernel for this."""
-    from training.dataset.dicom import has_dicom_marker
+    from training.dataset.dicom import dicom_files_under
 
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            files += sorted(p for p in source.rglob("*") if p.is_file() and has_dicom_marker(p))
+            files += dicom_files_under(source)
         elif source.is_file():
             files.append(source)
         else:

@@ -253,9 +253,8 @@ def _draw_slices(axes: Sequence[Axes], series: Any, title: str, *, color: str = 
             axis.set_title(title, fontsize=9, loc="left", color=color)
 
 
-def _dicom_files(root: Path) -> list[Path]:
-    """The DICOM files under root (the marker, not the name), hidden folders and DICOMDIR left out."""
-    from training.dataset.dicom import has_dicom_marker
+def _dicom_files(root: str | os.PathLike[str]) -> list[Path]:
+    """training.dataset.dicom.dicom_files_under, imported when used (this module imports the standard library only)."""
+    from training.dataset.dicom import dicom_files_under
 
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                  p.relative_to(root).parts) and p.name.upper() != "DICOMDIR" and has_dicom_marker(p))
+    return dicom_files_under(root)

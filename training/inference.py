@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.dataset.dicom import DicomReadError, Source, has_dicom_marker
+from training.dataset.dicom import DicomReadError, Source, dicom_files_under
 from training.dataset.series import Series, assemble
 from training.job.evaluation import predict as decide
 from training.serving.request import (
@@ -262,11 +262,12 @@ def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike[str], d
 
 
 def find_dicom_files(directory: str | os.PathLike[str]) -> list[str]:
-    """The DICOM files under a directory at any depth, by the 'DICM' marker (not the suffix), sorted."""
+    """The DICOM files under a directory at any depth, sorted (training.dataset.dicom.dicom_files_under: by the 'DICM'
+    marker, not the suffix; hidden folders and DICOMDIR indexes left out)."""
     root = Path(directory)
     if not root.is_dir():
         raise ValueError(f"dataset_dir {root} is not a directory of DICOM files")
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and has_dicom_marker(p))
+    return [str(p) for p in dicom_files_under(root)]
 
 
 def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str]) -> Path:

@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from tests.training.dicom_builders import pydicom_data_dir
 from training.dataset import series as series_module
-from training.dataset.dicom import has_dicom_marker
+from training.dataset.dicom import dicom_files_under, has_dicom_marker
 from training.dataset.series import SeriesReport, assemble
 
 DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
@@ -233,3 +233,20 @@ def test_the_bounds_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(series_module, "MAX_FILES", 100)
     (entry,) = assemble(files[:4], root=tmp_path).bad
     assert entry["reason"].startswith("it has 4 slices of 16 x 16, 1024 voxels; a volume holds at most 1000")
+
+
+def test_the_dicom_files_below_a_folder_are_found_by_their_marker_and_bounded(tmp_path: Path) -> None:
+    """One listing for the data layer, predict, the notebook and upload_series: any name and depth, by the marker;
+    hidden folders, DICOMDIR indexes and other files left out; a bound that stops the walk."""
+    sources = sorted(CT5N.iterdir())
+    (tmp_path / "d").mkdir()
+    kept = [Path(shutil.copy(sources[0], tmp_path / "a.bin")), Path(shutil.copy(sources[1], tmp_path / "d" / "e"))]
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    shutil.copy(sources[2], tmp_path / ".ipynb_checkpoints" / "a.bin")  # a notebook's hidden copy
+    shutil.copy(DICOMDIR_TESTS / "DICOMDIR", tmp_path / "d" / "DICOMDIR")  # an index, with the marker
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert has_dicom_marker(tmp_path / "d" / "DICOMDIR")
+    assert dicom_files_under(tmp_path) == sorted(kept)
+    assert dicom_files_under(tmp_path, limit=2) == sorted(kept)
+    with pytest.raises(ValueError, match=f"{tmp_path} holds more than 1 DICOM files"):
+        dicom_files_under(tmp_path, limit=1)

@@ -126,6 +126,29 @@ def has_dicom_marker(path: str | os.PathLike[str]) -> bool:
     return head[DICM_OFFSET : DICM_OFFSET + 4] == b"DICM"
 
 
+
+def dicom_files_under(root: str | os.PathLike[str], *, limit: int | None = None) -> list[Path]:
+    """The DICOM files below a folder, at any depth, sorted: by the marker (has_dicom_marker), not by name or suffix;
+    hidden folders (.ipynb_checkpoints, .git) and DICOMDIR indexes left out; symbolic links to folders not followed.
+
+    Args:
+        root: the folder.
+        limit: stop with ValueError once more than this many are found (None: no bound).
+
+    Raises:
+        ValueError: more than `limit` DICOM files (the message names the folder and the bound).
+    """
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(folder, name)
+            if name.upper() != "DICOMDIR" and path.is_file() and has_dicom_marker(path):
+                found.append(path)
+                if limit is not None and len(found) > limit:
+                    raise ValueError(f"{root} holds more than {limit} DICOM files")
+    return sorted(found)
+
 def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> DicomHeader:
     """Read the identifiers used for the patient split, without the pixel data.
 

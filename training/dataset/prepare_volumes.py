@@ -22,7 +22,6 @@ its keyed pseudonym; no UID or patient identifier reaches a log, an error, the s
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from training.dataset.cache import DecodeStats, allocate, pool_size, run_jobs
-from training.dataset.dicom import DicomHeader, has_dicom_marker
+from training.dataset.dicom import DicomHeader, dicom_files_under
 from training.dataset.grayscale import Window
 from training.dataset.labels import DataError, LabeledFile
 from training.dataset.prepare import (
@@ -145,21 +144,14 @@ def _read_channels(channels: Mapping[str, str | Path]) -> tuple[dict[str, _Chann
 
 
 def _dicom_files(channel: str, root: Path) -> list[Path]:
-    """DICOM files below root (the marker, not the name); hidden folders and DICOMDIR left out; bounded."""
+    """DICOM files below root (dicom.dicom_files_under: the marker, hidden folders and DICOMDIR left out); bounded."""
     if not root.is_dir():
         raise DataError(f"channel '{channel}': {root} is not a directory")
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            path = Path(dirpath, filename)
-            if filename.upper() != "DICOMDIR" and has_dicom_marker(path):
-                files.append(path)
-                if len(files) > MAX_FILES:
-                    raise DataError(f"channel '{channel}' holds more than {MAX_FILES} DICOM files "
-                                    "(training.dataset.series.MAX_FILES): split the data into several channels")
-    return files
-
+    try:
+        return dicom_files_under(root, limit=MAX_FILES)
+    except ValueError:
+        raise DataError(f"channel '{channel}' holds more than {MAX_FILES} DICOM files "
+                        "(training.dataset.series.MAX_FILES): split the data into several channels") from None
 
 def _classes(found: dict[str, _Channel]) -> list[str]:
     """Step 2: the sorted train classes, at least two."""
