@@ -255,6 +255,39 @@ def summarize(results: JobResults) -> str:
             value, (low, high) = entry.get("value"), entry.get("ci95") or (None, None)
             lines.append(f"  {name:<12} {_number(value)}  (95% CI {_number(low)} to {_number(high)})")
         break
+    point, calibration = metrics.get("operating_point"), metrics.get("calibration") or {}
+    if point:
+        target = f" for {point['method'].replace('_', ' ')} {point['target']:g} on validation" if point.get(
+            "target") is not None else " (the threshold hyperparameter)"
+        lines.append(f"operating point: threshold {_number(point['threshold'])}{target}")
+    if "after" in calibration:
+        lines.append(f"calibration: temperature {_number(calibration['temperature'])}; {calibration['measured_on']} "
+                     f"ECE {_number(calibration['before']['ece'])} -> {_number(calibration['after']['ece'])}, Brier "
+                     f"{_number(calibration['before']['brier'])} -> {_number(calibration['after']['brier'])}")
+    return "\n".join(lines)
+
+
+def subgroup_table(results: JobResults) -> str:
+    """The test metrics per subgroup (metrics.json "subgroups": Manufacturer, Modality, PatientSex, age band, ...),
+    one row per attribute value with n and each metric with its 95% interval; values rarer than the job's minimum
+    are pooled as "other".
+
+    Args:
+        results: from collect().
+    """
+    from training.job.subgroups import table_rows
+
+    report = results.metrics.get("subgroups")
+    if not report:
+        return "no subgroups: the data carried none of the attributes (Manufacturer, Modality, PatientSex, ...)"
+    rows = table_rows(report)
+    metrics = [m for m in ("accuracy", "auc", "sensitivity", "specificity") if rows and m in rows[0]]
+    lines = [f"{report['split']} set by subgroup (values with fewer than {report['min_size']} cases pooled as "
+             "'other'):", f"{'attribute':<22} {'value':<18} {'n':>5}  " + "  ".join(f"{m:<21}" for m in metrics)]
+    for row in rows:
+        cells = [f"{_number(row[m])} ({_number(row[m + '_ci95'][0])}-{_number(row[m + '_ci95'][1])})" for m in metrics]
+        lines.append(f"{row['attribute']:<22} {row['value'][:18]:<18} {row['n']:>5}  " + "  ".join(
+            f"{c:<21}" for c in cells))
     return "\n".join(lines)
 
 

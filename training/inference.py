@@ -78,6 +78,23 @@ class Prediction:
     probabilities: dict[str, float]
 
 
+class CalibratedSoftmax:
+    """Logits to calibrated probabilities: softmax(logits / temperature) (training/job/calibration.py fitted the
+    temperature on the validation set; the bundle's inference.json "temperature" holds it).
+
+    Args:
+        temperature: a finite number > 0; 1.0 is the plain softmax.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0; got {temperature}")
+        self.temperature = float(temperature)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float() / self.temperature, dim=1)
+
+
 class Predictor:
     """A trained network with its preprocessing and decision rule.
 
@@ -89,9 +106,10 @@ class Predictor:
         positive_index: the positive class (two classes).
         device: where the network runs.
         inferer: runs the network on a batch, e.g. MONAI's SimpleInferer; None calls the network.
-        postprocessing: logits (N x C) to probabilities; None: softmax.
+        postprocessing: logits (N x C) to probabilities; None: CalibratedSoftmax(temperature).
         batch_size: files per forward pass.
         spatial_dims: 2 (preprocessing reads a file: `predict`) or 3 (it reads a series: `predict_series`).
+        temperature: the calibration's temperature (used when postprocessing is None).
     """
 
     def __init__(
@@ -107,6 +125,7 @@ class Predictor:
         postprocessing: Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 32,
         spatial_dims: int = 2,
+        temperature: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -117,7 +136,8 @@ class Predictor:
         self.positive_index = int(positive_index)
         self.device = torch.device(device)
         self.inferer = inferer
-        self.postprocessing = postprocessing
+        self.postprocessing = postprocessing or CalibratedSoftmax(temperature)
+        self.temperature = float(temperature)
         self.batch_size = batch_size
         self.spatial_dims = spatial_dims
 
@@ -147,16 +167,20 @@ class Predictor:
             threshold=spec.threshold,
             positive_index=spec.positive_index,
             device=device,
+            temperature=spec.temperature,
         )
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Softmax outputs of preprocessed images (N x 1 x H x W) as an N x C array."""
+        """Calibrated probabilities of preprocessed images (N x 1 x H x W) as an N x C array: the postprocessing
+        (softmax(logits / temperature)) of `logits`."""
+        return np.asarray(torch.as_tensor(self.postprocessing(self.logits(images))).float().cpu())
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's raw outputs (N x C) for preprocessed images (N x 1 x H x W)."""
         images = images.to(self.device, torch.float32)
-        logits = self.inferer(images, self.network) if self.inferer is not None else self.network(images)
-        if self.postprocessing is not None:
-            return np.asarray(torch.as_tensor(self.postprocessing(logits)).float().cpu())
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return self.inferer(images, self.network) if self.inferer is not None else self.network(images)
 
     def predict(self, sources: Sequence[Source], *, names: Sequence[str] | None = None) -> list[Prediction]:
         """Classify DICOM files (paths or bytes).

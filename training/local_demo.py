@@ -36,7 +36,7 @@ TEST_IMAGES = 100  # held out by patient: the test channel
 
 
 def make_demo_data(
-    root: Path, *, train_images: int = TRAIN_IMAGES, test_images: int = TEST_IMAGES, seed: int = 0
+    root: Path, *, train_images: int = TRAIN_IMAGES, test_images: int = TEST_IMAGES, seed: int = 0, size: int = 256
 ) -> dict[str, Path]:
     """Generate the synthetic set and move whole patients out of it into a test channel.
 
@@ -48,12 +48,13 @@ def make_demo_data(
         train_images: images left in train/.
         test_images: images (about; whole patients) moved to test/.
         seed: the generator's seed.
+        size: rows and columns of each image (training/synthetic.py generate).
 
     Returns:
         {"train": root/train, "test": root/test}.
     """
     train, test = root / "train", root / "test"
-    generate(train, count=train_images + test_images, label_format="csv", seed=seed)
+    generate(train, count=train_images + test_images, label_format="csv", seed=seed, size=size)
     with open(train / "labels.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     by_patient: dict[str, list[dict[str, str]]] = defaultdict(list)

@@ -54,6 +54,12 @@ def _images(files: list[str], size: int = 96) -> torch.Tensor:
     return torch.stack([torch.from_numpy(load_image(f, image_size=(size, size))) for f in files])
 
 
+def _calibrated(bundle: Path, logits: torch.Tensor) -> np.ndarray:
+    """softmax(logits / the bundle's temperature): what every inference path answers."""
+    temperature = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))["temperature"]
+    return torch.softmax(logits.float() / temperature, 1).numpy()
+
+
 def _labels(logits: torch.Tensor, threshold: float = 0.5) -> list[str]:
     p_abnormal = torch.softmax(logits.float(), dim=1)[:, 0]
     return ["abnormal" if p >= threshold else "normal" for p in p_abnormal.tolist()]
@@ -93,7 +99,7 @@ def test_fresh_monai_network_with_the_state_dict_predicts_the_same(
     with torch.inference_mode():
         logits = network.eval()(_images(job_test_files))
     assert _labels(logits) == job_reference[0]
-    assert np.allclose(torch.softmax(logits, 1).numpy(), job_reference[1], atol=1e-4)
+    assert np.allclose(_calibrated(job_bundle, logits), job_reference[1], atol=1e-4)
 
 
 def test_torchscript_predicts_the_same_and_carries_the_metadata(
@@ -104,7 +110,7 @@ def test_torchscript_predicts_the_same_and_carries_the_metadata(
     with torch.inference_mode():
         logits = module(_images(job_test_files))
     assert _labels(logits) == job_reference[0]
-    assert np.allclose(torch.softmax(logits, 1).numpy(), job_reference[1], atol=1e-4)
+    assert np.allclose(_calibrated(job_bundle, logits), job_reference[1], atol=1e-4)
     assert json.loads(extra["metadata.json"])["classes"] == ["abnormal", "normal"]
     assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "monai.networks.nets.DenseNet121"
 

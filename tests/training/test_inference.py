@@ -43,7 +43,7 @@ def direct(job_bundle: Path):
     def classify(path: Path) -> tuple[str, dict[str, float]]:
         image = torch.from_numpy(load_image(path, image_size=size, window=window))[None]
         with torch.inference_mode():
-            p = torch.softmax(network(image).float(), dim=1).numpy()
+            p = torch.softmax(network(image).float() / config["temperature"], dim=1).numpy()  # calibrated
         label = int(decide(p, threshold=config["threshold"], positive=config["positive_index"])[0])
         return classes[label], dict(zip(classes, p[0].tolist(), strict=True))
 

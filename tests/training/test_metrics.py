@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from training.dataset.subgroup_attributes import age_band
 from training.job import metrics
 from training.job.evaluation import (
     bootstrap_intervals,
@@ -17,8 +18,11 @@ from training.job.evaluation import (
     evaluation_report,
     predict,
     roc_auc,
+    two_class_intervals,
 )
 from training.job.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, TEST_KEYS, format_line, parse_line
+from training.job.operating_point import choose_threshold, rates
+from training.job.subgroups import pooled
 
 
 def test_definitions_are_what_the_sdk_takes() -> None:
@@ -158,3 +162,46 @@ def test_report_is_json_ready_with_nulls_for_undefined_values() -> None:
     assert report["metrics"]["specificity"]["value"] is None  # type: ignore[index]
     assert report["positive_class"] == "b" and report["class_counts"] == [0, 20]
     assert report["bootstrap"] == {"samples": 50, "seed": 0, "method": "percentile", "level": 0.95}
+
+
+@pytest.mark.parametrize(("seed", "n", "positive"), [(1, 120, 1), (2, 37, 0), (3, 400, 1), (4, 5, 1)])
+def test_the_two_class_bootstrap_gives_the_same_intervals_as_the_generic_one(seed: int, n: int, positive: int) -> None:
+    """The vectorized bootstrap (same draws, weighted counts, weighted Mann-Whitney AUC) equals resampling the cases
+    and recomputing with MONAI's AUC, tied scores and resamples without a class included."""
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.random(n), 2).astype(np.float32)  # rounded: many tied scores
+    labels = (rng.random(n) < p).astype(np.int64)
+    probabilities = np.stack([1 - p, p], axis=1)
+
+    def measure(q: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        return classification_metrics(q, y, threshold=0.5, positive=positive)
+
+    generic = bootstrap_intervals(probabilities, labels, measure, samples=300, seed=7)
+    fast = two_class_intervals(probabilities, labels, threshold=0.5, positive=positive, samples=300, seed=7, chunk=64)
+    assert list(fast) == list(generic)
+    for name, interval in generic.items():
+        assert np.allclose(fast[name], interval, atol=1e-12, equal_nan=True), name
+
+
+def test_the_threshold_for_a_target_sensitivity_is_the_highest_that_reaches_it() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.4).astype(np.int64)
+    score = np.clip(0.3 * labels + rng.normal(0.35, 0.2, 300), 0, 1)
+    probabilities = np.stack([1 - score, score], axis=1)
+    for target in (0.5, 0.8, 0.95, 1.0):
+        point = choose_threshold(probabilities, labels, positive=1, target_sensitivity=target)
+        sensitivity, _ = rates(score, labels == 1, point.threshold)
+        assert point.validation_sensitivity == sensitivity >= target
+        lowest_called = score[score >= point.threshold].min()
+        higher, _ = rates(score, labels == 1, np.nextafter(lowest_called, 2.0))
+        assert higher < target  # one case fewer called misses it: no higher threshold reaches the target
+    point = choose_threshold(probabilities, labels, positive=1, target_specificity=0.9)
+    assert point.validation_specificity is not None and point.validation_specificity >= 0.9
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(probabilities[labels == 1], labels[labels == 1], positive=1, target_sensitivity=0.9)
+
+
+def test_age_bands_and_rare_values_pooled() -> None:
+    assert [age_band(t) for t in ("017Y", "018Y", "045Y", "079Y", "090Y", "006M", "003W", "", "45")] == [
+        "<18", "18-39", "40-59", "60-79", "80+", "<18", "<18", "unknown", "unknown"]
+    assert pooled(["A"] * 10 + ["B"] * 9 + ["C"], 10).tolist() == ["A"] * 10 + ["other"] * 10

@@ -22,7 +22,7 @@ from training import predict
 from training.dataset.series import assemble
 from training.dataset.volume import read_volume
 from training.inference import Predictor, find_dicom_files
-from training.job.bundle import load_network
+from training.job.bundle import load_network, read_bundle
 
 DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 CT5N = DICOMDIR_TESTS / "98892001" / "CT5N"
@@ -57,7 +57,8 @@ def test_predict_answers_once_per_series_and_reports_the_bad_ones(bundle: Path, 
     (series,) = assemble(sorted(str(f) for f in CT5N.iterdir())).series
     volume = torch.from_numpy(read_volume(series, size=SIZE, window=(40.0, 400.0)).array).float() / 255
     with torch.inference_mode():
-        expected = torch.softmax(load_network(bundle)(volume[None, None]), dim=1)[0]
+        temperature = read_bundle(bundle).temperature  # calibration: every inference path divides by it
+        expected = torch.softmax(load_network(bundle)(volume[None, None]) / temperature, dim=1)[0]
     assert [answer["probabilities"][c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
 
 

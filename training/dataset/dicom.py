@@ -59,6 +59,7 @@ from training.dataset.grayscale import (
     resize,
     rgb_to_unit,
 )
+from training.dataset.subgroup_attributes import SUBGROUP_ATTRIBUTES, subgroup_values
 from training.job.config import check_image_size, check_window
 
 Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO
@@ -73,7 +74,9 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # file is decoded (NumberOfFrames does not multiply the work), so the bound is per frame: pixels x bytes a sample.
 MAX_FRAME_PIXELS = 40_000_000
 MAX_FRAME_BYTES = 8 * MAX_FRAME_PIXELS  # the decoded frame: Rows x Columns x SamplesPerPixel x BitsAllocated / 8
-_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "SOPClassUID"]  # never PatientName: nothing needs it
+# Never PatientName or the birth date: nothing needs them. The subgroup attributes are not identifying (PatientAge
+# becomes a band as it is read).
+_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "SOPClassUID", *SUBGROUP_ATTRIBUTES]
 
 # Privacy: pydicom's warnings quote element values (a malformed PatientName, say); its records stop here instead
 # of reaching the job's log handlers and CloudWatch. Children ("pydicom.*") stop here too.
@@ -102,11 +105,14 @@ class DicomHeader:
         patient_id: PatientID, stripped ('' when absent). Never log it: hash it (training/dataset/split.py).
         study_uid: StudyInstanceUID ('' when absent).
         sop_class_uid: SOPClassUID, or the file meta MediaStorageSOPClassUID.
+        subgroups: the values of training/dataset/subgroup_attributes.py SUBGROUP_ATTRIBUTES, in order (for the test
+            metrics per subgroup); () where not read.
     """
 
     patient_id: str
     study_uid: str
     sop_class_uid: str
+    subgroups: tuple[str, ...] = ()
 
 
 def has_dicom_marker(path: str | os.PathLike[str]) -> bool:
@@ -175,6 +181,7 @@ def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> Dic
                 patient_id=str(ds.get("PatientID", "") or "").strip(),
                 study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
                 sop_class_uid=sop,
+                subgroups=subgroup_values(ds),
             )
         except InvalidDicomError:
             raise DicomReadError(label, _NOT_PART10) from None

@@ -302,6 +302,7 @@ def make_splits(kept: list[Record], images: np.ndarray, classes: list[str]) -> d
             labels=torch.tensor([index[r.label] for r in part], dtype=torch.int64),
             files=[r.file for r in part],
             patients=[r.patient for r in part],
+            subgroups=[r.header.subgroups if r.header is not None else () for r in part],
         )
         start = end
     return splits

@@ -165,7 +165,7 @@ def _classes(found: dict[str, _Channel]) -> list[str]:
 def _record(channel: str, name: str, item: LabelledSeries, root: Path) -> Record:
     """A series as split.py's record: one labelled 'file' whose header holds the series' patient and study."""
     return Record(channel, LabeledFile(name, item.label, item.patient_id), root,
-                  DicomHeader(item.series.patient_id, item.series.study_uid, ""))
+                  DicomHeader(item.series.patient_id, item.series.study_uid, "", item.series.subgroups))
 
 
 def _record_name(series: Series) -> str:

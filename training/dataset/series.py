@@ -77,6 +77,7 @@ class Series:
         multiframe: True for the frames of one multi-frame file.
         notes: what was assumed or split off, in words without identifiers.
         series_uid, study_uid, patient_id: identifiers, in memory only (labels by series, answers per series).
+        subgroups: its first file's SUBGROUP_ATTRIBUTES values (training/dataset/subgroup_attributes.py).
     """
 
     name: str
@@ -94,6 +95,7 @@ class Series:
     series_uid: str = field(repr=False)
     study_uid: str = field(repr=False)
     patient_id: str = field(repr=False)
+    subgroups: tuple[str, ...] = ()
 
     @property
     def slice_count(self) -> int:
@@ -276,6 +278,7 @@ def _build(name: str, location: str, part: list[SliceHeader], group: list[FileHe
         rows=first.rows, columns=first.columns, pixel_spacing=first.pixel_spacing, slice_spacing=float(spacing),
         orientation=first.orientation, origin=ordered[0].position, modality=header.modality, multiframe=multiframe,
         notes=tuple(notes), series_uid=header.series_uid, study_uid=header.study_uid, patient_id=header.patient_id,
+        subgroups=header.subgroups,
     )
 
 

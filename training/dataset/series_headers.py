@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from training.dataset.dicom import DICOMDIR_SOP_CLASS, DicomReadError, check_frame_size
+from training.dataset.subgroup_attributes import SUBGROUP_ATTRIBUTES, subgroup_values
 
 # The most slices one volume may hold (single-frame files of one series, or frames of one file). 4,096 holds a
 # whole-body CT at 0.5 mm (about 3,600 slices) with room; at 512 x 512 that is 1 G voxels (MAX_VOLUME_VOXELS).
@@ -34,7 +35,7 @@ MAX_SLICES = 4_096
 _FLAT_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
     "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "NumberOfFrames",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingBetweenSlices",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingBetweenSlices", *SUBGROUP_ATTRIBUTES,
 ]
 _GROUP_TAGS = ["SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"]
 
@@ -83,6 +84,7 @@ class FileHeader:
         slices: its slices in stored order.
         modality: Modality ('' when absent).
         series_uid, study_uid, patient_id: identifiers, in memory only ('' when absent).
+        subgroups: its values of training/dataset/subgroup_attributes.py SUBGROUP_ATTRIBUTES (non-identifying).
     """
 
     file: Path
@@ -94,6 +96,7 @@ class FileHeader:
     series_uid: str = field(repr=False)
     study_uid: str = field(repr=False)
     patient_id: str = field(repr=False)
+    subgroups: tuple[str, ...] = ()
 
 
 def read_file_header(path: Path, *, name: str) -> FileHeader:
@@ -131,6 +134,7 @@ def read_file_header(path: Path, *, name: str) -> FileHeader:
             slices=tuple(_slices(ds, groups, frames, path, name)),
             modality=_text(ds, "Modality"), series_uid=_text(ds, "SeriesInstanceUID"),
             study_uid=_text(ds, "StudyInstanceUID"), patient_id=_text(ds, "PatientID"),
+            subgroups=subgroup_values(ds),
         )
 
 

@@ -47,12 +47,15 @@ class Split:
         labels: int64 N class indices.
         files: paths inside the channel.
         patients: patient pseudonyms (keyed hashes).
+        subgroups: per sample, its values of training/dataset/subgroup_attributes.py SUBGROUP_ATTRIBUTES
+            (non-identifying: manufacturer, modality, sex, age band, ...); empty where the data layer read none.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     files: list[str]
     patients: list[str]
+    subgroups: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -30,6 +30,7 @@ from typing import Any, TypeGuard
 import torch
 
 from training.dataset.volume import MAX_TARGET_VOXELS, SIZE_RANGE
+from training.job.calibration import TEMPERATURE_RANGE
 from training.job.config import IMAGE_SIZE_RANGE, NETWORKS, check_image_size, check_network_input
 from training.job.networks import build_network, network_spec
 
@@ -64,6 +65,8 @@ class BundleSpec:
         threshold: in [0, 1] (inference.json "threshold").
         positive_index: 0 <= i < classes (inference.json "positive_index").
         spatial_dims: 2 (one image a sample) or 3 (one series a sample) (inference.json "spatial_dims", 2 if absent).
+        temperature: calibration: probabilities are softmax(logits / temperature) (inference.json "temperature", 1
+            if absent: bundles written before calibration).
     """
 
     root: Path
@@ -74,6 +77,7 @@ class BundleSpec:
     threshold: float
     positive_index: int
     spatial_dims: int = 2
+    temperature: float = 1.0
 
     @property
     def weights(self) -> Path:
@@ -133,6 +137,12 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
             config_file, "positive_index", f"must be an integer from 0 to {len(names) - 1}; got {str(positive)[:200]}"
         )
 
+    temperature = config.get("temperature", 1.0)
+    low, high = TEMPERATURE_RANGE
+    if not _is_number(temperature) or not low <= temperature <= high:
+        raise BundleError(config_file, "temperature", f"must be a number from {low} to {high} (the calibration); got "
+                          f"{str(temperature)[:200]}")
+
     _check_network_def(config_file, config.get("network_def"), network, len(names), dims)
     return BundleSpec(
         root=root,
@@ -143,6 +153,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> BundleSpec:
         threshold=float(threshold),
         positive_index=positive,
         spatial_dims=dims,
+        temperature=float(temperature),
     )
 
 

@@ -26,6 +26,8 @@ import monai
 import numpy as np
 import torch
 
+from training.job import model_card
+from training.job.assessment import Assessment
 from training.job.config import TrainConfig
 from training.job.networks import network_spec
 
@@ -45,6 +47,7 @@ def write_bundle(
     positive_index: int,
     eval_metrics: Mapping[str, float | None],
     lineage: Mapping[str, Any],
+    judged: Assessment | None = None,
 ) -> Path:
     """Write the bundle for a trained network.
 
@@ -57,6 +60,8 @@ def write_bundle(
         positive_index: the positive class (two classes).
         eval_metrics: headline metrics (the test set's, else validation's).
         lineage: training/job/lineage.py `job_lineage`.
+        judged: training/job/assessment.py's calibration, operating point and reports (None: temperature 1 and the
+            config's threshold, as before calibration existed); the model card (docs/README.md) is written from it.
 
     Returns:
         model_dir.
@@ -68,27 +73,34 @@ def write_bundle(
     target, kwargs = network_spec(network_name, num_classes=len(classes), spatial_dims=dims)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
     torch.save(weights, models / "model.pt")
+    temperature = judged.temperature if judged is not None else 1.0
+    threshold = judged.operating_point.threshold if judged is not None else config.threshold
     inference = inference_config(
         target=target,
         kwargs=kwargs,
         classes=classes,
         image_size=config.image_size,
         window=config.window,
-        threshold=config.threshold,
+        threshold=threshold,
         positive_index=positive_index,
+        temperature=temperature,
     )
     _write_json(configs / "inference.json", inference)
     meta = metadata(
         network_name=network_name,
         classes=classes,
         image_size=config.image_size,
-        threshold=config.threshold,
+        threshold=threshold,
         positive_index=positive_index,
         eval_metrics=eval_metrics,
         lineage=lineage,
     )
+    if judged is not None:
+        meta |= {"temperature": temperature, **judged.records()}
     _write_json(configs / "metadata.json", meta)
-    (docs / "README.md").write_text(_readme(meta) if dims == 2 else _volume_readme(meta), encoding="utf-8")
+    usage = _readme(meta) if dims == 2 else _volume_readme(meta)
+    card = model_card.render(meta, judged, usage) if judged is not None else usage
+    (docs / "README.md").write_text(card, encoding="utf-8")
     if config.torchscript:
         export_torchscript(model_dir, image_size=config.image_size)
     return model_dir
@@ -118,6 +130,7 @@ def inference_config(
     window: Sequence[float] | None,
     threshold: float,
     positive_index: int,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """configs/inference.json: MONAI config syntax (`_target_`, `@ref`, `$expression`), runnable offline.
 
@@ -133,6 +146,7 @@ def inference_config(
         "window": [float(v) for v in window] if window is not None else None,
         "threshold": float(threshold),
         "positive_index": int(positive_index),
+        "temperature": float(temperature),  # calibration: probabilities are softmax(logits / temperature)
         "network_def": {"_target_": target, **kwargs},
         "checkpoint": "$@bundle_root + '/models/model.pt'",
         "network": {
@@ -147,7 +161,7 @@ def inference_config(
             "window": "@window",
         },
         "inferer": {"_target_": "monai.inferers.SimpleInferer"},
-        "postprocessing": "$lambda logits: torch.softmax(logits.float(), dim=1)",
+        "postprocessing": {"_target_": "training.inference.CalibratedSoftmax", "temperature": "@temperature"},
         "dataset_dir": ".",
         "dataset": {"_target_": "training.inference.find_dicom_files", "directory": "@dataset_dir"},
         "output_file": "predictions.csv",
@@ -193,7 +207,8 @@ def metadata(
         "description": (
             f"MONAI {network_name} trained from scratch on labeled DICOM images. Input: one image decoded and "
             f"preprocessed by training.dataset.dicom.load_image (modality LUT, window, MONOCHROME1 inverted, gray, "
-            f"{image_size[0]}x{image_size[1]}, [0, 1]). Output: one logit per class; softmax gives probabilities."
+            f"{image_size[0]}x{image_size[1]}, [0, 1]). Output: one logit per class; softmax(logits / temperature) "
+            "gives calibrated probabilities."
             + (f" Decision: {classes[positive_index]} when its probability >= {threshold}." if two else "")
         ),
         "authors": "monai-dicom-sagemaker training job",
@@ -226,7 +241,8 @@ def _volume_metadata(meta: dict[str, Any], image_size: Sequence[int]) -> dict[st
         "of a CT or MR series, or an enhanced multi-frame file) assembled by training.dataset.series.assemble and "
         "decoded by training.dataset.volume.read_volume (modality LUT, window, MONOCHROME1 inverted, oriented to "
         f"superior, posterior, left, resampled at one isotropic spacing to fit {depth}x{height}x{width} (D x H x W), "
-        "zero padded, [0, 1]). Output: one logit per class; softmax gives probabilities." + decision
+        "zero padded, [0, 1]). Output: one logit per class; softmax(logits / temperature) gives calibrated "
+        "probabilities." + decision
     )
     meta["image_classes"] = "single-channel grayscale volume (D, H, W), intensities in [0, 1]"
     meta["network_data_format"]["inputs"]["image"]["modality"] = "DICOM series (CT, MR: one volume a series)"

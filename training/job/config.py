@@ -94,6 +94,10 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation AUC before stopping; small sets are noisy; 0: never stop
     min_delta: float = 1e-3  # the AUC gain that counts as better: smaller gains are noise on a few hundred images
     threshold: float = 0.5  # two classes: positive when P(positive) >= threshold; 0.5 equals argmax
+    target_sensitivity: float = 0.0  # two classes: instead of threshold, the highest threshold whose validation
+    # sensitivity reaches this (e.g. 0.95 for a screening aid); 0: unset (training/job/operating_point.py)
+    target_specificity: float = 0.0  # the same for specificity (the lowest such threshold); at most one target
+    calibrate: bool = True  # temperature scaling fitted on validation: probabilities that mean what they say
     positive_class: str = ""  # two classes: the class sensitivity is about; "" means the last class name
     bootstrap_samples: int = 1000  # resamples for the 95% confidence intervals (percentile bootstrap)
     torchscript: bool = True  # also write models/model.ts (deployment without MONAI); model.pt is always written
@@ -124,9 +128,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (learning_rate > 0); got {value}")
-        for name in ("augment", "threshold"):
+        for name in ("augment", "threshold", "target_sensitivity", "target_specificity"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
+        if self.target_sensitivity and self.target_specificity:
+            raise ValueError("set target_sensitivity or target_specificity, not both: each chooses the threshold")
 
     def hyperparameters(self) -> dict[str, str]:
         """The configuration as SageMaker hyperparameters: every field as the string this module parses back.

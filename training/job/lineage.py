@@ -16,6 +16,7 @@ unversioned bucket). A separate channel keeps the record out of the data channel
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -89,6 +90,40 @@ def data_lineage(summary: Mapping[str, Any], s3: Mapping[tuple[str, str], Mappin
     matched = sum(1 for entry in files if "uri" in entry)
     result["s3"] = {"objects_in_record": len(s3), "files_matched": matched, "files_unmatched": len(files) - matched}
     return result
+
+
+def source_digests(summary: Mapping[str, Any], channels: Mapping[str, Path]) -> list[dict[str, Any]]:
+    """Each channel's data by checksum, for the model card: the SHA-256 of the sorted lines "file<TAB>sha256 of its
+    bytes" over the files the job used (a series folder: each file in it), so the same data gives the same digest
+    wherever it lies, and no identifier is written.
+
+    Args:
+        summary: `PreparedData.summary` (its "files": channel and file of each sample used).
+        channels: channel name to its local directory.
+    """
+    lines: dict[str, list[str]] = {}
+    for entry in summary.get("files", []):
+        root = channels.get(entry["channel"])
+        if root is None:
+            continue
+        path = root / entry["file"]
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for member in members:
+            if member.is_file():
+                digest = _file_sha256(member)
+                lines.setdefault(entry["channel"], []).append(f"{member.relative_to(root).as_posix()}\t{digest}")
+    return [
+        {"channel": channel, "files": len(rows), "sha256": hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()}
+        for channel, rows in sorted(lines.items())
+    ]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def code_identity(commit_from_env: str | None) -> dict[str, Any]:

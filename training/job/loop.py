@@ -109,11 +109,13 @@ class TrainState:
 
 @dataclass
 class Evaluation:
-    """A model's outputs on one split: loss, softmax probabilities (N x C) and labels (N)."""
+    """A model's outputs on one split: loss, softmax probabilities (N x C), labels (N) and the logits (N x C) the
+    probabilities came from (calibration fits its temperature on them)."""
 
     loss: float
     probabilities: np.ndarray
     labels: np.ndarray
+    logits: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -293,11 +295,15 @@ def evaluate(
     mine_labels = torch.cat(labels).cpu() if labels else torch.zeros(0, dtype=torch.int64)
     all_logits, all_labels = dist.gather_outputs(mine, mine_labels, split.files, compute.world)
     if len(all_labels) == 0:
-        return Evaluation(float("nan"), np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64))
+        empty = np.zeros((0, num_classes), np.float32)
+        return Evaluation(float("nan"), empty, np.zeros(0, np.int64), empty)
     weight = getattr(criterion, "weight", None)
     loss = nn.functional.cross_entropy(all_logits, all_labels, weight=weight.cpu() if weight is not None else None)
     return Evaluation(
-        float(loss), torch.softmax(all_logits, dim=1).cpu().numpy(), all_labels.cpu().numpy().astype(np.int64)
+        float(loss),
+        torch.softmax(all_logits, dim=1).cpu().numpy(),
+        all_labels.cpu().numpy().astype(np.int64),
+        all_logits.cpu().numpy(),
     )
 
 

@@ -23,7 +23,7 @@ _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 # Epoch line keys, in print order, and the SageMaker metric each one feeds.
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "images_per_second")
-TEST_KEYS = ("test_accuracy", "test_auc", "test_sensitivity", "test_specificity")
+TEST_KEYS = ("test_accuracy", "test_auc", "test_sensitivity", "test_specificity", "test_ece", "test_brier")
 _METRIC_NAMES = {
     "epoch": "epoch",
     "train_loss": "train:loss",
@@ -35,6 +35,8 @@ _METRIC_NAMES = {
     "test_auc": "test:auc",
     "test_sensitivity": "test:sensitivity",
     "test_specificity": "test:specificity",
+    "test_ece": "test:ece",  # expected calibration error of the calibrated probabilities (training/job/calibration.py)
+    "test_brier": "test:brier",
 }
 # `\bkey=`: the key as a whole word (best_epoch= is not epoch=). Plain constructs only (no lookaround), which
 # every regex engine accepts.

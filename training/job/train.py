@@ -33,7 +33,7 @@ from torch import nn
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataError, DataOptions, prepare
 from training.dataset.split import PreparedData, Split
-from training.job import bundle_writer, checkpoint, environment, evaluation, lineage, loop, reports
+from training.job import assessment, bundle_writer, checkpoint, environment, lineage, loop, reports
 from training.job import config as config_module
 from training.job import distributed as dist
 from training.job.checkpoint import CheckpointError, Interrupted
@@ -176,13 +176,18 @@ def _run(
         resume_from=context.resume_from,
         job=context.job_name,
     )
-    validation = evaluation.evaluation_report(**_report_args(config, data.classes, result["validation"]))
-    test = _test_report(config, data, state.model, compute)
-    spread = _distributed_record(data, world) if world.active else None  # a collective: every rank takes part
+    test_outputs, test_groups = _test_outputs(config, data, state.model, compute)  # collectives: every rank
+    spread = _distributed_record(data, world) if world.active else None
+    judged = assessment.assess(config, data.classes, result["validation"], test_outputs, test_groups,
+                               _subgroups_of(data.validation, world))
+    validation, test = judged.validation, judged.test
+    if test is not None and world.rank == 0:
+        reports.print_test_report(test, judged)
     seconds = time.perf_counter() - started
     if world.rank > 0:
         return JobResult(state.history, state.best_epoch, validation, test, None, None, seconds)
     origin = lineage.job_lineage(config=config, context=context, data=lineage.data_lineage(data.summary, s3))
+    origin["data"]["sources"] = lineage.source_digests(data.summary, context.channels)
     if spread is not None:
         origin["distributed"] = spread
     bundle_dir = bundle_writer.write_bundle(
@@ -194,13 +199,13 @@ def _run(
         positive_index=positive_index(data.classes, config.positive_class),
         eval_metrics=reports.headline(test or validation),
         lineage=origin,
+        judged=judged,
     )
     metrics_file = reports.write_outputs(
         context.output_dir,
         state=state,
         classes=data.classes,
-        validation=validation,
-        test=test,
+        judged=judged,
         seconds=seconds,
         extra={"distributed": spread} if spread is not None else None,
     )
@@ -354,6 +359,7 @@ def _prepare_everywhere(config: TrainConfig, context: JobContext, world: dist.Wo
             None,
         )
         positive_index(data.classes, config.positive_class)
+        _check_operating_point(config, data)
     except (DataError, ValueError) as exc:
         data, failure = None, str(exc)
     failures = [(rank, text) for rank, text in enumerate(dist.gather_objects(failure, world)) if text]
@@ -362,6 +368,21 @@ def _prepare_everywhere(config: TrainConfig, context: JobContext, world: dist.Wo
         raise DataError(text if not world.active else f"rank {rank}: {text}")
     assert data is not None
     return data
+
+
+def _check_operating_point(config: TrainConfig, data: PreparedData) -> None:
+    """A target sensitivity or specificity needs two classes and validation images of both (checked before training).
+    """
+    target = "target_sensitivity" if config.target_sensitivity else "target_specificity"
+    if not getattr(config, target):
+        return
+    if len(data.classes) != 2:
+        raise DataError(f"{target} chooses a two-class threshold; the data has {len(data.classes)} classes: unset it")
+    counts = data.summary.get("class_counts", {}).get("validation") or {}  # the whole split's, not this shard's
+    present = sum(1 for n in counts.values() if n) if counts else len(set(data.validation.labels.tolist()))
+    if present < 2:
+        raise DataError(f"{target} is chosen on the validation set, which needs images of both classes: give a "
+                        "validation channel or a larger val_fraction")
 
 
 def _reader(config: TrainConfig) -> Any:
@@ -373,16 +394,27 @@ def _reader(config: TrainConfig) -> Any:
     return prepare_volumes
 
 
-def _test_report(config: TrainConfig, data: PreparedData, model: nn.Module, compute: Compute) -> dict[str, Any] | None:
-    """The test channel's report of the best weights (printed on rank 0), or None without test images on any rank."""
+def _test_outputs(
+    config: TrainConfig, data: PreparedData, model: nn.Module, compute: Compute
+) -> tuple[loop.Evaluation | None, list[tuple[str, ...]] | None]:
+    """The best weights' outputs on the whole test channel and its samples' subgroup values (gathered from every
+    rank, in file order), or (None, None) without test images on any rank."""
     if not any(dist.gather_objects(data.test is not None and len(data.test) > 0, compute.world)):
-        return None
+        return None, None
     test_split = data.test if data.test is not None else _empty_like(data.validation)
     outputs = loop.evaluate(model, test_split, compute, config=config, num_classes=len(data.classes))
-    test = evaluation.evaluation_report(**_report_args(config, data.classes, outputs))
-    if compute.world.rank == 0:
-        reports.print_test_report(test)
-    return test
+    return outputs, _subgroups_of(test_split, compute.world)
+
+
+def _subgroups_of(split: Split, world: dist.World) -> list[tuple[str, ...]] | None:
+    """A split's subgroup values of every rank, in file order (as loop.evaluate gathers its outputs); None when the
+    data layer read none (a collective in a distributed job)."""
+    values = split.subgroups if len(split.subgroups) == len(split.files) else [() for _ in split.files]
+    parts = dist.gather_objects(list(zip(split.files, values, strict=True)), world) if world.active else [
+        list(zip(split.files, values, strict=True))]
+    pairs = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])
+    groups = [group for _, group in pairs]
+    return groups if any(groups) else None
 
 
 def _empty_like(split: Split) -> Split:
@@ -402,13 +434,3 @@ def _distributed_record(data: PreparedData, world: dist.World) -> dict[str, Any]
     }
 
 
-def _report_args(config: TrainConfig, classes: Sequence[str], outputs: loop.Evaluation) -> dict[str, Any]:
-    return {
-        "probabilities": outputs.probabilities,
-        "labels": outputs.labels,
-        "classes": classes,
-        "threshold": config.threshold,
-        "positive": positive_index(classes, config.positive_class),
-        "samples": config.bootstrap_samples,
-        "seed": config.seed,
-    }
