@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import busy_cpu_seconds, children_cpu_seconds, load_average, peak_memory_mib
+from bench.process import ROOT, BenchError, environment
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class BenchError(RuntimeError):
-    """A benchmark case failed; the message carries the end of its output."""
-
+__all__ = ["ROOT", "BenchError", "run_case", "run_in_process", "wait_for_quiet"]
 
 def run_case(case: str, kwargs: dict[str, Any], *, timeout: float = 1800.0, log_dir: Path | None = None) -> dict:
     """Run one case of bench.cases in a child process and return its result with the process's figures.
@@ -47,7 +42,7 @@ def run_case(case: str, kwargs: dict[str, Any], *, timeout: float = 1800.0, log_
         spec, result = Path(scratch) / "spec.json", Path(scratch) / "result.json"
         spec.write_text(json.dumps({"case": case, "kwargs": kwargs}), encoding="utf-8")
         log_path = (log_dir / f"{case}.log") if log_dir is not None else Path(scratch) / "case.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = environment()
         before = (time.perf_counter(), children_cpu_seconds(), busy_cpu_seconds(), load_average())
         with open(log_path, "w", encoding="utf-8") as log:
             try:
