@@ -1,19 +1,26 @@
 """The benchmarks: the public sample's pipeline and loop (a) against ours (b), on the same synthetic data.
 
-    make bench                                  # = python -m bench: every benchmark, about 15-20 min on 2 cores
-    python -m bench --quick                     # a small set and few epochs (about 3 min), for a first look
+    make bench                                  # = python -m bench: every benchmark, about 20-25 min on 2 cores
+    python -m bench --quick                     # a small set and few epochs (about 5 min), for a first look
     python -m bench --only loader --sizes 256   # one benchmark, one source size
+    python -m bench --only ceiling              # the ceiling and the job's loop against it (about 4 min)
     python -m bench --only volumes              # the 3-D benchmark alone (about 5 min on 2 cores)
+    python -m bench --only scaling              # cost per unit as work grows (about 4 min; budget 10 min)
 
 For each source size (256x256 and 512x512 16-bit DICOM, generated into a temporary directory) it measures the loader
-(a) vs (b) and the training loop (a) vs (b); once, DenseNet121's compute limit; once, serving: requests per second
-and p50/p99 latency of training/serve.py's server for one 512x512 file (the largest --sizes when 512 is not among
-them), with a bundle the real job trains for it; once, volumes (bench/volumes.py): synthetic CT series through the
-pipeline a MONAI user writes first (ITK reads each series folder every epoch) against ours (prepare_volumes' cache,
-BatchLoader, the job's epoch step): loader and training of ResNet18 and DenseNet121 in 3-D (no target is set). Each
-measurement runs in a process of its own (bench/child.py) for its peak memory. Figures go to bench/results/bench.json
-and bench/results/bench.md (the table the README's "Performance" section quotes); the command exits 1 when a target
-is missed (serving and volumes have none).
+(a) vs (b) and the training loop (a) vs (b); once, the ceiling (bench/ceiling.py: DenseNet121's bare training step with
+the job's AdamW on an in-memory batch, fp32 and bf16, contiguous and channels_last, before and after the loop) and the
+job's own loop (`python -m training`, its images_per_second metric lines) as a share of it, with a per-phase breakdown
+when the share is under the target; once, serving: requests per second and p50/p99 latency of training/serve.py's
+server for one 512x512 file (the largest --sizes when 512 is not among them), with a bundle the real job trains for
+it; once, volumes (bench/volumes.py): synthetic CT series through the pipeline a MONAI user writes first (ITK reads
+each series folder every epoch) against ours (prepare_volumes' cache, BatchLoader, the job's epoch step): loader and
+training of ResNet18 and DenseNet121 in 3-D (no target is set); scaling (bench/scaling.py): the loader and training
+step at 1x, 4x and 16x --train-count with the cache in memory and on disk, decoding at 256, 512 and 2048 pixels.
+Each measurement runs in a process of its own (bench/child.py) for its peak memory. Figures go to
+bench/results/bench.json and bench/results/bench.md (the table the README's "Performance" section quotes); the
+command exits 1 when a target is missed or the loop beats its ceiling by more than the ceiling's spread (serving,
+volumes and scaling have no target).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,13 +38,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, scaling_report
 from bench.child import ROOT, BenchError, run_case, wait_for_quiet
 from bench.datasets import make_set, make_volume_set
 from bench.measure import load_average, machine
 from training.job.config import NETWORKS, check_image_size, check_network_input
 
-BENCHMARKS = ("loader", "training", "limit", "serving", "volumes")
+BENCHMARKS = ("loader", "training", "ceiling", "serving", "volumes", "scaling")
 SERVING_SIZE = 512  # the source size serving is measured at (the issue's "one 512x512 file")
 Runner = Callable[[str, dict[str, Any]], dict[str, Any]]
 RESULTS = ROOT / "bench" / "results"
@@ -46,13 +54,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (defaults: the full run `make bench` does)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="source sizes (default 256 512)")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=list(BENCHMARKS),
+        help="benchmarks to run (default all); scaling alone takes about 4 min on 2 cores, budget 10 min",
+    )
     parser.add_argument("--train-count", type=int, default=500, help="training images per size (default 500)")
     parser.add_argument("--validation-count", type=int, default=200, help="validation images (default 200)")
     parser.add_argument("--loader-epochs", type=int, default=4, help="loader epochs of (a) (default 4)")
     parser.add_argument("--loader-epochs-ours", type=int, default=20, help="loader epochs of (b) (default 20)")
     parser.add_argument("--train-epochs", type=int, default=6, help="training epochs of each (default 6)")
-    parser.add_argument("--limit-steps", type=int, default=4, help="timed steps per limit variant (default 4)")
+    parser.add_argument(
+        "--ceiling-steps", type=int, default=6, help="timed steps per ceiling variant, >= 6 (default 6)"
+    )
+    parser.add_argument(
+        "--loop-epochs", type=int, default=4, help="epochs of the job whose loop is set against the ceiling (default 4)"
+    )
     parser.add_argument("--target-accuracy", type=float, default=0.95, help="for time-to-accuracy (default 0.95)")
     parser.add_argument("--serving-requests", type=int, default=200, help="timed serving requests (default 200)")
     parser.add_argument("--serving-concurrency", type=int, default=8, help="concurrent serving clients (default 8)")
@@ -119,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.train_count, args.validation_count = [256], 100, 60
-        args.loader_epochs, args.loader_epochs_ours, args.train_epochs, args.limit_steps = 3, 5, 2, 2
+        args.loader_epochs, args.loader_epochs_ours, args.train_epochs, args.loop_epochs = 3, 5, 2, 3
         args.volume_count, args.volume_source = 8, [32, 64]
     for name in ("train_count", "validation_count"):
         if getattr(args, name) < 4:
@@ -130,7 +149,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "loader_epochs",
         "loader_epochs_ours",
         "train_epochs",
-        "limit_steps",
         "serving_requests",
         "serving_concurrency",
         "serving_epochs",
@@ -141,6 +159,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.ceiling_steps < 6:
+        parser.error(f"--ceiling-steps must be >= 6 (the median of at least 6 steps); got {args.ceiling_steps}")
+    if args.loop_epochs < 2:
+        parser.error(f"--loop-epochs must be >= 2 (the first is warm-up); got {args.loop_epochs}")
     if args.volume_count < 4:
         parser.error(f"--volume-count must be >= 4; got {args.volume_count}")
     try:
@@ -239,8 +261,10 @@ def run(args: argparse.Namespace, runner: Runner = run_case) -> dict[str, Any]:
                 }
         if "volumes" in args.only:
             results["volumes"] = volume_benchmark(args, Path(scratch), _case)
-    if "limit" in args.only:
-        results["limit"] = _case("compute_limit", {"steps": args.limit_steps})
+        if "ceiling" in args.only:
+            results["ceiling"] = ceiling_benchmark(args, Path(scratch), _case)
+        if "scaling" in args.only:
+            results["scaling"] = scaling_benchmark(args, Path(scratch), _case)
     results["load"]["end"] = load_average()
     results["targets"] = report.targets(results, basis=args.basis)
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -283,6 +307,42 @@ def volume_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> d
     return entry
 
 
+def ceiling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> dict[str, Any]:
+    """The ceiling before the loop, the job's loop on a set of --train-count images at the smallest size, the ceiling
+    after it, and the loop's phases when its share is under the target (bench/ceiling.py)."""
+    size = min(args.sizes)
+    data = make_set(
+        scratch / "ceiling", size=size, train_count=args.train_count, validation_count=args.validation_count
+    )
+    steps = {"steps": args.ceiling_steps}
+    entry: dict[str, Any] = {"source_size": size, "train_images": data.train_count, "before": case("ceiling", steps)}
+    loop = {"train_dir": str(data.train), "val_dir": str(data.validation), "epochs": args.loop_epochs}
+    entry["loop"] = case("loop_job", loop)
+    entry["after"] = case("ceiling", steps)
+    share = report.loop_share(entry)
+    if share is not None and not share["met"]:
+        entry["phases"] = case("loop_phases", {"train_dir": str(data.train)})
+    return entry
+
+
+def scaling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> dict[str, Any]:
+    """bench/scaling.py's cases: data at 1x, 4x and 16x --train-count (256x256, or the smallest --sizes), each with
+    the cache in memory and on disk; decoding at 256, 512 and 2048; serving's row is bench/serving_runtimes.py's."""
+    started, size = time.perf_counter(), min(args.sizes)
+    entry: dict[str, Any] = {"base_images": args.train_count, "source_size": size, "data": []}
+    for scale in scaling_report.SCALES:
+        data = make_set(scratch / f"scaling-{scale}x", size=size, train_count=scale * args.train_count,
+                        validation_count=4)
+        for cache in ("memory", "disk"):
+            row = case("scaling_data", {"train_dir": str(data.train), "cache": cache})
+            entry["data"].append({"scale": scale, **row})
+        shutil.rmtree(scratch / f"scaling-{scale}x")
+    entry["decode"] = case("scaling_decode", {})
+    entry["serving"] = "serving: see runtimes (bench/serving_runtimes.py, 1, 8 and 32 clients)"
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    return entry
+
+
 def serving_size_of(sizes: Sequence[int]) -> tuple[int, str | None]:
     """The source size serving is measured at: SERVING_SIZE when it is among sizes, else the largest, with a note
     saying so (None when SERVING_SIZE is there)."""
@@ -296,23 +356,35 @@ def main(args: argparse.Namespace) -> int:
     """Run, write bench.json and bench.md, print the table.
 
     Returns:
-        0 when every target is met, 1 when one is missed, 2 when a measurement failed.
+        0 when every target is met, 1 when one is missed (or the loop beats its ceiling), 2 when a measurement failed.
     """
     try:
         results = run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return finish(results, args.out)
+
+
+def finish(results: dict[str, Any], out: Path) -> int:
+    """Write bench.json and bench.md to out, print the table and what was missed.
+
+    Returns:
+        0 when every target is met; 1 when one is missed, or the loop's share of the ceiling is impossible.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     table = report.markdown(results)
-    (args.out / "bench.md").write_text(table, encoding="utf-8")
+    (out / "bench.md").write_text(table, encoding="utf-8")
     print(table)
-    print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    print(f"written: {out / 'bench.json'}, {out / 'bench.md'}")
     missed = [c for c in results["targets"] if not c["met"]]
     for c in missed:
         print(f"target missed: {c['target']} at {c['size']}: {c['value']:.2f} (required {c['required']})")
-    return 1 if missed else 0
+    impossible = report.impossible_message(results)
+    if impossible:
+        print(f"error: {impossible}", file=sys.stderr)
+    return 1 if missed or impossible else 0
 
 
 def _version(name: str) -> str | None:

@@ -19,21 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from bench import public_sample, volume_accuracy, volumes
+from bench import ceiling, public_sample, scaling, volume_accuracy, volumes
+from bench.ceiling import pair, sync
 from bench.measure import Clock, append_rates, epoch_row, rates_summary, timed_fit, training_summary
 from training.dataset.loader import BatchLoader
 from training.dataset.prepare import DataOptions, prepare
 from training.dataset.split import PreparedData
 from training.job import runtime, train
 from training.job.config import TrainConfig
-from training.job.networks import build_network
 from training.serve import measure_serving
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def loader_public_sample(
@@ -63,7 +60,7 @@ def loader_public_sample(
         for batch in loader:
             inputs = batch[0].to(target)
             images += int(inputs.shape[0])
-        _sync(target)
+        sync(target)
         append_rates(rates, cpu_rates, images, clock)
     return {**rates_summary(rates, cpu_rates), "images": len(files)}
 
@@ -91,7 +88,7 @@ def loader_ours(
     Returns:
         {"images_per_second", "epochs", "images", "prepare_seconds", "decode": the cache's figures}.
     """
-    config = TrainConfig(image_size=_pair(image_size), batch_size=batch_size, seed=seed)
+    config = TrainConfig(image_size=pair(image_size), batch_size=batch_size, seed=seed)
     data, prepare_seconds = _prepare({"train": train_dir}, config, val_fraction=0.0)
     target = torch.device(device)
     loader = BatchLoader(
@@ -110,7 +107,7 @@ def loader_ours(
         clock, images = Clock(), 0
         for batch, _ in loader:
             images += int(batch.shape[0])
-        _sync(target)
+        sync(target)
         append_rates(rates, cpu_rates, images, clock)
     return {
         **rates_summary(rates, cpu_rates),
@@ -199,7 +196,7 @@ def train_ours(
         Like `train_public_sample`, plus "prepare_seconds", "autocast", "channels_last" and "threads".
     """
     config = TrainConfig(
-        image_size=_pair(image_size), batch_size=batch_size, epochs=epochs, patience=0, seed=seed, bootstrap_samples=0
+        image_size=pair(image_size), batch_size=batch_size, epochs=epochs, patience=0, seed=seed, bootstrap_samples=0
     )
     target = torch.device(device)
     runtime.seed_everything(config.seed)
@@ -222,72 +219,6 @@ def train_ours(
         threads=torch.get_num_threads(),
     )
     return summary
-
-
-def compute_limit(
-    *,
-    variants: Sequence[dict[str, Any]] | None = None,
-    batch_size: int = public_sample.BATCH_SIZE,
-    image_size: Sequence[int] = public_sample.SPATIAL_SIZE,
-    steps: int = 4,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """DenseNet121's compute limit: forward and backward on one batch already in memory, no data pipeline.
-
-    Args:
-        variants: each {"precision": 'fp32' | 'bf16' | 'fp16', "channels_last": bool, "optimizer": bool}
-            ("optimizer" adds the AdamW step, as in our loop: a diagnostic, not the limit); None: `default_variants`.
-        batch_size: images per step.
-        image_size: (H, W).
-        steps: timed steps after one warm-up step.
-        device: 'cpu' or 'cuda'.
-
-    Returns:
-        {"variants": [each variant with "images_per_second" (median of the timed steps) and "steps"],
-        "best_precision", "threads", "batch_size"}.
-    """
-    target = torch.device(device)
-    variants = default_variants(device) if variants is None else variants
-    height, width = _pair(image_size)
-    results = []
-    for variant in variants:
-        precision = variant["precision"]
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-        torch.manual_seed(0)
-        memory_format = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
-        model = build_network("densenet121", num_classes=2).to(target)
-        model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
-        model.train()
-        images = torch.rand(batch_size, 1, height, width, device=target).contiguous(memory_format=memory_format)
-        labels = torch.randint(0, 2, (batch_size,), device=target)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3) if variant.get("optimizer") else None
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        rates: list[float] = []
-        cpu_rates: list[float] = []
-        for _ in range(steps + 1):
-            _sync(target)
-            clock = Clock()
-            with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                model.zero_grad(set_to_none=True)
-            loss.backward()
-            if optimizer is not None:
-                optimizer.step()
-            _sync(target)
-            append_rates(rates, cpu_rates, batch_size, clock)
-        results.append({**variant, **rates_summary(rates, cpu_rates, key="steps")})
-        log.info("limit %s", results[-1])
-    return {
-        "variants": results,
-        "best_precision": best_precision(device),
-        "threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-    }
 
 
 def serving(
@@ -364,25 +295,6 @@ def serving(
     return figures
 
 
-def default_variants(device: str = "cpu") -> list[dict[str, Any]]:
-    """fp32 and the best precision, each in both memory formats; then the best precision in our loop's memory
-    format with the optimizer step (how much of the step the limit leaves out)."""
-    best = best_precision(device)
-    precisions = ["fp32"] if best == "fp32" else ["fp32", best]
-    variants: list[dict[str, Any]] = [
-        {"precision": p, "channels_last": cl, "optimizer": False} for p in precisions for cl in (False, True)
-    ]
-    variants.append({"precision": best, "channels_last": TrainConfig().channels_last, "optimizer": True})
-    return variants
-
-
-def best_precision(device: str = "cpu") -> str:
-    """The fastest autocast type this device computes natively, as training/job/runtime.py's precision 'auto' picks it:
-    'bf16' or 'fp16' on CUDA, 'bf16' on CPUs with AVX512-BF16 or AMX, else 'fp32'."""
-    dtype = runtime.autocast_dtype("auto", torch.device(device))
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
-
-
 def _prepare(
     channels: dict[str, str], config: TrainConfig, *, val_fraction: float | None = None
 ) -> tuple[PreparedData, float]:
@@ -395,24 +307,14 @@ def _prepare(
     return data, time.perf_counter() - started
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _pair(values: Sequence[int]) -> tuple[int, int]:
-    if len(values) != 2:
-        raise ValueError(f"image_size must be (H, W); got {values}")
-    return int(values[0]), int(values[1])
-
-
 CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "loader_public_sample": loader_public_sample,
     "loader_ours": loader_ours,
     "train_public_sample": train_public_sample,
     "train_ours": train_ours,
-    "compute_limit": compute_limit,
     "serving": serving,
+    **ceiling.CASES,  # the ceiling, the job's own loop figure, its phases (bench/ceiling.py)
+    **scaling.CASES,  # cost per unit as work grows (bench/scaling.py)
     **volumes.CASES,  # the 3-D benchmark (bench/volumes.py)
     **volume_accuracy.CASES,  # the 3-D job's time to 0.95 (bench/volume_accuracy.py)
 }

@@ -1,15 +1,19 @@
-"""The GPU benchmark: (a) the public sample, (b) ours and DenseNet121's GPU compute limit, in one run on CUDA.
+"""The GPU benchmark: (a) the public sample, (b) ours, the ceiling and the job's loop, and scaling, in one run on CUDA.
 
-    python -m bench.gpu OUT_DIR                 # on a machine with CUDA: about 2-4 minutes; OUT_DIR/gpu-bench.json, .md
+    python -m bench.gpu OUT_DIR                 # on a machine with CUDA: about 5-8 minutes; OUT_DIR/gpu-bench.json, .md
     python -m bench.gpu OUT_DIR --cpu-fallback  # no GPU: the same steps on the CPU at a tiny scale (a smoke run)
 
 It needs this repository and its Python packages (requirements-dev.txt: torch, MONAI, pydicom, itk, psutil) on the
 GPU machine; nothing is downloaded. It generates 2,000 training + 400 validation synthetic images at 256x256, then
 measures, each in a process of its own: the loaders (a) with the sample's GPU settings (10 DataLoader workers,
 pinned memory, batches copied to the GPU) and (b) (batches built and augmented on the GPU); the training loops
-(a) and (b) with time to 0.95 validation accuracy; and the compute limit (forward + backward on an in-memory
-batch, fp32 and the GPU's best autocast type, NCHW and channels_last). Target: (b) >= 80 % of the best limit.
-Exit status: 0 all targets met, 1 one missed, 2 a measurement failed, 3 no CUDA without --cpu-fallback.
+(a) and (b) with time to 0.95 validation accuracy; the ceiling (bench/ceiling.py: the bare training step with the
+job's AdamW on an in-memory batch, fp32 and the GPU's best autocast type, contiguous and channels_last) before and
+after the job's own loop (`python -m training` on the GPU, its images_per_second lines), with the loop's phases when
+its share is under the target; and scaling (bench/scaling.py: data at 1x, 4x and 16x of 500 images, memory and disk
+cache, on the GPU; decoding at 256, 512 and 2048). Target: the loop >= 80 % of the best ceiling variant; above
+100 % + the ceiling's spread fails. Exit status: 0 all targets met, 1 one missed or the share impossible, 2 a
+measurement failed, 3 no CUDA without --cpu-fallback.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.__main__ import ceiling_benchmark, scaling_benchmark
 from bench.child import BenchError, run_case
 from bench.datasets import make_set
 from bench.measure import load_average, machine
@@ -40,7 +45,12 @@ GPU_SCALE: dict[str, Any] = {
     "loader_epochs": 3,
     "loader_epochs_ours": 10,
     "train_epochs": 5,
-    "limit_steps": 20,
+    "image_size": (108, 96),  # the ceiling's, the loop's and scaling's (the public sample's)
+    "ceiling_steps": 20,
+    "loop_epochs": 4,
+    "scaling_base": 500,  # scaling's 1x; 16x is 8,000 images
+    "decode_count": 24,
+    "job": {},  # the job's own defaults
 }
 # The CPU fallback: the same steps on a handful of images, to keep the script working where no GPU is.
 CPU_FALLBACK_SCALE: dict[str, Any] = {
@@ -51,7 +61,12 @@ CPU_FALLBACK_SCALE: dict[str, Any] = {
     "loader_epochs": 2,
     "loader_epochs_ours": 2,
     "train_epochs": 1,
-    "limit_steps": 1,
+    "image_size": (32, 32),
+    "ceiling_steps": 1,
+    "loop_epochs": 2,
+    "scaling_base": 4,
+    "decode_count": 4,
+    "job": {"precise_bn": "0", "bootstrap_samples": "0", "torchscript": "false", "threads": "1", "workers": "1"},
 }
 
 
@@ -66,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(out: Path, *, device: str, scale: dict[str, Any], runner: Runner | None = None) -> dict[str, Any]:
-    """Generate the data, run (a), (b) and the limit on device, write OUT/gpu-bench.json and .md.
+    """Generate the data, run (a), (b), the ceiling and the loop, and scaling on device; write OUT/gpu-bench.json, .md.
 
     Args:
         out: the output directory (created).
@@ -115,9 +130,18 @@ def run(out: Path, *, device: str, scale: dict[str, Any], runner: Runner | None 
                 "b": run_one("train_ours", train_args),
             },
         }
-    results["limit"] = run_one("compute_limit", {"steps": scale["limit_steps"], "batch_size": batch, "device": device})
+        sized = _sized(run_one, device=device, scale=scale)
+        common = {"sizes": [scale["size"]], "validation_count": scale["validation_count"]}
+        ceiling_args = argparse.Namespace(
+            **common, train_count=scale["train_count"], ceiling_steps=scale["ceiling_steps"],
+            loop_epochs=scale["loop_epochs"],
+        )
+        results["ceiling"] = ceiling_benchmark(ceiling_args, Path(scratch), sized)
+        scaling_args = argparse.Namespace(**common, train_count=scale["scaling_base"])
+        results["scaling"] = scaling_benchmark(scaling_args, Path(scratch), sized)
     results["load"]["end"] = load_average()
-    results["targets"] = report.targets(results, share_of_limit=report.GPU_SHARE_OF_LIMIT)
+    target = report.GPU_LOOP_SHARE if device == "cuda" else report.LOOP_SHARE
+    results["targets"] = report.targets(results, loop_target=target)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["settings"]["loader_epochs"] = scale["loader_epochs"]
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +174,25 @@ def main(args: argparse.Namespace) -> int:
     missed = [c for c in results["targets"] if not c["met"]]
     for c in missed:
         print(f"target missed: {c['target']}: {c['value']:.2f} (required {c['required']})")
-    return 1 if missed else 0
+    impossible = report.impossible_message(results)
+    if impossible:
+        print(f"error: {impossible}", file=sys.stderr)
+    return 1 if missed or impossible else 0
+
+
+def _sized(run_one: Runner, *, device: str, scale: dict[str, Any]) -> Runner:
+    """run_one with the scale's batch, image size and steps, and the device, for the ceiling's and scaling's cases
+    (the job of loop_job picks the GPU itself)."""
+    shape = {"batch_size": scale["batch_size"], "image_size": list(scale["image_size"])}
+    steps = {"steps": scale["ceiling_steps"], "device": device}
+    extra: dict[str, dict[str, Any]] = {
+        "ceiling": {**shape, **steps},
+        "loop_job": {**shape, "hyperparameters": scale["job"]},
+        "loop_phases": {**shape, **steps},
+        "scaling_data": {**shape, **steps},
+        "scaling_decode": {"count": scale["decode_count"], "image_size": list(scale["image_size"])},
+    }
+    return lambda name, kwargs: run_one(name, {**kwargs, **extra.get(name, {})})
 
 
 def _device_name(device: str) -> str:

@@ -1,6 +1,7 @@
 """Smoke tests of bench/: every benchmark function, the CLI's run, the child runner and the GPU script's CPU fallback,
 on a few tiny images for one or two steps, so that bench/ keeps working as training/ changes; serving on a bundle the
-real job trains for one epoch at 32x32 and a few requests. No timing assertions: the figures of such runs mean nothing.
+real job trains for one epoch at 32x32 and a few requests; the ceiling against the real job's loop (two epochs at
+32x32), and the verdict on a share no loop can reach. No timing assertions: the figures of such runs mean nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import pytest
 import torch
 
 from bench import __main__ as cli
-from bench import cases, gpu, public_sample, report
+from bench import cases, ceiling, gpu, public_sample, report, scaling
 from bench.child import run_case, run_in_process
 from bench.datasets import BenchSet, make_set
 
 pytestmark = pytest.mark.slow
-ONE_VARIANT = [{"precision": "fp32", "channels_last": False, "optimizer": False}]
+ONE_VARIANT = [{"precision": "fp32", "channels_last": False}]
 # The serving case's job, small: 32x32, batches of 4, no precise BN, bootstrap or TorchScript export, one thread.
 TINY_JOB = {
     "image_size": "32,32",
@@ -30,6 +31,7 @@ TINY_JOB = {
     "threads": "1",
     "workers": "1",
 }
+TINY_STEP = {"batch_size": 4, "image_size": [32, 32], "steps": 1, "warmup": 1}  # the ceiling's, phases' and scaling's
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,24 +71,109 @@ def test_training_runs_report_throughput_and_accuracy(tiny: BenchSet, case: str)
     assert figures["epochs_to_target"] == 1 and figures["seconds_to_target"] is not None  # target 0: epoch 1
 
 
-def test_compute_limit_covers_fp32_and_the_best_precision() -> None:
-    variants = cases.default_variants("cpu")
-    assert {"fp32", cases.best_precision("cpu")} <= {v["precision"] for v in variants}
-    assert [v for v in variants if v["optimizer"]] == [variants[-1]]  # the diagnostic comes last
-    figures = cases.compute_limit(batch_size=2, steps=1, variants=[variants[-1]])
-    assert figures["variants"][0]["images_per_second"] > 0 and len(figures["variants"][0]["steps"]) == 2
-
-
 def test_a_case_runs_in_a_child_process_with_its_own_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child's torch threads (see one_thread)
-    figures = run_case("compute_limit", {"batch_size": 2, "steps": 1, "variants": ONE_VARIANT})
+    kwargs = {"batch_size": 2, "image_size": [32, 32], "warmup": 1, "steps": 1, "variants": ONE_VARIANT}
+    figures = run_case("ceiling", kwargs)
     assert figures["peak_rss_mib"] > 0 and figures["process"]["wall_seconds"] > 0
+    assert figures["threads"] == 1  # the child's thread count is the environment's, as the job's is
+
+
+@pytest.fixture(scope="module")
+def fallback(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """bench/gpu.py's CPU fallback at a tiny scale, once for the tests below: (a) and (b), the ceiling before and after
+    the real job's loop (2 epochs at 32x32, batch 4, as the ceiling), the phases when the share is under the target,
+    and scaling (1x, 4x and 16x of 4 images, memory and disk cache; decoding at 256, 512 and 2048)."""
+    scale = {**gpu.CPU_FALLBACK_SCALE, "train_count": 4, "validation_count": 4, "batch_size": 2}
+    out = tmp_path_factory.mktemp("gpu-out")
+    return {"results": gpu.run(out, device="cpu", scale=scale, runner=_small_batches), "out": out}
+
+
+def test_the_gpu_script_falls_back_to_the_cpu(fallback: dict[str, Any]) -> None:
+    results, out = fallback["results"], fallback["out"]
+    saved = json.loads((out / "gpu-bench.json").read_text(encoding="utf-8"))
+    assert saved["device"].startswith("cpu") and (out / "gpu-bench.md").is_file()
+    assert {c["target"] for c in results["targets"]} >= {"loop / best ceiling", report.IMPOSSIBLE}
+    assert all(math.isfinite(c["value"]) for c in results["targets"])
+
+
+def test_the_ceiling_is_set_against_the_jobs_own_loop(fallback: dict[str, Any]) -> None:
+    results = fallback["results"]
+    entry = results["ceiling"]
+    for when in ("before", "after"):
+        variants = entry[when]["variants"]
+        assert {(v["precision"], v["channels_last"]) for v in variants} == {
+            ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)
+        }
+        assert all(v["images_per_second"] > 0 and v["spread"] >= 0 and len(v["steps"]) == 1 for v in variants)
+    assert len(entry["loop"]["epochs"]) == 2  # the job's two metric lines (its repeat of the best one left out)
+    assert entry["loop"]["images_per_second"] == pytest.approx(entry["loop"]["epochs"][1], abs=0.01)
+    assert entry["loop"]["flags"]["image_size"] == "32,32"
+    share = report.loop_share(entry)
+    assert share is not None and share["job_default"] == f"{ceiling.best_precision()} channels_last"
+    assert ("phases" in entry) == (not share["met"])  # the breakdown comes with a share under the target
+    checks = {c["target"]: c for c in results["targets"]}
+    assert checks["loop / best ceiling"]["required"] == report.LOOP_SHARE
+    assert checks[report.IMPOSSIBLE]["required"] == pytest.approx(1 + share["spread"], abs=1e-4)
+    table = report.markdown(results)
+    assert "Ceiling: DenseNet121's training step alone" in table and "Loop: the job's own" in table
+    assert "| fp32 | contiguous |" in table and "| bf16 | channels_last |" in table
+
+
+def test_a_loop_above_its_ceiling_fails_the_run(fallback: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
+    results = json.loads(json.dumps(fallback["results"]))
+    best = report.best_ceiling(results["ceiling"])
+    assert best is not None
+    results["ceiling"]["loop"]["images_per_second"] = 2 * best["images_per_second"]  # no loop beats its bare step
+    results["targets"] = report.targets(results)
+    assert cli.finish(results, tmp_path) == 1
+    captured = capsys.readouterr()
+    assert "the ceiling is wrong" in captured.err and "200%" in captured.err
+    assert "FAILED: above 100 % + the spread" in (tmp_path / "bench.md").read_text(encoding="utf-8")
+    assert not {c["target"]: c for c in results["targets"]}[report.IMPOSSIBLE]["met"]
+    results["ceiling"]["loop"]["images_per_second"] = 0.95 * best["images_per_second"]  # a loop that can be
+    results["targets"] = [c for c in report.targets(results) if "ceiling" in c["target"]]  # (a)/(b) apart
+    assert cli.finish(results, tmp_path) == 0
+    assert "ceiling is wrong" not in capsys.readouterr().err
+
+
+def test_scaling_gives_the_cost_per_unit_at_each_size_and_cache(fallback: dict[str, Any]) -> None:
+    scaling = fallback["results"]["scaling"]
+    rows = {(row["scale"], row["cache"]): row for row in scaling["data"]}
+    assert set(rows) == {(s, c) for s in (1, 4, 16) for c in ("memory", "disk")}  # the disk rows spilled
+    for (scale, _), row in rows.items():
+        assert row["images"] == 4 * scale
+        assert min(row[k] for k in ("prepare_ms_per_image", "loader_ms_per_image", "step_ms_per_image")) > 0
+    assert [r["size"] for r in scaling["decode"]["sizes"]] == [256, 512, 2048]
+    assert all(r["files"] == 4 and r["ns_per_pixel"] > 0 for r in scaling["decode"]["sizes"])
+    table = report.markdown(fallback["results"])
+    assert "Scaling: cost per unit" in table and "| 16x | 64 | disk |" in table and "| 2048x2048 |" in table
+    assert "serving: see runtimes" in table  # bench/serving_runtimes.py's row, until it is wired
+
+
+def test_scaling_refuses_decode_work_beyond_its_bounds() -> None:
+    with pytest.raises(ValueError, match="count must be in"):
+        scaling.scaling_decode(count=1000)
+    with pytest.raises(ValueError, match="pixels"):
+        scaling.scaling_decode(sizes=(8192,), count=4)
+
+
+def test_the_help_states_the_scaling_budget(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    assert "scaling alone takes about 4 min on 2 cores, budget 10 min" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_cli_refuses_a_ceiling_of_fewer_than_6_steps(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--ceiling-steps", "5"])
+    assert "--ceiling-steps must be >= 6" in capsys.readouterr().err
 
 
 def test_the_cli_run_writes_every_figure_the_report_needs(tiny: BenchSet, tmp_path: Path) -> None:
     args = cli.parse_args(
         ["--sizes", "64", "--train-count", "8", "--validation-count", "4", "--loader-epochs", "1"]
-        + ["--loader-epochs-ours", "1", "--train-epochs", "1", "--limit-steps", "1", "--settle", "0"]
+        + ["--loader-epochs-ours", "1", "--train-epochs", "1", "--settle", "0"]
         + ["--only", "loader", "training", "--out", str(tmp_path)]
     )
     results = cli.run(args, runner=_small_batches)
@@ -128,15 +215,6 @@ def test_the_cli_serving_run_trains_a_bundle_serves_it_and_reports_it(tmp_path: 
     json.dumps(results, allow_nan=True)
 
 
-def test_the_gpu_script_falls_back_to_the_cpu(tmp_path: Path) -> None:
-    scale = {**gpu.CPU_FALLBACK_SCALE, "train_count": 4, "validation_count": 4, "batch_size": 2}
-    results = gpu.run(tmp_path, device="cpu", scale=scale, runner=_small_batches)
-    saved = json.loads((tmp_path / "gpu-bench.json").read_text(encoding="utf-8"))
-    assert saved["device"].startswith("cpu") and (tmp_path / "gpu-bench.md").is_file()
-    assert {c["target"] for c in results["targets"]} >= {"training (b)/best limit"}
-    assert all(math.isfinite(c["value"]) for c in results["targets"])
-
-
 def test_gpu_script_without_cuda_asks_for_the_fallback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if gpu_available():
         pytest.skip("CUDA is available here")
@@ -145,13 +223,17 @@ def test_gpu_script_without_cuda_asks_for_the_fallback(tmp_path: Path, capsys: p
 
 
 def _small_batches(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The cases in this process, with batches of 4 (the CLI keeps the sample's 100), a one-variant limit and a tiny
-    job for serving."""
+    """The cases in this process, with batches of 4 (the CLI keeps the sample's 100), a tiny job for serving and the
+    loop, and one or two tiny steps for the ceiling, the phases and scaling."""
     extra: dict[str, Any] = {"batch_size": 4}
-    if name == "compute_limit":
-        extra = {"batch_size": 2, "steps": 1, "variants": ONE_VARIANT}
+    if name in ("ceiling", "loop_phases", "scaling_data"):
+        extra = TINY_STEP
+    elif name == "loop_job":
+        extra = {"batch_size": 4, "image_size": [32, 32], "hyperparameters": TINY_JOB}
     elif name == "serving":
         extra = {"hyperparameters": TINY_JOB}
+    elif name == "scaling_decode":
+        extra = {"count": 4, "image_size": [32, 32]}
     return run_in_process(name, {**kwargs, **extra})
 
 
