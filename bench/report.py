@@ -77,9 +77,8 @@ def targets(
 
     def add(name: str, size: str, value: float, required: float, *, at_most: bool = False) -> None:
         met = math.isfinite(value) and (value <= required if at_most else value >= required)
-        checks.append(
-            {"target": name, "size": size, "value": round(value, 3), "required": required, "met": met, "basis": basis}
-        )
+        checks.append({"target": name, "size": size, "value": round(value, 3), "required": required, "met": met,
+                       "basis": basis, "at_most": at_most})
 
     for size, entry in results.get("sizes", {}).items():
         loader, training = entry.get("loader"), entry.get("training")
@@ -299,7 +298,7 @@ def _target_lines(checks: list[dict[str, Any]]) -> list[str]:
     lines += [f"Targets, judged on images {basis}:", ""]
     lines += ["| target | source | measured | required | met |", "|---|---|---|---|---|"]
     for c in checks:
-        sign = "<=" if "RSS" in c["target"] else ">="
+        sign = "<=" if c.get("at_most", "RSS" in c["target"]) else ">="
         lines.append(
             f"| {c['target']} | {c['size']}x{c['size']} | {c['value']:.2f} | {sign} {c['required']} "
             f"| {'yes' if c['met'] else '**no**'} |"

@@ -27,7 +27,7 @@ import numpy as np
 import pydicom
 import torch
 
-from bench.ceiling import BATCH_SIZE, IMAGE_SIZE, STEPS, WARMUP, phases_of, prepare_train
+from bench.ceiling import BATCH_SIZE, IMAGE_SIZE, phases_of, prepare_train
 from training.dataset.dicom import MAX_FRAME_PIXELS
 from training.dataset.loader import BatchLoader
 from training.job.config import TrainConfig
@@ -44,8 +44,8 @@ def scaling_data(
     train_dir: str,
     cache: str,
     loader_epochs: int = 2,
-    steps: int = STEPS,
-    warmup: int = WARMUP,
+    steps: int = 3,
+    warmup: int = 1,
     batch_size: int = BATCH_SIZE,
     image_size: Sequence[int] = IMAGE_SIZE,
     device: str = "cpu",
@@ -56,7 +56,9 @@ def scaling_data(
         train_dir: the set (all of it the train split).
         cache: 'memory' or 'disk' (CACHES).
         loader_epochs: whole passes of the loader (>= 2: the first is warm-up).
-        steps, warmup: timed and untimed training steps (the loader wraps around a short set).
+        steps, warmup: timed and untimed training steps (the loader wraps around a short set); fewer than the
+            ceiling's: the step's cost hardly depends on the data size, its data wait is what may, and the budget is
+            10 minutes for the whole of scaling.
         batch_size, image_size: the job's.
         device: 'cpu' or 'cuda'.
 

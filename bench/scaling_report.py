@@ -40,4 +40,4 @@ def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
                   for r in serving]
     else:
         lines.append("| 1, 8, 32 | serving: see runtimes | | |")
-    return lines + [f"Scaling run: {scaling.get('seconds', 0) / 60:.1f} min.", ""]
+    return lines + ["", f"Scaling run: {scaling.get('seconds', 0) / 60:.1f} min.", ""]

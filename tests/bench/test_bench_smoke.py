@@ -118,6 +118,7 @@ def test_the_ceiling_is_set_against_the_jobs_own_loop(fallback: dict[str, Any]) 
     table = report.markdown(results)
     assert "Ceiling: DenseNet121's training step alone" in table and "Loop: the job's own" in table
     assert "| fp32 | contiguous |" in table and "| bf16 | channels_last |" in table
+    assert any(line.startswith(f"| {report.IMPOSSIBLE} |") and "| <= " in line for line in table.splitlines())
 
 
 def test_a_loop_above_its_ceiling_fails_the_run(fallback: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
