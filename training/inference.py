@@ -40,6 +40,7 @@ import torch
 from training.dataset.dicom import DicomReadError, Source, dicom_files_under
 from training.dataset.series import Series, assemble
 from training.job.evaluation import predict as decide
+from training.serving import runtimes
 from training.serving.request import (
     DICOM,
     JSON,
@@ -110,6 +111,9 @@ class Predictor:
         batch_size: files per forward pass.
         spatial_dims: 2 (preprocessing reads a file: `predict`) or 3 (it reads a series: `predict_series`).
         temperature: the calibration's temperature (used when postprocessing is None).
+        runtime_logits: computes the network's logits in another runtime (training/serving/runtimes.py); None: the network.
+            The network stays for anything needing gradients (heat maps).
+        runtime: the name of what computes the logits ("pytorch" when runtime_logits is None).
     """
 
     def __init__(
@@ -126,6 +130,8 @@ class Predictor:
         batch_size: int = 32,
         spatial_dims: int = 2,
         temperature: float = 1.0,
+        runtime_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        runtime: str = "pytorch",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -140,15 +146,20 @@ class Predictor:
         self.temperature = float(temperature)
         self.batch_size = batch_size
         self.spatial_dims = spatial_dims
+        self.runtime_logits = runtime_logits
+        self.runtime = runtime if runtime_logits is not None else "pytorch"
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None) -> Predictor:
+    def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, device: str | None = None,
+                    runtime: str = "pytorch") -> Predictor:
         """The predictor a bundle describes: training.job.bundle.read_bundle's checked fields, our own network and
         preprocessing; the bundle's configs are read as data, never evaluated (its MONAI `evaluator` is not built).
 
         Args:
             bundle_dir: the bundle (the job's model directory, or model.tar.gz extracted).
             device: "cpu", "cuda", ...; default: a GPU when there is one.
+            runtime: what computes the logits of a 2-D network on the CPU: "pytorch", "onnxruntime" or "auto"
+                (training/serving/runtimes.py: self-checked against PyTorch at load, which serves on a mismatch).
 
         Raises:
             training.job.bundle.BundleError: a field of the bundle fails its check (a ValueError naming file and field).
@@ -159,8 +170,16 @@ class Predictor:
         spec = read_bundle(Path(bundle_dir).resolve())  # plain fields as data: nothing in the bundle is evaluated
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         volumes = spec.spatial_dims == 3
+        network = load_network(spec, device=device)
+        name, logits = "pytorch", None
+        if runtime != "pytorch" and not volumes and torch.device(device).type == "cpu":  # 3-D and GPUs: PyTorch
+            name, logits, _ = runtimes.choose(network, (1, *spec.image_size), setting=runtime,
+                                              weights_digest=runtimes.file_digest(spec.weights),
+                                              temperature=spec.temperature)
         return cls(
-            network=load_network(spec, device=device),
+            network=network,
+            runtime_logits=logits,
+            runtime=name,
             preprocessing=(LoadSeriesVolume if volumes else LoadDicomImage)(spec.image_size, spec.window),
             spatial_dims=spec.spatial_dims,
             class_names=spec.class_names,
@@ -180,7 +199,9 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The network's raw outputs (N x C) for preprocessed images (N x 1 x H x W)."""
         images = images.to(self.device, torch.float32)
-        return self.inferer(images, self.network) if self.inferer is not None else self.network(images)
+        if self.inferer is not None:
+            return self.inferer(images, self.network)
+        return (self.runtime_logits or self.network)(images)
 
     def predict(self, sources: Sequence[Source], *, names: Sequence[str] | None = None) -> list[Prediction]:
         """Classify DICOM files (paths or bytes).
@@ -321,12 +342,18 @@ def model_fn(model_dir: str | os.PathLike[str]) -> Predictor:
 
     The preprocessing (image size, window) and decision rule come from the bundle's configs/inference.json, read as
     data and checked (training.job.bundle.read_bundle: a BundleError refuses a bad field), i.e.
-    training.dataset.dicom.load_image with the values the model was trained with.
+    training.dataset.dicom.load_image with the values the model was trained with. The logits of a 2-D network on the
+    CPU come from the runtime DICOM_SERVING_RUNTIME names (pytorch, onnxruntime, or auto: the fastest that passes its
+    self-check here; training/serving/runtimes.py).
+
+    Raises:
+        ValueError: DICOM_SERVING_RUNTIME is set to something else.
     """
     root = Path(model_dir)
     if not (root / "configs" / "inference.json").is_file():
         raise FileNotFoundError(f"{root} holds no MONAI bundle (configs/inference.json): pass the job's model.tar.gz")
-    return Predictor.from_bundle(root)
+    # The serving edge: the runtime setting is read here (training/serving/runtimes.py; default "auto").
+    return Predictor.from_bundle(root, runtime=runtimes.check_setting(os.environ.get(runtimes.RUNTIME_VARIABLE)))
 
 
 def input_fn(body: bytes | bytearray, content_type: str | None) -> list[DicomInput]:
