@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench import ceiling, public_sample, scaling, volume_accuracy, volumes
+from bench import ceiling, public_sample, scaling, serving_runtimes, volume_accuracy, volumes
 from bench.ceiling import pair, sync
 from bench.measure import Clock, append_rates, epoch_row, rates_summary, timed_fit, training_summary
 from training.dataset.loader import BatchLoader
@@ -317,4 +317,5 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
     **scaling.CASES,  # cost per unit as work grows (bench/scaling.py)
     **volumes.CASES,  # the 3-D benchmark (bench/volumes.py)
     **volume_accuracy.CASES,  # the 3-D job's time to 0.95 (bench/volume_accuracy.py)
+    **serving_runtimes.CASES,  # serving's shares, runtimes and scaling (bench/serving_runtimes.py)
 }
