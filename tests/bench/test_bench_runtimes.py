@@ -57,7 +57,8 @@ def test_the_server_runs_forced_at_each_load_without_errors(figures: dict[str, A
 
 def test_the_report_has_a_row_per_runtime_and_per_server_run(figures: dict[str, Any]) -> None:
     table = serving_runtimes.markdown(figures)
-    assert "### Serving runtimes (resnet18 at 32x32" in table and "forward" in table
+    assert "### Serving runtimes (resnet18 at 32x32, one 64x64 file of " in table and "forward" in table
+    assert figures["file"]["rows"] == figures["file"]["columns"] == 64 and "name" not in figures["file"]
     for name in ("pytorch", "onnxruntime", "openvino"):
         assert f"\n| {name} | " in table
     assert "| onnxruntime | 1 | " in table and "| onnxruntime | 2 | " in table

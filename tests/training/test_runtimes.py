@@ -1,13 +1,15 @@
 """training/serving/runtimes.py on a real small bundle (tests/conftest.py `tiny_job`: the real job, ResNet18 at
 32x32): ONNX Runtime's self-check passes and it serves the bundle's own labels; a runtime whose answers differ falls
 back to PyTorch with one log line; DICOM_SERVING_RUNTIME=pytorch forces PyTorch in model_fn; 3-D bundles stay on
-PyTorch; the graph cache is reused and refused when others may write to it.
+PyTorch; the graph cache is reused and refused when others may write to it; a zip request is one forward pass a batch.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +30,9 @@ def bundle(tiny_job: TinyJob) -> dict[str, Any]:
             "digest": runtimes.file_digest(spec.weights)}
 
 
-def test_onnxruntime_passes_its_self_check_and_serves_the_bundle_s_labels(tiny_job: TinyJob, tmp_path: Path) -> None:
-    eager = inference.Predictor.from_bundle(tiny_job.model_dir)
-    served = inference.Predictor.from_bundle(tiny_job.model_dir, runtime="onnxruntime")
-    assert (eager.runtime, served.runtime) == ("pytorch", "onnxruntime") and served.logits is not None
-    assert served.network is not None  # kept for what needs gradients
-    expected, got = eager.predict(tiny_job.test_files), served.predict(tiny_job.test_files)
-    assert len(got) == len(tiny_job.test_files) == 8
-    assert [p.label for p in got] == [p.label for p in expected]
-    for a, b in zip(got, expected, strict=True):
-        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
-
-
-def test_auto_times_the_runtimes_that_pass_and_picks_the_fastest(bundle: dict[str, Any], tmp_path: Path) -> None:
+def test_auto_times_the_runtimes_that_pass_and_picks_the_fastest(bundle: dict[str, Any]) -> None:
     name, logits, report = runtimes.choose(bundle["network"], bundle["shape"], setting="auto",
-                                           weights_digest=bundle["digest"], folder=tmp_path)
+                                           weights_digest=bundle["digest"])
     assert set(report["one_file_ms"]) == {"pytorch", "onnxruntime"} and report["dropped"] == {}
     assert name == min(report["one_file_ms"], key=report["one_file_ms"].get) == report["runtime"]
     assert (logits is None) == (name == "pytorch")
@@ -61,15 +51,14 @@ class Shifted:
 
 
 @pytest.mark.parametrize(("swap", "reason"), [(False, "probabilities differ"), (True, "labels differ")])
-def test_a_mismatch_falls_back_to_pytorch_with_one_log_line(bundle: dict[str, Any], tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture, swap: bool,
-                                                            reason: str) -> None:
+def test_a_mismatch_falls_back_to_pytorch_with_one_log_line(bundle: dict[str, Any], caplog: pytest.LogCaptureFixture,
+                                                            swap: bool, reason: str) -> None:
     def broken(name: str, *args: Any, **kwargs: Any) -> runtimes.Logits:
         return Shifted(runtimes.candidate(name, *args, **kwargs), swap=swap)
 
     with caplog.at_level(logging.INFO, logger="training.serving.runtimes"):
         name, logits, report = runtimes.choose(bundle["network"], bundle["shape"], setting="onnxruntime",
-                                               weights_digest=bundle["digest"], folder=tmp_path, make=broken)
+                                               weights_digest=bundle["digest"], make=broken)
     assert (name, logits) == ("pytorch", None)
     assert reason in report["dropped"]["onnxruntime"]
     (line,) = [r for r in caplog.records if r.name == "training.serving.runtimes" and "serving runtime" in r.message]
@@ -95,13 +84,44 @@ def test_a_3d_bundle_stays_on_pytorch(tmp_path: Path) -> None:
 
 def test_the_graph_is_exported_once_and_a_folder_others_may_write_is_refused(bundle: dict[str, Any],
                                                                               tmp_path: Path) -> None:
-    first = runtimes.cached_graph(bundle["network"], bundle["shape"], weights_digest=bundle["digest"], folder=tmp_path)
+    """The server's cache (the temp dir's, as from_bundle uses it): a second start finds the graph and keeps it."""
+    first = runtimes.cached_graph(bundle["network"], bundle["shape"], weights_digest=bundle["digest"])
     made = first.stat().st_mtime_ns
-    again = runtimes.cached_graph(bundle["network"], bundle["shape"], weights_digest=bundle["digest"], folder=tmp_path)
+    again = runtimes.cached_graph(bundle["network"], bundle["shape"], weights_digest=bundle["digest"])
     assert again == first and again.stat().st_mtime_ns == made
-    other = runtimes.cached_graph(bundle["network"], bundle["shape"], weights_digest="0" * 64, folder=tmp_path)
-    assert other != first  # other weights, another graph
     assert oct(first.parent.stat().st_mode & 0o777) == "0o700"
-    os.chmod(first.parent, 0o777)
+    other = runtimes.graph_name(bundle["network"], bundle["shape"], weights_digest="0" * 64)
+    assert other != first.name  # other weights, another graph
+    assert runtimes.graph_name(bundle["network"], (1, 64, 64), weights_digest=bundle["digest"]) != first.name
+    os.chmod(runtimes.cache_dir(tmp_path), 0o777)
     with pytest.raises(PermissionError, match="not this user's own folder.*DICOM_SERVING_RUNTIME=pytorch"):
         runtimes.cache_dir(tmp_path)
+
+
+def test_onnxruntime_passes_its_self_check_and_one_zip_request_makes_one_forward_pass_per_batch(
+    tiny_job: TinyJob,
+) -> None:
+    """The bundle under ONNX Runtime answers PyTorch's labels; 8 files in one zip, batch size 3: predict_fn calls the
+    runtime 3 times (3, 3, 2 images), not once a file."""
+    eager = inference.Predictor.from_bundle(tiny_job.model_dir)
+    model = inference.Predictor.from_bundle(tiny_job.model_dir, runtime="onnxruntime")
+    assert (eager.runtime, model.runtime) == ("pytorch", "onnxruntime") and model.network is not None  # for gradients
+    model.batch_size = 3
+    real, batches = model.logits, []
+    assert real is not None
+
+    def counted(images: torch.Tensor) -> torch.Tensor:
+        batches.append(len(images))
+        return real(images)
+
+    model.logits = counted
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as archive:
+        for number, file in enumerate(tiny_job.test_files):
+            archive.write(file, f"file-{number}.dcm")
+    results = inference.predict_fn(inference.input_fn(body.getvalue(), inference.ZIP), model)
+    assert batches == [3, 3, 2] and [r["file"] for r in results] == [f"file-{n}.dcm" for n in range(8)]
+    expected = eager.predict(tiny_job.test_files)
+    assert [r["label"] for r in results] == [p.label for p in expected]
+    for got, want in zip(results, expected, strict=True):
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)

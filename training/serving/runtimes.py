@@ -135,9 +135,7 @@ def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
 def cached_graph(network: torch.nn.Module, input_shape: Sequence[int], *, weights_digest: str,
                  folder: str | os.PathLike[str] | None = None) -> Path:
     """The network's ONNX graph from the cache, exported first when absent (one process exports; others wait)."""
-    key = hashlib.sha256(f"{weights_digest}|{type(network).__name__}|{tuple(input_shape)}|{torch.__version__}|"
-                         f"{OPSET}".encode()).hexdigest()[:32]
-    target = cache_dir(folder) / f"{key}.onnx"
+    target = cache_dir(folder) / graph_name(network, input_shape, weights_digest=weights_digest)
     with _locked(target.with_suffix(".lock")):
         if not target.is_file():
             started = time.perf_counter()
@@ -145,6 +143,13 @@ def cached_graph(network: torch.nn.Module, input_shape: Sequence[int], *, weight
             log.info("exported the network to ONNX in %.1f s (cached for this machine's later starts)",
                      time.perf_counter() - started)
     return target
+
+
+def graph_name(network: torch.nn.Module, input_shape: Sequence[int], *, weights_digest: str) -> str:
+    """The cached graph's file name: a digest of the weights, the network's class, the input shape, torch's version
+    and the opset (anything that changes the graph changes the name)."""
+    key = f"{weights_digest}|{type(network).__name__}|{tuple(input_shape)}|{torch.__version__}|{OPSET}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".onnx"
 
 
 @contextlib.contextmanager
