@@ -125,30 +125,45 @@ class TransformInputs:
 
     Attributes:
         uri: the input prefix, s3://BUCKET/inference/RUN/input/ (start_transform's input_uri).
-        files: each object's name below `uri` to the local file it was uploaded from.
+        files: each object's name below `uri` to the local file it was uploaded from (one file an object).
+        members: files packed into zips (upload_inputs files_per_object > 1): "OBJECT/MEMBER" to the local file.
+        content_type: what start_transform must be told the objects are (application/zip when packed).
     """
 
     uri: str
     files: Mapping[str, str] = field(default_factory=dict)
     bad: tuple[Mapping[str, str], ...] = ()  # upload_series: the series not uploaded, {"series", "file", "reason"}
+    members: Mapping[str, str] = field(default_factory=dict)  # packed zips: "OBJECT/MEMBER" to the local file
+    content_type: str = DICOM  # start_transform's content_type for these objects
 
 
 def upload_inputs(
-    settings: Settings, files: Sequence[str | os.PathLike[str]], *, run: str, content_type: str = DICOM
+    settings: Settings, files: Sequence[str | os.PathLike[str]], *, run: str, content_type: str = DICOM,
+    files_per_object: int = 1, max_object_bytes: int = MAX_OBJECT_BYTES,
 ) -> TransformInputs:
     """Upload files for a batch transform to s3://BUCKET/inference/RUN/input/, encrypted with the stack's key.
 
     Each object keeps the file's path below the files' common folder (files of several folders may share a name).
     Objects uploaded earlier under the same run stay, and are transformed too.
 
+    With files_per_object > 1 (a 2-D model), the files are packed into zip objects, batch-00001.zip, ..., of up to
+    that many files each (members named by their path below the common folder): SageMaker sends an object a request,
+    and the server runs a request's files through the network a batch (the model's batch size, 32) at a time, so
+    fewer, fuller requests. A zip is closed early where the next file would pass the server's pixel budget a request
+    (training.inference.MAX_REQUEST_PIXELS, from the headers) or max_object_bytes. Pass start_transform
+    content_type=inputs.content_type (application/zip then).
+
     Args:
         settings: the stack's values.
-        files: DICOM files (or zips of them): one object, so one request and one .out, each.
+        files: DICOM files (or zips of them): one object, so one request and one .out, each; or packed (above).
         run: the run's folder name under inference/, e.g. the training job's name.
-        content_type: stored with each object (the transform's content type is start_transform's).
+        content_type: stored with each object (the transform's content type is start_transform's); packed: zip.
+        files_per_object: files a zip object holds, 1 (no zip) to training.inference.MAX_ZIP_MEMBERS.
+        max_object_bytes: the largest object: batch transform's payload (100 MB).
 
     Raises:
-        ValueError: no files, a file that does not exist, or a run name that is not one folder name.
+        ValueError: no files, a file that does not exist, a run name that is not one folder name, files_per_object
+            out of range, or a file that alone passes a request's limits (named; nothing is uploaded then).
     """
     if not _RUN.match(run):
         raise ValueError(f"run must be one folder name of letters, digits, '.', '_' or '-'; got {run!r}")
@@ -160,8 +175,23 @@ def upload_inputs(
         raise ValueError(f"these files do not exist: {', '.join(missing)}")
     root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
     names = {p.resolve().relative_to(root).as_posix(): str(p) for p in paths}
+    if files_per_object != 1:
+        return _upload_packed(settings, run, names, files_per_object, max_object_bytes)
     uri = _upload(settings, run, {name: Path(path) for name, path in names.items()}, content_type)
     return TransformInputs(uri=uri, files=names)
+
+
+def _upload_packed(settings: Settings, run: str, names: Mapping[str, str], per_object: int,
+                   max_object_bytes: int) -> TransformInputs:
+    """The files (member name to local path) packed into zip objects (launcher/datasets/packing.py), uploaded."""
+    import tempfile
+
+    from launcher.datasets.packing import pack
+
+    with tempfile.TemporaryDirectory(prefix="packed-zips-") as workdir:
+        zips, members = pack(names, Path(workdir), files_per_object=per_object, max_object_bytes=max_object_bytes)
+        uri = _upload(settings, run, zips, ZIP)
+    return TransformInputs(uri=uri, members=members, content_type=ZIP)
 
 
 def _upload(settings: Settings, run: str, objects: Mapping[str, Path], content_type: str) -> str:
@@ -395,6 +425,7 @@ def transform_results(
             for prediction in document["predictions"]:
                 member = prediction.get("file", "body")
                 file = files.get(name, name) if member == "body" else f"{files.get(name, name)}/{member}"
+                file = inputs.members.get(f"{name}/{member}", file) if inputs is not None else file
                 results.append(TransformResult(
                     file=file, label=prediction["label"], probabilities=dict(prediction["probabilities"]),
                     sop_instance_uid=prediction.get("SOPInstanceUID", ""), output_uri=f"s3://{bucket}/{item['Key']}",

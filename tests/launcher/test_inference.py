@@ -30,6 +30,7 @@ from launcher.local import inference as local_inference
 from launcher.local.inference import LocalInferenceError, LocalTransformError
 from launcher.local.runner import descendants
 from launcher.settings import Settings
+from tests.conftest import TinyJob
 from tests.launcher.conftest import BUCKET, Recording, Stack
 from tests.processes import still_running
 from tests.training import conftest as training_fixtures
@@ -336,6 +337,7 @@ def test_a_resource_name_fits_sagemaker_and_is_what_make_destroy_looks_for(stack
 DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 CT5N = DICOMDIR_TESTS / "98892001" / "CT5N"
 VOLUME_MODEL_DATA = f"s3://{BUCKET}/jobs/volume-job/output/model.tar.gz"
+PACKED_MODEL_DATA = f"s3://{BUCKET}/jobs/tiny-job/output/model.tar.gz"
 
 
 def _objects(prefix: str) -> list[str]:
@@ -394,3 +396,47 @@ def test_the_local_transform_answers_each_series_once(volume_settings: Settings)
     assert result.label in CLASSES and sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     (name,) = inputs.files
     assert result.output_uri.endswith(f"inference/series-local/output/{name}.out")
+
+
+def test_packed_files_go_as_zip_objects_and_come_back_named_by_their_files(
+        stack: Stack, tiny_job: TinyJob, tmp_path: Path) -> None:
+    """upload_inputs(files_per_object=3): the tiny job's 8 test files in 3 zip objects (3, 3, 2), one request each;
+    the local transform's answers are the bundle's own, named by the local files."""
+    settings = replace(stack.settings, runner="local")
+    _publish(tiny_job.model_dir, PACKED_MODEL_DATA, tmp_path)
+    files = tiny_job.test_files
+    inputs = inference.upload_inputs(settings, files, run="packed-1", files_per_object=3)
+    assert inputs.content_type == inference.ZIP and inputs.files == {}
+    s3 = boto3.client("s3")
+    keys = sorted(_objects("inference/packed-1/input/"))
+    assert keys == [f"inference/packed-1/input/batch-0000{n}.zip" for n in (1, 2, 3)]
+    counts = []
+    for key in keys:
+        head = s3.head_object(Bucket=BUCKET, Key=key)
+        assert (head["ContentType"], head["ServerSideEncryption"]) == ("application/zip", "aws:kms")
+        with zipfile.ZipFile(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())) as archive:
+            counts.append(len(archive.namelist()))
+            for member in archive.namelist():
+                assert archive.read(member) == Path(inputs.members[f"{key.rsplit('/', 1)[1]}/{member}"]).read_bytes()
+    assert counts == [3, 3, 2] and sorted(inputs.members.values()) == sorted(files)
+    model = inference.create_model(settings, PACKED_MODEL_DATA, name="model-packed")
+    job = inference.start_transform(settings, model, inputs.uri, content_type=inputs.content_type,
+                                    name="transform-packed")
+    described = inference.wait_for_transform(settings, job, poll_s=0, sleep=lambda _: None)
+    results = {r.file: r for r in inference.transform_results(settings, described, inputs)}
+    expected = _bundle_predictions(tiny_job.model_dir, files)
+    assert set(results) == set(expected) == set(files)
+    for file, prediction in expected.items():
+        assert results[file].label == prediction.label
+        assert results[file].probabilities == pytest.approx(prediction.probabilities, abs=1e-5)
+
+
+def test_packing_is_bounded_before_any_upload(stack: Stack) -> None:
+    files = sorted(str(p) for p in CT5N.iterdir())
+    with pytest.raises(ValueError, match=r"files_per_object must be 1 to 1000 .*MAX_ZIP_MEMBERS"):
+        inference.upload_inputs(stack.settings, files, run="packed-2", files_per_object=1001)
+    with pytest.raises(ValueError, match=r"over a request's 128000000 pixels .* or 4096 bytes"):
+        inference.upload_inputs(stack.settings, files, run="packed-2", files_per_object=4, max_object_bytes=4096)
+    assert _objects("inference/packed-2/") == []
+    inputs = inference.upload_inputs(stack.settings, files, run="packed-3", files_per_object=2)
+    assert [len([m for m in inputs.members if m.startswith(f"batch-0000{n}.zip/")]) for n in (1, 2, 3)] == [2, 2, 1]
