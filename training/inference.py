@@ -17,7 +17,9 @@ definition training used.
 
 SageMaker's handlers (model_fn, input_fn, predict_fn, output_fn) follow, for training/serve.py and the image's
 `serve`; what a request may hold (content types, limits, a zip read member by member) is
-training/serving/request.py's, and its names are importable from here as before.
+training/serving/request.py's, and its names are importable from here as before. model_fn lets a 2-D network's logits
+come from ONNX Runtime where it passes a self-check against PyTorch (training/serving/runtimes.py,
+DICOM_SERVING_RUNTIME); the softmax and decision stay here, the same for every runtime.
 
 A 3-D bundle (training.job.bundle.BundleSpec.spatial_dims 3) answers per series, never per file: `predict_volumes`
 assembles the files it is given into series and predicts once per series (`predict_series`), reporting bad series
