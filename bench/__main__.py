@@ -44,7 +44,7 @@ from bench.datasets import make_set, make_volume_set
 from bench.measure import load_average, machine
 from training.job.config import NETWORKS, check_image_size, check_network_input
 
-BENCHMARKS = ("loader", "training", "ceiling", "serving", "volumes", "scaling")
+BENCHMARKS = ("loader", "training", "ceiling", "serving", "runtimes", "volumes", "scaling")
 SERVING_SIZE = 512  # the source size serving is measured at (the issue's "one 512x512 file")
 Runner = Callable[[str, dict[str, Any]], dict[str, Any]]
 RESULTS = ROOT / "bench" / "results"
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace, runner: Runner = run_case) -> dict[str, Any]:
     per_size = {"loader", "training"} & set(args.only)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as scratch:
         for size in args.sizes:
-            serve_here = "serving" in args.only and size == serving_size
+            serve_here = bool({"serving", "runtimes"} & set(args.only)) and size == serving_size
             if not (per_size or serve_here):
                 continue  # --only serving (and limit): no data at the other sizes
             data = make_set(
@@ -242,7 +242,11 @@ def run(args: argparse.Namespace, runner: Runner = run_case) -> dict[str, Any]:
                 }
                 entry["training"] = {"a": _case("train_public_sample", common), "b": _case("train_ours", common)}
             results["sizes"][str(size)] = entry
-            if serve_here:
+            if serve_here and "runtimes" in args.only:  # where a request's time goes; PyTorch, ONNX Runtime, OpenVINO
+                from bench import serving_runtimes  # torch: imported when used (the parent stays small)
+
+                results["runtimes"] = serving_runtimes.benchmark(args, data, _case)
+            if serve_here and "serving" in args.only:
                 if serving_note:
                     _say(f"  serving: {serving_note}")
                 kwargs = {
@@ -325,9 +329,10 @@ def ceiling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> 
     return entry
 
 
-def scaling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> dict[str, Any]:
+def scaling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner, *, serving: bool = True) -> dict[str, Any]:
     """bench/scaling.py's cases: data at 1x, 4x and 16x --train-count (256x256, or the smallest --sizes), each with
-    the cache in memory and on disk; decoding at 256, 512 and 2048; serving's row is bench/serving_runtimes.py's."""
+    the cache in memory and on disk; decoding at 256, 512 and 2048; with `serving`, the server at 1, 8 and 32
+    clients (bench/serving_runtimes.py scaling_serving, a bundle trained on the 1x set)."""
     started, size = time.perf_counter(), min(args.sizes)
     entry: dict[str, Any] = {"base_images": args.train_count, "source_size": size, "data": []}
     for scale in scaling_report.SCALES:
@@ -336,9 +341,12 @@ def scaling_benchmark(args: argparse.Namespace, scratch: Path, case: Runner) -> 
         for cache in ("memory", "disk"):
             row = case("scaling_data", {"train_dir": str(data.train), "cache": cache})
             entry["data"].append({"scale": scale, **row})
+        if scale == 1 and serving:
+            served = case("scaling_serving", {"train_dir": str(data.train), "val_dir": str(data.validation),
+                                              "workers": args.serving_workers})
+            entry["serving"] = [{"clients": r["concurrency"], **r} for r in served["rows"]]
         shutil.rmtree(scratch / f"scaling-{scale}x")
     entry["decode"] = case("scaling_decode", {})
-    entry["serving"] = "serving: see runtimes (bench/serving_runtimes.py, 1, 8 and 32 clients)"
     entry["seconds"] = round(time.perf_counter() - started, 1)
     return entry
 

@@ -138,7 +138,7 @@ def run(out: Path, *, device: str, scale: dict[str, Any], runner: Runner | None 
         )
         results["ceiling"] = ceiling_benchmark(ceiling_args, Path(scratch), sized)
         scaling_args = argparse.Namespace(**common, train_count=scale["scaling_base"])
-        results["scaling"] = scaling_benchmark(scaling_args, Path(scratch), sized)
+        results["scaling"] = scaling_benchmark(scaling_args, Path(scratch), sized, serving=False)  # serving: CPU
     results["load"]["end"] = load_average()
     target = report.GPU_LOOP_SHARE if device == "cuda" else report.LOOP_SHARE
     results["targets"] = report.targets(results, loop_target=target)

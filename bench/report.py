@@ -124,6 +124,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _training_lines(sizes, ceiling)
     lines += ceiling_lines(ceiling)
     lines += serving_lines(results.get("serving"))
+    if results.get("runtimes"):
+        from bench.serving_runtimes import markdown as runtime_lines  # torch: imported at the end, when used
+
+        lines += runtime_lines(results["runtimes"]).splitlines() + [""]
     lines += volume_lines(results.get("volumes"))
     lines += scaling_lines(results.get("scaling"))  # bench/scaling_report.py
     lines += _target_lines(results.get("targets", []))

@@ -39,5 +39,5 @@ def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
         lines += [f"| {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |"
                   for r in serving]
     else:
-        lines.append("| 1, 8, 32 | serving: see runtimes | | |")
+        lines.append("| 1, 8, 32 | not measured in this run (python -m bench --only scaling serves on the CPU) | | |")
     return lines + ["", f"Scaling run: {scaling.get('seconds', 0) / 60:.1f} min.", ""]

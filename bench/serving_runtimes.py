@@ -346,4 +346,20 @@ def benchmark(args: Any, data: Any, case: Callable[[str, dict[str, Any]], dict[s
                                      "workers": args.serving_workers, "epochs": args.serving_epochs})
 
 
-CASES: dict[str, Callable[..., dict[str, Any]]] = {"serving_runtimes": serving_runtimes}
+def scaling_serving(*, train_dir: str, val_dir: str, bundle_dir: str | None = None, epochs: int = 1,
+                    requests_per_client: int = 8, workers: int = 0,
+                    concurrencies: Sequence[int] = CONCURRENCIES) -> dict[str, Any]:
+    """The scaling table's serving rows (`python -m bench --only scaling`): a bundle the real job trains on the set
+    (or bundle_dir), served with the server's default runtime to 1, 8 and 32 concurrent clients (serving_scaling)."""
+    files = sorted(Path(val_dir).glob("*.dcm"))
+    if not files:
+        raise FileNotFoundError(f"{val_dir} holds no .dcm file")
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-serving-") as scratch:
+        bundle = Path(bundle_dir) if bundle_dir else _train(train_dir, val_dir, Path(scratch), epochs, {})
+        rows = serving_scaling(bundle, files[0], requests_per_client=requests_per_client, workers=workers or None,
+                               concurrencies=concurrencies)
+    return {"rows": rows}
+
+
+CASES: dict[str, Callable[..., dict[str, Any]]] = {"serving_runtimes": serving_runtimes,
+                                                   "scaling_serving": scaling_serving}

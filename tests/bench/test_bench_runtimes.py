@@ -67,3 +67,12 @@ def test_the_report_has_a_row_per_runtime_and_per_server_run(figures: dict[str, 
 def test_scaling_refuses_an_empty_load(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="concurrencies and requests_per_client must be >= 1"):
         serving_runtimes.serving_scaling(tmp_path, tmp_path / "x.dcm", concurrencies=())
+
+
+def test_the_scaling_case_serves_one_bundle_to_each_number_of_clients(tiny_job: TinyJob, tmp_path: Path) -> None:
+    data = make_set(tmp_path, size=64, train_count=4, validation_count=2)
+    rows = CASES["scaling_serving"](train_dir=str(data.train), val_dir=str(data.validation),
+                                    bundle_dir=str(tiny_job.model_dir), requests_per_client=1, workers=1,
+                                    concurrencies=(1, 3))["rows"]
+    assert [(r["concurrency"], r["requests"], r["errors"]) for r in rows] == [(1, 1, 0), (3, 3, 0)]
+    assert all(r["requests_per_second"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
