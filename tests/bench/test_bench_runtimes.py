@@ -70,7 +70,7 @@ def test_scaling_refuses_an_empty_load(tmp_path: Path) -> None:
 
 
 def test_the_scaling_case_serves_one_bundle_to_each_number_of_clients(tiny_job: TinyJob, tmp_path: Path) -> None:
-    data = make_set(tmp_path, size=64, train_count=4, validation_count=2)
+    data = make_set(tmp_path, size=64, train_count=4, validation_count=4)
     rows = CASES["scaling_serving"](train_dir=str(data.train), val_dir=str(data.validation),
                                     bundle_dir=str(tiny_job.model_dir), requests_per_client=1, workers=1,
                                     concurrencies=(1, 3))["rows"]
