@@ -197,7 +197,12 @@ def test_the_job_reached_the_accuracy_the_job_s_tests_promise(journey: Journey) 
 def test_the_results_are_summarized_and_plotted(journey: Journey) -> None:
     results = journey.run.text("results")
     assert re.search(r"test set \(\d+ images\):", results) and re.search(r"accuracy +\d\.\d{3} +\(95% CI", results)
-    assert journey.run.images("results") == 2  # the learning curve and the confusion matrix
+    # the learning curve, the confusion matrix, the reliability diagram, and the ROC and precision-recall curves
+    assert journey.run.images("results") == 4
+    assert re.search(r"operating point: threshold \d\.\d{3} \(the threshold hyperparameter\)", results)
+    assert re.search(r"calibration: temperature \d+\.\d{3}; test ECE \d\.\d{3} -> \d\.\d{3}", results)
+    assert re.search(r"test set by subgroup .*\nattribute +value +n +accuracy", results)
+    assert re.search(r"\nModality +(CT|CR|other) +\d+ +\d\.\d{3} \(", results)  # the synthetic set's modalities
 
 
 def test_held_out_files_are_predicted_in_the_kernel(journey: Journey) -> None:

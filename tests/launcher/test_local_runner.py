@@ -110,7 +110,8 @@ def test_the_job_ran_under_the_training_contract(ran: Ran) -> None:
 
 def test_collect_finds_the_bundle_and_outputs_encrypted_where_sagemaker_puts_them(stack: Stack, ran: Ran) -> None:
     assert (ran.results.model_dir / "models" / "model.pt").is_file()
-    assert {p.name for p in ran.results.plots} == {"learning_curve.png", "confusion_matrix.png"}
+    assert {p.name for p in ran.results.plots} == {"learning_curve.png", "confusion_matrix.png", "reliability.png",
+                                                   "roc_pr.png"}
     assert ran.results.metrics["epochs_run"] == 1 and ran.results.metrics["test"]["n"] >= 4
     s3 = boto3.client("s3")
     for uri in (ran.job.model_uri, ran.job.output_data_uri):

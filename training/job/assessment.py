@@ -154,5 +154,5 @@ def _subgroups(
 ) -> dict[str, Any] | None:
     if not groups or len(groups) != len(labels) or len(labels) == 0:
         return None
-    report = subgroups.subgroup_report(probabilities, labels, groups, **options)
+    report = subgroups.subgroup_report(probabilities, labels, groups, options)
     return {"split": split, **report}

@@ -14,7 +14,7 @@ Rules:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,7 @@ def subgroup_report(
     probabilities: np.ndarray,
     labels: np.ndarray,
     subgroups: Sequence[tuple[str, ...]],
-    *,
-    classes: Sequence[str],
-    threshold: float,
-    positive: int,
-    samples: int,
-    seed: int,
+    options: Mapping[str, Any],
     min_size: int = MIN_SIZE,
 ) -> dict[str, Any]:
     """The metrics per value of each attribute.
@@ -44,7 +39,8 @@ def subgroup_report(
         probabilities: N x C (calibrated) probabilities of one evaluation set.
         labels: its N class indices.
         subgroups: per sample, its SUBGROUP_ATTRIBUTES values (an empty tuple: all unknown).
-        classes, threshold, positive, samples, seed: as training/job/evaluation.py evaluation_report.
+        options: training/job/evaluation.py evaluation_report's keyword arguments (classes, threshold, positive,
+            samples, seed).
         min_size: values with fewer samples are pooled as "other".
 
     Returns:
@@ -59,10 +55,8 @@ def subgroup_report(
     attributes: dict[str, list[dict[str, Any]]] = {}
     for name in SUBGROUP_ATTRIBUTES:
         values = pooled([row[name] for row in rows], min_size)
-        attributes[name] = [
-            _group(value, values == value, probabilities, labels, classes, threshold, positive, samples, seed)
-            for value in _ordered(values)
-        ]
+        attributes[name] = [_group(value, values == value, probabilities, labels, options)
+                            for value in _ordered(values)]
     return {"min_size": min_size, "attributes": attributes}
 
 
@@ -101,16 +95,7 @@ def _ordered(values: np.ndarray) -> list[str]:
 
 
 def _group(
-    value: str,
-    members: np.ndarray,
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    classes: Sequence[str],
-    threshold: float,
-    positive: int,
-    samples: int,
-    seed: int,
+    value: str, members: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, options: Mapping[str, Any]
 ) -> dict[str, Any]:
-    report = evaluation_report(probabilities[members], labels[members], classes=classes, threshold=threshold,
-                               positive=positive, samples=samples, seed=seed)
+    report = evaluation_report(probabilities[members], labels[members], **options)
     return {"value": value, "n": report["n"], "class_counts": report["class_counts"], "metrics": report["metrics"]}
