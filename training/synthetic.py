@@ -5,8 +5,9 @@
 
 Two classes, 'normal' and 'abnormal' (balanced): an abnormal image carries one bright round lesion of random
 position (in the lungs) and radius (5-10 % of the image size) over a noisy, anatomy-like background; normal images
-have none. A small network separates them after a few epochs (tests/training/test_synthetic.py: >= 0.95 validation
-accuracy after 4 epochs at 48x48).
+have none; generate returns where each lesion is (SyntheticImage.lesion: centre and radius in pixels, what the heat-map
+tests check). A small network separates them after a few epochs (tests/training/test_synthetic.py: >= 0.95
+validation accuracy after 4 epochs at 48x48).
 
 Half the studies are CT-like (CT Image Storage, 16-bit signed, RescaleIntercept -1024, RescaleSlope 1, window
 40/400: a body outline, fat, organs, lungs and a spine, in Hounsfield units), half radiograph-like (CR Image
@@ -59,7 +60,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from training.dataset import synthetic_volume
-from training.dataset.synthetic_dicom import Study, synthetic_dataset, transfer_syntax
+from training.dataset.synthetic_dicom import Lesion, Study, synthetic_image, transfer_syntax
 
 CLASSES = ("normal", "abnormal")
 FORMATS = ("csv", "groundtruth", "metadata-json", "folders")
@@ -81,6 +82,7 @@ class SyntheticImage:
         patient_id: the synthetic PatientID (e.g. 'SYN-0007').
         kind: 'ct' or 'radiograph'.
         transfer_syntax: the transfer syntax UID's name.
+        lesion: where an abnormal image's lesion is, in pixels of the file (None for a normal image).
     """
 
     file: str
@@ -88,6 +90,7 @@ class SyntheticImage:
     patient_id: str
     kind: str
     transfer_syntax: str
+    lesion: Lesion | None = None
 
 
 def generate(
@@ -123,7 +126,7 @@ def generate(
     for index, study, label in _plan(count, seed, first_patient):
         irng = np.random.default_rng([seed, 2, index])
         syntax = transfer_syntax(irng.random())
-        ds = synthetic_dataset(index, study, label == "abnormal", syntax, seed, size, irng)
+        ds, lesion = synthetic_image(index, study, label == "abnormal", syntax, seed, size, irng)
         if label_format == "metadata-json":
             instance = _orthanc_id(ds)
             rel = f"{instance}.dcm"
@@ -133,7 +136,7 @@ def generate(
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
-        written.append(SyntheticImage(rel, label, str(ds.PatientID), study.kind, UID(syntax).name))
+        written.append(SyntheticImage(rel, label, str(ds.PatientID), study.kind, UID(syntax).name, lesion))
     _write_labels(root, label_format, written, metadata_records)
     return written
 

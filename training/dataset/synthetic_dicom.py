@@ -46,6 +46,21 @@ class Study:
     windowed: bool
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """Where an abnormal image's lesion is, in pixels of the file's own grid (what a heat map must point at).
+
+    Attributes:
+        row: the centre's row (0-based, fractional: pixel centres are whole numbers).
+        column: the centre's column.
+        radius: the radius in pixels (the soft rim is inside it).
+    """
+
+    row: float
+    column: float
+    radius: float
+
+
 def transfer_syntax(draw: float) -> str:
     """About 70 % uncompressed, 20 % RLE Lossless, 10 % JPEG 2000 Lossless."""
     if draw < 0.2:
@@ -59,12 +74,19 @@ def synthetic_dataset(
     index: int, study: Study, lesion: bool, syntax: str, seed: int, size: int, rng: np.random.Generator
 ) -> Dataset:
     """One image's dataset, pixel data encoded in the transfer syntax."""
+    return synthetic_image(index, study, lesion, syntax, seed, size, rng)[0]
+
+
+def synthetic_image(
+    index: int, study: Study, lesion: bool, syntax: str, seed: int, size: int, rng: np.random.Generator
+) -> tuple[Dataset, Lesion | None]:
+    """One image's dataset (as synthetic_dataset) and where its lesion is (None for a normal image)."""
     ds = synthetic_header(index, study, seed, size)
-    _add_pixels(ds, study, lesion, size, rng)
+    where = _add_pixels(ds, study, lesion, size, rng)
     if syntax != str(ExplicitVRLittleEndian):
         with _quiet_stdout():
             ds.compress(syntax, generate_instance_uid=False)
-    return ds
+    return ds, where
 
 
 def synthetic_header(index: int, study: Study, seed: int, size: int) -> Dataset:
@@ -111,16 +133,17 @@ def synthetic_header(index: int, study: Study, seed: int, size: int) -> Dataset:
     return ds
 
 
-def _add_pixels(ds: Dataset, study: Study, lesion: bool, size: int, rng: np.random.Generator) -> None:
-    """The picture as stored values: CT in HU through RescaleIntercept -1024, radiographs as 12-bit display values."""
+def _add_pixels(ds: Dataset, study: Study, lesion: bool, size: int, rng: np.random.Generator) -> Lesion | None:
+    """The picture as stored values: CT in HU through RescaleIntercept -1024, radiographs as 12-bit display values;
+    returns where the lesion is."""
     if study.kind == "ct":
-        hu = _ct_image(size, lesion, rng)
+        hu, where = _ct_image(size, lesion, rng)
         pixels = np.clip(np.rint(hu + 1024.0), -1024, 3071).astype(np.int16)
         ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.WindowCenter, ds.WindowWidth = "40", "400"
     else:
-        shown = _radiograph_image(size, lesion, rng)
+        shown, where = _radiograph_image(size, lesion, rng)
         if study.photometric == "MONOCHROME1":
             shown = 1.0 - shown
         pixels = np.clip(np.rint(shown * 4095.0), 0, 4095).astype(np.uint16)
@@ -128,6 +151,7 @@ def _add_pixels(ds: Dataset, study: Study, lesion: bool, size: int, rng: np.rand
         if study.windowed:
             ds.WindowCenter, ds.WindowWidth = "2048", "4096"
     ds.PixelData = pixels.tobytes()
+    return where
 
 
 @contextlib.contextmanager
@@ -144,8 +168,8 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
-    """A chest-CT-like slice in Hounsfield units."""
+def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> tuple[np.ndarray, Lesion | None]:
+    """A chest-CT-like slice in Hounsfield units, and where its lesion is."""
     y, x = pixel_grid(size)
     cy, cx = rng.normal(0.0, 0.03, 2)
     ay, ax = 0.62 + rng.normal(0, 0.03), 0.85 + rng.normal(0, 0.03)
@@ -165,14 +189,15 @@ def _ct_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
     image[vertebra] = 700.0  # cortical bone around a darker marrow: a ring, not a disk like a lesion
     image[ellipse(y, x, cy + 0.45 * ay, cx, 0.06, 0.05)] = 60.0
     image += 60.0 * _smooth_noise(size, rng) * body
+    where = None
     if lesion:
-        _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 320.0))
+        where = _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 320.0))
     image += rng.normal(0.0, 12.0, (size, size)).astype(np.float32)
-    return image
+    return image, where
 
 
-def _radiograph_image(size: int, lesion: bool, rng: np.random.Generator) -> np.ndarray:
-    """A chest-radiograph-like image, display values in [0, 1] (bright = dense)."""
+def _radiograph_image(size: int, lesion: bool, rng: np.random.Generator) -> tuple[np.ndarray, Lesion | None]:
+    """A chest-radiograph-like image, display values in [0, 1] (bright = dense), and where its lesion is."""
     y, x = pixel_grid(size)
     image = np.full((size, size), 0.08, dtype=np.float32)
     body = ellipse(y, x, 0.05, 0.0, 1.05, 0.9 + rng.normal(0, 0.03))
@@ -185,10 +210,11 @@ def _radiograph_image(size: int, lesion: bool, rng: np.random.Generator) -> np.n
     image[ribs] += 0.12
     image[ellipse(y, x, 0.1, 0.0, 0.75, 0.14)] = 0.7  # mediastinum and spine
     image += 0.08 * _smooth_noise(size, rng) * body
+    where = None
     if lesion:
-        _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 0.9))
+        where = _add_lesion(image, y, x, rng, inside=lungs, value=lambda base: np.full_like(base, 0.9))
     image += rng.normal(0.0, 0.02, (size, size)).astype(np.float32)
-    return np.clip(image, 0.0, 1.0)
+    return np.clip(image, 0.0, 1.0), where
 
 
 def _add_lesion(
@@ -199,8 +225,8 @@ def _add_lesion(
     *,
     inside: np.ndarray,
     value: Callable[[np.ndarray], np.ndarray],
-) -> None:
-    """One bright round lesion with a soft edge, centred on a random point of `inside`."""
+) -> Lesion:
+    """One bright round lesion with a soft edge, centred on a random point of `inside`; returns where it is."""
     points = np.flatnonzero(inside)
     center = points[rng.integers(len(points))] if len(points) else image.size // 2
     cy, cx = y.flat[center], x.flat[center]
@@ -209,6 +235,9 @@ def _add_lesion(
     weight = np.clip((radius - distance) / (0.25 * radius), 0.0, 1.0)  # a soft rim a quarter of the radius wide
     patch = weight > 0
     image[patch] = image[patch] * (1 - weight[patch]) + value(image[patch]) * weight[patch]
+    half = image.shape[0] / 2.0  # grid units to pixels: the grid spans 2 units, pixel centres at (i + 0.5) / half - 1
+    return Lesion(row=float((cy + 1.0) * half - 0.5), column=float((cx + 1.0) * half - 0.5),
+                  radius=float(radius * half))
 
 
 @functools.lru_cache(maxsize=4)
