@@ -1,11 +1,16 @@
 """Classify DICOM files with a trained bundle and print the JSON the endpoint would answer.
 
-    python -m training.predict MODEL FILE_OR_DIR [FILE_OR_DIR ...]
+    python -m training.predict MODEL FILE_OR_DIR [FILE_OR_DIR ...] [--explain OUTDIR [--explain-method smoothgrad]]
 
 MODEL is the bundle (the job's model directory, or its model.tar.gz extracted). Directories are searched at any depth
 for DICOM files (by the 'DICM' marker, not the suffix). The output is training.inference's output_fn JSON, with
 each file named by its path; a file that cannot be classified, or a bundle refused (training.job.bundle.BundleError),
 stops the run with its reason (exit status 2).
+
+--explain OUTDIR (2-D bundles) writes, for the n-th file, OUTDIR/000n.npy, the heat map of the predicted class (float32
+in [0, 1], the file's Rows x Columns), and OUTDIR/000n.png, the image as the network saw it with the heat map over it;
+each prediction gains "heatmap" and "overlay", their paths. The maps come from the bundle's PyTorch network
+(training/serving/explain.py: its methods, their measured hit rates and costs); files are named by position only.
 
 With a 3-D bundle (inference.json "spatial_dims" 3) the files found are assembled into series and each series is
 predicted once: {"predictions": [{"series", "location", "SeriesInstanceUID", "slices", "label", "probabilities"}],
@@ -25,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from training import inference
+from training.dataset.dicom import DicomReadError
 from training.job.bundle import BundleError
+from training.serving.explain import DEFAULT_METHOD, METHODS
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,6 +40,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="the bundle directory (configs/inference.json, models/model.pt)")
     parser.add_argument("sources", nargs="+", help="DICOM files, or directories searched for them")
+    parser.add_argument("--explain", metavar="OUTDIR", default=None,
+                        help="write each file's heat map (.npy) and overlay (.png) here, named by position (2-D only)")
+    parser.add_argument("--explain-method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how heat maps are computed (default {DEFAULT_METHOD})")
     return parser.parse_args(argv)
 
 
@@ -53,16 +64,25 @@ def collect(sources: Sequence[str]) -> list[Path]:
     return files
 
 
-def predict_json(model_dir: str, sources: Sequence[str]) -> str:
-    """The JSON document for the files (what `main` prints)."""
+def predict_json(model_dir: str, sources: Sequence[str], *, explain: str | None = None,
+                 method: str = DEFAULT_METHOD) -> str:
+    """The JSON document for the files (what `main` prints); with `explain`, heat maps and overlays written there."""
     model = inference.model_fn(model_dir)
     if model.spatial_dims == 3:
+        if explain is not None:
+            raise inference.InvalidInput("--explain: heat maps are computed for 2-D bundles only, not for series yet")
         return json.dumps(_volumes(model, sources))
-    data = []
-    for path in collect(sources):
+    data, paths = [], collect(sources)
+    for path in paths:
         (item,) = inference.input_fn(path.read_bytes(), inference.DICOM)
         data.append(dataclasses.replace(item, name=str(path)))
-    body, _ = inference.output_fn(inference.predict_fn(data, model), inference.JSON)
+    results = inference.predict_fn(data, model)
+    if explain is not None:
+        from training.serving.explain import Explainer, write_explanations
+
+        explainer = Explainer.from_bundle(model_dir, method=method)
+        write_explanations(explainer, paths, results, model.class_names, Path(explain))
+    body, _ = inference.output_fn(results, inference.JSON)
     return body.decode("utf-8")
 
 
@@ -81,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     classified."""
     args = parse_args(argv)
     try:
-        document = predict_json(args.model, args.sources)
-    except (inference.InvalidInput, BundleError, FileNotFoundError) as exc:
+        document = predict_json(args.model, args.sources, explain=args.explain, method=args.explain_method)
+    except (inference.InvalidInput, BundleError, FileNotFoundError, DicomReadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(document)

@@ -24,6 +24,10 @@ headers before the application runs and sets no deadline on them once a first by
 Every request is bounded before work starts: the body to MAX_BODY_BYTES (read in chunks, a chunked body included:
 413), its upload to BODY_TIMEOUT_S (408), the files and pixels it holds to training.inference's limits (400).
 
+Heat maps: a request whose X-Amzn-SageMaker-Custom-Attributes hold explain=true gets, in each prediction, "overlay_png"
+(base64) and "heatmap" (training/serving/explain.py: the bundle's PyTorch network, at most MAX_EXPLAIN_FILES files a
+request, 400 beyond). Cost measured on 2 idle CPU cores at 64x64: COST.
+
 With a 3-D bundle a request is one series (its slices zipped, or one multi-frame file) and gets one answer; a real-time
 endpoint's 6 MB hold about 22 deflated 512 x 512 16-bit slices: training/serving/volumes.py has the measure, the
 per-series limits and the way out for larger series.
@@ -87,8 +91,10 @@ class InferenceApp:
     def __init__(self, model_dir: str | os.PathLike[str], *, workers: int = 1,
                  body_timeout_s: float = BODY_TIMEOUT_S) -> None:
         from training import inference  # MONAI and torch: imported in the worker, after the fork
+        from training.serving import explain
 
-        self.handlers = inference
+        self.handlers, self.explain = inference, explain
+        self.model_dir = str(model_dir)
         self.model = inference.model_fn(model_dir)
         self.workers = workers
         self.body_timeout_s = body_timeout_s
@@ -120,7 +126,11 @@ class InferenceApp:
             with self.busy:
                 data = h.input_fn(body, environ.get("CONTENT_TYPE"))
                 del body  # the zip's bytes stay referenced by `data` alone
+                explain = self.explain.requested(environ.get(self.explain.CUSTOM_ATTRIBUTES), data, self.model)
                 prediction = h.predict_fn(data, self.model)
+                if explain:  # from the bundle's PyTorch network, whatever runtime answered the predictions
+                    prediction = self.explain.attach(self.explain.for_bundle(self.model_dir), data, prediction,
+                                                     self.model.class_names)
                 payload, content_type = h.output_fn(prediction, environ.get("HTTP_ACCEPT"))
         except h.InvalidInput as exc:
             log.info("refused a request: %s %s", exc.status, exc.logged)  # nothing the client chose
