@@ -32,7 +32,7 @@ from typing import Any
 from training import inference
 from training.dataset.dicom import DicomReadError
 from training.job.bundle import BundleError
-from training.serving.explain import DEFAULT_METHOD, METHODS
+from training.serving.explain import DEFAULT_METHOD, METHODS, check_count
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,6 +67,8 @@ def collect(sources: Sequence[str]) -> list[Path]:
 def predict_json(model_dir: str, sources: Sequence[str], *, explain: str | None = None,
                  method: str = DEFAULT_METHOD) -> str:
     """The JSON document for the files (what `main` prints); with `explain`, heat maps and overlays written there."""
+    if explain is not None:
+        check_count(len(collect(sources)))  # before any work, the bundle's loading included
     model = inference.model_fn(model_dir)
     if model.spatial_dims == 3:
         if explain is not None:

@@ -26,7 +26,8 @@ Every request is bounded before work starts: the body to MAX_BODY_BYTES (read in
 
 Heat maps: a request whose X-Amzn-SageMaker-Custom-Attributes hold explain=true gets, in each prediction, "overlay_png"
 (base64) and "heatmap" (training/serving/explain.py: the bundle's PyTorch network, at most MAX_EXPLAIN_FILES files a
-request, 400 beyond). Cost measured on 2 idle CPU cores at 64x64: COST.
+request, 400 beyond). Cost: about 0.3 s an image explained (DenseNet121 at 64x64, 2 shared CPU cores), plus about a
+second for the first request that asks (the explainer loads the bundle's network then).
 
 With a 3-D bundle a request is one series (its slices zipped, or one multi-frame file) and gets one answer; a real-time
 endpoint's 6 MB hold about 22 deflated 512 x 512 16-bit slices: training/serving/volumes.py has the measure, the

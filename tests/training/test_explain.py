@@ -135,7 +135,8 @@ def test_predict_explain_writes_maps_overlays_and_their_paths(trained: Trained, 
         header = pydicom.dcmread(file, stop_before_pixels=True)
         assert heatmap.shape == (header.Rows, header.Columns) and heatmap.dtype == np.float32
         assert 0.0 <= heatmap.min() and heatmap.max() == pytest.approx(1.0)
-        assert Path(answer["overlay"]).read_bytes().startswith(PNG)
+        png = Path(answer["overlay"]).read_bytes()
+        assert png.startswith(PNG) and not {b"tEXt", b"zTXt", b"iTXt"} & {png[i : i + 4] for i in range(len(png))}
     _assert_drawn(show_overlays({"predictions": answers}), len(files))
 
 
@@ -166,7 +167,11 @@ def test_the_custom_attribute_is_read_from_its_list(attributes: str | None, want
     assert explain.requested(attributes, [], None) is wanted
 
 
-def test_a_bad_explain_value_or_too_many_files_is_refused() -> None:
+def test_a_bad_explain_value_or_too_many_files_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    real = str(get_testdata_file("CT_small.dcm"))
+    too_many = [real] * (explain.MAX_PREDICT_EXPLANATIONS + 1)
+    assert predict.main(["/refused-before-the-bundle-loads", *too_many, "--explain", "/nowhere"]) == 2
+    assert "MAX_PREDICT_EXPLANATIONS" in capsys.readouterr().err
     with pytest.raises(InvalidInput, match="true or false"):
         explain.requested("explain=yes", [], None)
     with pytest.raises(InvalidInput, match="MAX_EXPLAIN_FILES"):
