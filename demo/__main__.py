@@ -174,7 +174,8 @@ def show_journey(run: NotebookRun) -> None:
     """Print what the notebook's cells printed about training, results and predictions."""
     for title, cell_id in (("From your PACS (pulled, de-identified, labelled)", "pacs-pull"),
                            ("The job's epochs (follow)", "follow"), ("Results (collect)", "results"),
-                           ("Predictions on held-out images", "predict"), ("Back to your PACS", "pacs-push"),
+                           ("Predictions on held-out images", "predict"), ("Heat maps", "explain"),
+                           ("Back to your PACS", "pacs-push"),
                            ("Batch transform (the local runner serves the bundle)", "transform-results"),
                            ("Real-time endpoint", "endpoint"), ("Clean up", "cleanup")):
         print(f"--- {title}")

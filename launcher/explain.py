@@ -2,6 +2,7 @@
 
     answers = json.loads(subprocess.check_output([..., "-m", "training.predict", MODEL, DIR, "--explain", OUT]))
     show_overlays(answers)                                   # predict's JSON: each prediction names its overlay PNG
+    show_overlays(explain_files(MODEL, files, OUT))          # the same, in the notebook's kernel
     show_overlays(json.loads(endpoint_answer))               # the endpoint's answer with explain=true: base64 PNGs
 
 The overlays are what training/serving/explain.py drew: the image as the network saw it with the heat map of the
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,22 @@ def overlay_bytes(prediction: Mapping[str, Any]) -> bytes:
         return Path(prediction["overlay"]).read_bytes()
     raise ValueError("this prediction has no overlay: run predict with --explain OUTDIR, or send the endpoint "
                      "X-Amzn-SageMaker-Custom-Attributes: explain=true")
+
+
+def explain_files(model_dir: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]],
+                  out_dir: str | os.PathLike[str], *, method: str = "smoothgrad") -> dict[str, Any]:
+    """Predict files with the bundle and write each one's heat map and overlay into out_dir (`python -m
+    training.predict MODEL FILES --explain OUT`, in this kernel): predict's JSON, each prediction with its "heatmap"
+    (.npy) and "overlay" (.png) paths, named by position.
+
+    Raises:
+        training.inference.InvalidInput: a 3-D bundle (heat maps are 2-D only for now) or a file that cannot be read.
+    """
+    from training.predict import predict_json  # the training package: MONAI and torch, imported when used
+
+    answers: dict[str, Any] = json.loads(predict_json(os.fspath(model_dir), [os.fspath(f) for f in files],
+                                                      explain=os.fspath(out_dir), method=method))
+    return answers
 
 
 def show_overlays(answers: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, columns: int = 4) -> Figure:

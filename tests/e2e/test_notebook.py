@@ -214,6 +214,7 @@ def test_held_out_files_are_predicted_in_the_kernel(journey: Journey) -> None:
     assert {row[3] for row in rows} == {"normal", "abnormal"}  # both classes held out and shown
     assert sum(row[1] == row[3] for row in rows) >= SIZE.predict_count - 2
     assert journey.run.images("predict") == 1
+    assert journey.run.images("explain") == 1  # the held-out images' overlays (launcher/explain.py show_overlays)
 
 
 def test_held_out_predictions_go_back_to_the_pacs_as_structured_reports(journey: Journey) -> None:
