@@ -7,7 +7,7 @@ for DICOM files (by the 'DICM' marker, not the suffix). The output is training.i
 each file named by its path; a file that cannot be classified, or a bundle refused (training.job.bundle.BundleError),
 stops the run with its reason (exit status 2).
 
---explain OUTDIR (2-D bundles) writes, for the n-th file, OUTDIR/000n.npy, the heat map of the predicted class (float32
+--explain OUTDIR writes, for the n-th file, OUTDIR/000n.npy, the heat map of the predicted class (float32
 in [0, 1], the file's Rows x Columns), and OUTDIR/000n.png, the image as the network saw it with the heat map over it;
 each prediction gains "heatmap" and "overlay", their paths. The maps come from the bundle's PyTorch network
 (training/serving/explain.py: its methods, their measured hit rates and costs); files are named by position only.
@@ -16,7 +16,10 @@ With a 3-D bundle (inference.json "spatial_dims" 3) the files found are assemble
 predicted once: {"predictions": [{"series", "location", "SeriesInstanceUID", "slices", "label", "probabilities"}],
 "bad": [{"series", "file", "reason"}]}. A bad series (a missing slice, a slice of another size, one that
 cannot be decoded) is listed with its reason and the others are still predicted; the exit status is 2 only when no
-series could be predicted. Series are named by position and location: the UID is in the answers alone.
+series could be predicted. Series are named by position and location: the UID is in the answers alone. With
+--explain, each series' map is OUTDIR/000n.npy, (slices, rows, columns) with the slices in slice-position order,
+mapped back through the orientation and resampling (training/serving/explain_volumes.py), and OUTDIR/000n.png shows
+the network's slice where the map is hottest.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from training import inference
 from training.dataset.dicom import DicomReadError
@@ -71,9 +76,10 @@ def predict_json(model_dir: str, sources: Sequence[str], *, explain: str | None 
         check_count(len(collect(sources)))  # before any work, the bundle's loading included
     model = inference.model_fn(model_dir)
     if model.spatial_dims == 3:
+        answers = _volumes(model, sources)
         if explain is not None:
-            raise inference.InvalidInput("--explain: heat maps are computed for 2-D bundles only, not for series yet")
-        return json.dumps(_volumes(model, sources))
+            _explain_series(model_dir, sources, answers["predictions"], model.class_names, Path(explain))
+        return json.dumps(answers)
     data, paths = [], collect(sources)
     for path in paths:
         (item,) = inference.input_fn(path.read_bytes(), inference.DICOM)
@@ -96,6 +102,25 @@ def _volumes(model: inference.Predictor, sources: Sequence[str]) -> dict[str, An
     except ValueError as exc:  # more files than training.dataset.series.MAX_FILES
         raise inference.InvalidInput(str(exc)) from None
     return {"predictions": [p.answer() for p in predictions], "bad": bad}
+
+
+def _explain_series(model_dir: str, sources: Sequence[str], answers: list[dict[str, Any]],
+                    class_names: Sequence[str], out: Path) -> None:
+    """Each predicted series' heat map (OUT/000n.npy: slices x rows x columns, the slices in slice-position order)
+    and overlay (OUT/000n.png: the network's slice where the map is hottest); each answer gains their paths."""
+    from training.dataset.series import assemble
+    from training.serving.explain import Explainer
+    from training.serving.explain_volumes import explain_series
+
+    explainer = Explainer.from_bundle(model_dir)
+    by_name = {series.name: series for series in assemble(collect(sources)).series}
+    out.mkdir(parents=True, exist_ok=True)
+    for number, answer in enumerate(answers, start=1):
+        found = explain_series(explainer, by_name[answer["series"]], list(class_names).index(answer["label"]))
+        stem = out / f"{number:04d}"
+        np.save(stem.with_suffix(".npy"), found.heatmap)
+        stem.with_suffix(".png").write_bytes(found.overlay_png())
+        answer["heatmap"], answer["overlay"] = str(stem.with_suffix(".npy")), str(stem.with_suffix(".png"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

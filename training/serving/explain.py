@@ -31,8 +31,9 @@ correctly classified abnormal test images):
 - "gradcam" and "gradcam++" (DenseNet121's denseblock4, 2x2 at 64x64): 0 of 39 (the maximum on the border), 1.5 s.
 The machine was shared with other jobs while measuring (load 2 to 8 on 2 cores): read the seconds as ratios.
 
-3-D bundles are not explained yet (Explainer refuses them): the map would have to go back through
-training.dataset.volume's resampling and orientation to the original slices.
+3-D bundles: training/serving/explain_volumes.py computes the map of a series (smoothgrad) and maps it back through
+read_volume's orientation and resampling to the original slices; `python -m training.predict --explain` writes it.
+The server explains 2-D models only.
 """
 
 from __future__ import annotations
@@ -102,11 +103,12 @@ class Explainer:
                  method: str = DEFAULT_METHOD, device: torch.device | str = "cpu") -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-        if len(image_size) != 2:
-            raise ValueError(f"heat maps are computed for 2-D bundles (image_size H, W); got {tuple(image_size)}: "
-                             "a 3-D bundle's maps would need the inverse of its resampling, not done yet")
+        if len(image_size) not in (2, 3):
+            raise ValueError(f"image_size must be (H, W) or (D, H, W); got {tuple(image_size)}")
+        if len(image_size) == 3 and method != "smoothgrad":
+            raise ValueError(f"a 3-D bundle's heat maps are computed by smoothgrad only; got {method!r}")
         self.network = network.eval()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = tuple(int(v) for v in image_size)  # 3-D: training/serving/explain_volumes.py
         self.window = window
         self.method = method
         self.device = torch.device(device)
@@ -125,9 +127,6 @@ class Explainer:
         from training.job.bundle import load_network, read_bundle
 
         spec = read_bundle(bundle_dir)
-        if spec.spatial_dims != 2:
-            raise ValueError(f"{bundle_dir} is a 3-D bundle: heat maps are computed for 2-D bundles only (not yet "
-                             "mapped back through a volume's resampling)")
         network = load_network(spec, device=device)
         return cls(network, image_size=spec.image_size, window=spec.window, method=method, device=device)
 
@@ -142,16 +141,23 @@ class Explainer:
         Raises:
             training.dataset.dicom.DicomReadError: the file cannot become an image (named).
         """
+        if len(self.image_size) != 2:
+            raise ValueError("this explainer is a 3-D bundle's: explain series with "
+                             "training.serving.explain_volumes.explain_series")
         ds = read_dataset(source, name=name)
         label = name or (os.fspath(source) if isinstance(source, str | os.PathLike) else "<bytes>")
         image = preprocess(ds, image_size=self.image_size, window=self.window, name=label, source=source)
         rows, columns = int(ds.Rows), int(ds.Columns)
         return self.explain_image(image[0], class_index, grid=(rows, columns))
 
+    def heat(self, tensor: torch.Tensor, class_index: int) -> torch.Tensor:
+        """The raw map of a preprocessed batch of one (1 x 1 x H x W, or 1 x 1 x D x H x W) for a class."""
+        return self._map(tensor, int(class_index))
+
     def explain_image(self, image: np.ndarray, class_index: int, *, grid: tuple[int, int]) -> Explanation:
         """The heat map of a preprocessed image (H x W in [0, 1]), resized to `grid` (the file's rows x columns)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
-        raw = self._map(tensor, int(class_index)).detach().float().cpu().numpy().reshape(self.image_size)
+        raw = self.heat(tensor, class_index).detach().float().cpu().numpy().reshape(self.image_size)
         small = unit(raw)
         return Explanation(unit(resize(small, grid)), small, np.asarray(image, np.float32), int(class_index))
 
@@ -223,7 +229,8 @@ def requested(attributes: str | None, data: Sequence[DicomInput], model: Any) ->
         raise InvalidInput("the custom attribute explain must be true or false (X-Amzn-SageMaker-Custom-Attributes: "
                            "explain=true)")
     if getattr(model, "spatial_dims", 2) != 2:
-        raise InvalidInput("heat maps (explain=true) are computed for 2-D models only; this model reads series")
+        raise InvalidInput("the server computes heat maps (explain=true) for 2-D models; for a series use "
+                           "python -m training.predict MODEL SERIES_DIR --explain OUTDIR")
     if len(data) > MAX_EXPLAIN_FILES:
         raise InvalidInput(f"explain=true with {len(data)} files: heat maps for at most {MAX_EXPLAIN_FILES} files a "
                            "request (training.serving.explain.MAX_EXPLAIN_FILES); send the others in more requests")
@@ -306,8 +313,9 @@ def _blur(heat: torch.Tensor) -> torch.Tensor:
     """A Gaussian blur of BLUR_SIGMA x the image size (MONAI's GaussianFilter)."""
     from monai.networks.layers import GaussianFilter
 
-    sigma = BLUR_SIGMA * max(heat.shape[-2:])
-    return GaussianFilter(spatial_dims=2, sigma=sigma)(heat.detach())
+    dims = heat.dim() - 2  # 2 for images, 3 for volumes
+    sigma = BLUR_SIGMA * max(heat.shape[-dims:])
+    return GaussianFilter(spatial_dims=dims, sigma=sigma)(heat.detach())
 
 
 _METHOD_MAPS: dict[str, Callable[[torch.nn.Module], Callable[[torch.Tensor, int], Any]]] = {
