@@ -112,7 +112,8 @@ class Predictor:
         postprocessing: logits (N x C) to probabilities; None: CalibratedSoftmax(temperature).
         batch_size: files per forward pass.
         spatial_dims: 2 (preprocessing reads a file: `predict`) or 3 (it reads a series: `predict_series`).
-        temperature: the calibration's temperature (used when postprocessing is None).
+        temperature: the calibration's temperature; postprocessing, when given, must apply it itself (the bundle's
+            MONAI config passes CalibratedSoftmax(temperature)).
         runtime_logits: computes the network's logits in another runtime (training/serving/runtimes.py); None: the
             network. The network stays for anything needing gradients (heat maps).
         runtime: the name of what computes the logits ("pytorch" when runtime_logits is None).

@@ -1,6 +1,7 @@
 """What the job says of its model after training (issue 22 items 2-4): calibrated scores, an operating point, the
 reports of the validation and test sets at it, calibration before and after on held-out data, and the test metrics
-per subgroup. training/job/train.py `run` calls `assess` on rank 0 with the outputs of the best weights.
+per subgroup. training/job/train.py `run` calls `assess` on every rank with the best weights' gathered outputs (each
+rank computes the same); rank 0 reports and writes.
 
 The order is the one inference follows: the temperature is fitted on the validation logits (training/job/
 calibration.py), every probability after that is calibrated, the threshold is chosen on the calibrated validation
@@ -85,18 +86,15 @@ def assess(
         point = OperatingPoint(config.threshold, "fixed", None, None, None, "hyperparameter")
     options: dict[str, Any] = {"classes": classes, "threshold": point.threshold, "positive": positive,
                "samples": config.bootstrap_samples, "seed": config.seed}
-    valid_report = evaluation_report(valid_p, validation.labels, **options)
-    test_p = _calibrated(test, temperature) if test is not None and len(test.labels) else None
-    test_report = evaluation_report(test_p, test.labels, **options) if test_p is not None and test is not None else None
-    if test_p is not None and test is not None:
-        measured, split, groups = (test, test_p), "test", test_subgroups
-    else:
-        measured, split, groups = (validation, valid_p), "validation", validation_subgroups
-    outputs, probabilities = measured
+    test_report = None
+    outputs, probabilities, split, groups = validation, valid_p, "validation", validation_subgroups
+    if test is not None and len(test.labels):
+        outputs, probabilities, split, groups = test, _calibrated(test, temperature), "test", test_subgroups
+        test_report = evaluation_report(probabilities, test.labels, **options)
     return Assessment(
         temperature=temperature,
         operating_point=point,
-        validation=valid_report,
+        validation=evaluation_report(valid_p, validation.labels, **options),
         test=test_report,
         calibration=_calibration_record(config, temperature, outputs, probabilities, split),
         subgroups=_subgroups(probabilities, outputs.labels, groups, split, options),
@@ -110,9 +108,7 @@ def _temperature(config: TrainConfig, validation: Evaluation) -> float:
     return calibration.fit_temperature(validation.logits, validation.labels)
 
 
-def _calibrated(outputs: Evaluation | None, temperature: float) -> np.ndarray:
-    if outputs is None:
-        return np.zeros((0, 2))
+def _calibrated(outputs: Evaluation, temperature: float) -> np.ndarray:
     if outputs.logits is None or len(outputs.labels) == 0:
         return outputs.probabilities
     return calibration.scaled_probabilities(outputs.logits, temperature)
@@ -138,8 +134,8 @@ def _calibration_record(
     }
     if len(outputs.labels) == 0:
         return record
-    raw = calibration.scaled_probabilities(outputs.logits, 1.0) if outputs.logits is not None else outputs.probabilities
-    record["before"], record["after"] = _measures(raw, outputs.labels), _measures(calibrated, outputs.labels)
+    record["before"] = _measures(outputs.probabilities, outputs.labels)  # the network's own softmax
+    record["after"] = _measures(calibrated, outputs.labels)
     if split == "validation":
         record["note"] = "no test set: measured on the validation set the temperature was fitted on (optimistic)"
     return record

@@ -410,9 +410,9 @@ def _subgroups_of(split: Split, world: dist.World) -> list[tuple[str, ...]] | No
     """A split's subgroup values of every rank, in file order (as loop.evaluate gathers its outputs); None when the
     data layer read none (a collective in a distributed job)."""
     values = split.subgroups if len(split.subgroups) == len(split.files) else [() for _ in split.files]
-    parts = dist.gather_objects(list(zip(split.files, values, strict=True)), world) if world.active else [
-        list(zip(split.files, values, strict=True))]
-    pairs = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])
+    pairs = list(zip(split.files, values, strict=True))
+    if world.active:  # the order dist.gather_outputs gives the outputs: all ranks' files, stably sorted
+        pairs = sorted((pair for part in dist.gather_objects(pairs, world) for pair in part), key=lambda p: p[0])
     groups = [group for _, group in pairs]
     return groups if any(groups) else None
 
